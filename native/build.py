@@ -4,6 +4,7 @@ setup.py names it in cffi_modules, so `pip install .` (or `-e .`) compiles it wi
 compiler and nothing else. SIMD kernels are compiled with per-function target attributes and
 chosen at run time, so one build runs on any x86-64 (and the portable kernels anywhere else).
 """
+import os
 import pathlib
 import platform
 
@@ -33,8 +34,9 @@ ffibuilder.cdef(_cdef_text())
 ffibuilder.set_source(
     "cluster._native",
     '#include "cairn.h"',
-    sources=[str(NATIVE / name) for name in SOURCES],
-    include_dirs=[str(NATIVE)],
+    # setuptools wants paths relative to the project root (the working directory of the build).
+    sources=[os.path.relpath(NATIVE / name) for name in SOURCES],
+    include_dirs=[os.path.relpath(NATIVE)],
     extra_compile_args=_compile_args(),
 )
 
