@@ -22,6 +22,14 @@ RS_KERNELS = _names(lib.CAIRN_GF_KERNELS, lib.cairn_gf_kernel_name)
 CRC_KERNELS = _names(lib.CAIRN_CRC_KERNELS, lib.cairn_crc_kernel_name)
 
 
+def rs_kernel_name(kernel: int) -> str:
+    return ffi.string(lib.cairn_gf_kernel_name(kernel)).decode()
+
+
+def crc_kernel_name(kernel: int) -> str:
+    return ffi.string(lib.cairn_crc_kernel_name(kernel)).decode()
+
+
 def rs_kernels_supported() -> list[str]:
     return [name for name, kernel in RS_KERNELS.items() if lib.cairn_gf_kernel_supported(kernel)]
 
