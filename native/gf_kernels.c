@@ -162,37 +162,61 @@ INLINE TARGET_GFNI_AVX2 void gfni_avx2_body(const int N, int nin, const uint8_t 
     portable_range(nin, N, tables, in, out, vec_end, len);
 }
 
-/* One 64-byte column: inputs two at a time, so one ternary-logic XOR merges both products
- * into the accumulator. `mask` covers the valid bytes (all 64 except in the last column). */
-INLINE TARGET_GFNI_AVX512 void gfni_avx512_column(const int N, int nin, const uint8_t *tables,
-                                                  const uint8_t *const *in, uint8_t *const *out,
-                                                  size_t off, __mmask64 mask) {
-    __m512i acc[GROUP_MAX];
+/* C columns of 64 bytes at once (C = 4 or 2 for small groups, so the matrices and pointers loaded
+ * for an input serve twice as many bytes), inputs two at a time so that one ternary-logic XOR
+ * merges both products into the accumulator. `mask` covers the valid bytes of each column (all
+ * 64 except in the last one). */
+INLINE TARGET_GFNI_AVX512 void gfni_avx512_columns(const int N, const int C, int nin, const uint8_t *tables,
+                                                   const uint8_t *const *in, uint8_t *const *out,
+                                                   size_t off, __mmask64 mask) {
+    __m512i acc[GROUP_MAX][4];
     int i = 0;
     if (nin & 1) {
-        __m512i x = _mm512_maskz_loadu_epi8(mask, in[0] + off);
-        for (int j = 0; j < N; j++) acc[j] = _mm512_gf2p8affine_epi64_epi8(x, _mm512_set1_epi64((long long)affine_of(tables, nin, j, 0)), 0);
+        __m512i x[4];
+        for (int c = 0; c < C; c++) x[c] = _mm512_maskz_loadu_epi8(mask, in[0] + off + 64 * c);
+        for (int j = 0; j < N; j++) {
+            __m512i a = _mm512_set1_epi64((long long)affine_of(tables, nin, j, 0));
+            for (int c = 0; c < C; c++) acc[j][c] = _mm512_gf2p8affine_epi64_epi8(x[c], a, 0);
+        }
         i = 1;
     } else {
-        for (int j = 0; j < N; j++) acc[j] = _mm512_setzero_si512();
-    }
-    for (; i < nin; i += 2) {
-        __m512i x0 = _mm512_maskz_loadu_epi8(mask, in[i] + off);
-        __m512i x1 = _mm512_maskz_loadu_epi8(mask, in[i + 1] + off);
         for (int j = 0; j < N; j++) {
-            __m512i p0 = _mm512_gf2p8affine_epi64_epi8(x0, _mm512_set1_epi64((long long)affine_of(tables, nin, j, i)), 0);
-            __m512i p1 = _mm512_gf2p8affine_epi64_epi8(x1, _mm512_set1_epi64((long long)affine_of(tables, nin, j, i + 1)), 0);
-            acc[j] = _mm512_ternarylogic_epi64(acc[j], p0, p1, 0x96); /* a ^ b ^ c */
+            for (int c = 0; c < C; c++) acc[j][c] = _mm512_setzero_si512();
         }
     }
-    for (int j = 0; j < N; j++) _mm512_mask_storeu_epi8(out[j] + off, mask, acc[j]);
+    for (; i < nin; i += 2) {
+        __m512i x0[4], x1[4];
+        for (int c = 0; c < C; c++) {
+            x0[c] = _mm512_maskz_loadu_epi8(mask, in[i] + off + 64 * c);
+            x1[c] = _mm512_maskz_loadu_epi8(mask, in[i + 1] + off + 64 * c);
+        }
+        for (int j = 0; j < N; j++) {
+            __m512i a0 = _mm512_set1_epi64((long long)affine_of(tables, nin, j, i));
+            __m512i a1 = _mm512_set1_epi64((long long)affine_of(tables, nin, j, i + 1));
+            for (int c = 0; c < C; c++) {
+                __m512i p0 = _mm512_gf2p8affine_epi64_epi8(x0[c], a0, 0);
+                __m512i p1 = _mm512_gf2p8affine_epi64_epi8(x1[c], a1, 0);
+                acc[j][c] = _mm512_ternarylogic_epi64(acc[j][c], p0, p1, 0x96); /* a ^ b ^ c */
+            }
+        }
+    }
+    for (int j = 0; j < N; j++) {
+        for (int c = 0; c < C; c++) _mm512_mask_storeu_epi8(out[j] + off + 64 * c, mask, acc[j][c]);
+    }
 }
 
 INLINE TARGET_GFNI_AVX512 void gfni_avx512_body(const int N, int nin, const uint8_t *tables,
                                                 const uint8_t *const *in, uint8_t *const *out, size_t len) {
+    const __mmask64 all = ~(__mmask64)0;
     size_t off = 0;
-    for (; off + 64 <= len; off += 64) gfni_avx512_column(N, nin, tables, in, out, off, ~(__mmask64)0);
-    if (off < len) gfni_avx512_column(N, nin, tables, in, out, off, ((__mmask64)1 << (len - off)) - 1);
+    if (N <= 4) {
+        for (; off + 256 <= len; off += 256) gfni_avx512_columns(N, 4, nin, tables, in, out, off, all);
+    }
+    if (N <= 8) {
+        for (; off + 128 <= len; off += 128) gfni_avx512_columns(N, 2, nin, tables, in, out, off, all);
+    }
+    for (; off + 64 <= len; off += 64) gfni_avx512_columns(N, 1, nin, tables, in, out, off, all);
+    if (off < len) gfni_avx512_columns(N, 1, nin, tables, in, out, off, ((__mmask64)1 << (len - off)) - 1);
 }
 
 SPECIALIZE_1_TO_8(ssse3, TARGET_SSSE3)
