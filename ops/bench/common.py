@@ -1,0 +1,76 @@
+"""Shared pieces of the benchmarks: side-by-side timing, result rows, the table and the JSON.
+
+Every benchmark measures Cairn and its references in the same run, alternating between them
+round after round (the machines are shared and noisy), and reports medians. Times are thread
+CPU seconds unless a benchmark says otherwise, so a busy neighbour slows the wall clock but not
+the figure. Results are rows {"metric", "value", "unit", "ref", "ref_value", "ratio"}; ratio > 1
+means Cairn is better, and metric names stay stable across runs.
+"""
+from __future__ import annotations
+
+import json
+import statistics
+import subprocess
+import sys
+import time
+from typing import Callable
+
+
+def row(metric: str, value: float, unit: str, ref: str, ref_value: float, higher_is_better: bool = True) -> dict:
+    if higher_is_better:
+        ratio = value / ref_value if ref_value else float("inf")
+    else:
+        ratio = ref_value / value if value else float("inf")
+    return {"metric": metric, "value": round(value, 4), "unit": unit, "ref": ref,
+            "ref_value": round(ref_value, 4), "ratio": round(ratio, 3)}
+
+
+def rates_side_by_side(work: dict[str, Callable[[], object]], bytes_per_call: int, rounds: int,
+                       sample_seconds: float) -> dict[str, float]:
+    """Median GB/s (of bytes_per_call) per named callable, sampled in alternation."""
+    calls = {name: _calibrate(fn, sample_seconds) for name, fn in work.items()}
+    samples: dict[str, list[float]] = {name: [] for name in work}
+    for _ in range(rounds):
+        for name, fn in work.items():
+            start = time.thread_time()
+            for _ in range(calls[name]):
+                fn()
+            elapsed = max(time.thread_time() - start, 1e-9)
+            samples[name].append(bytes_per_call * calls[name] / elapsed / 1e9)
+    return {name: statistics.median(values) for name, values in samples.items()}
+
+
+def _calibrate(fn: Callable[[], object], sample_seconds: float) -> int:
+    calls = 1
+    while True:
+        start = time.thread_time()
+        for _ in range(calls):
+            fn()
+        elapsed = time.thread_time() - start
+        if elapsed > sample_seconds / 4 or calls > 1 << 20:
+            return max(1, int(calls * sample_seconds / max(elapsed, 1e-9)))
+        calls *= 2
+
+
+def print_table(title: str, rows: list[dict]) -> None:
+    print(f"\n{title}")
+    header = f"{'metric':<34} {'cairn':>10} {'unit':<5} {'reference':<14} {'ref':>10} {'ratio':>7}"
+    print(header)
+    print("-" * len(header))
+    for r in rows:
+        print(f"{r['metric']:<34} {r['value']:>10.2f} {r['unit']:<5} {r['ref']:<14} {r['ref_value']:>10.2f} {r['ratio']:>7.2f}")
+
+
+def write_json(path: str | None, rows: list[dict]) -> None:
+    if path:
+        with open(path, "w") as out:
+            json.dump(rows, out, indent=1)
+
+
+def pip_install(*packages: str) -> None:
+    """Installs reference packages into this interpreter (benchmarks bring their own)."""
+    subprocess.run([sys.executable, "-m", "pip", "install", "-q", *packages], check=True)
+
+
+def progress(message: str) -> None:
+    print(message, file=sys.stderr, flush=True)
