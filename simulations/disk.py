@@ -1,0 +1,103 @@
+"""An in-memory Disk with the failure modes of RocksDB on a real disk, for the simulator.
+
+It keeps what is durable apart from what was written without a sync. A crash drops the
+unsynced writes. A crash *during* a write (`crash_during_next_write`) leaves that batch either
+wholly applied or not at all, decided by the seed: RocksDB's write-ahead log checksums every
+batch and drops a torn one on recovery, so a batch is never half there. Below that, bits still
+rot: `corrupt` flips a bit of a stored value, and `tear` cuts a stored value short, which is what
+the log store's own checksums exist for. Setting `full` makes writes fail like a full disk.
+"""
+from __future__ import annotations
+
+import bisect
+import random
+
+
+class DiskFull(OSError):
+    pass
+
+
+class Crashed(Exception):
+    """The simulated machine lost power in the middle of this write."""
+
+
+class SimDisk:
+    def __init__(self, rng: random.Random):
+        self.rng = rng
+        self._durable: dict[bytes, bytes] = {}
+        self._pending: list[tuple[list, list]] = []
+        self._crash_next = False
+        self.full = False
+        self.syncs = 0
+
+    # ---- Disk protocol
+
+    def get(self, key: bytes) -> bytes | None:
+        return self._view().get(key)
+
+    def scan(self, start: bytes, end: bytes):
+        view = self._view()
+        keys = sorted(view)
+        for key in keys[bisect.bisect_left(keys, start):]:
+            if key >= end:
+                return
+            yield key, view[key]
+
+    def write(self, puts, delete_ranges, sync: bool) -> None:
+        if self.full:
+            raise DiskFull("simulated disk is full")
+        if self._crash_next:
+            self._crash_next = False
+            self._crash_mid_write(list(puts), list(delete_ranges))
+            raise Crashed("power lost during write")
+        self._pending.append((list(puts), list(delete_ranges)))
+        if sync:
+            self.syncs += 1
+            for batch in self._pending:
+                self._apply(self._durable, *batch)
+            self._pending.clear()
+
+    def close(self) -> None:
+        pass
+
+    # ---- faults
+
+    def crash(self) -> None:
+        """Power loss: what was not synced is gone."""
+        self._pending.clear()
+
+    def crash_during_next_write(self) -> None:
+        self._crash_next = True
+
+    def corrupt(self, key: bytes) -> None:
+        value = bytearray(self._durable[key])
+        value[self.rng.randrange(len(value))] ^= 1 << self.rng.randrange(8)
+        self._durable[key] = bytes(value)
+
+    # ---- helpers
+
+    def _view(self) -> dict[bytes, bytes]:
+        if not self._pending:
+            return self._durable
+        view = dict(self._durable)
+        for batch in self._pending:
+            self._apply(view, *batch)
+        return view
+
+    @staticmethod
+    def _apply(target: dict, puts, delete_ranges) -> None:
+        for start, end in delete_ranges:
+            for key in [k for k in target if start <= k < end]:
+                del target[key]
+        for key, value in puts:
+            target[key] = value
+
+    def _crash_mid_write(self, puts, delete_ranges) -> None:
+        self.crash()
+        if self.rng.random() < 0.5:
+            self._apply(self._durable, puts, delete_ranges)
+
+    def tear(self, key: bytes) -> None:
+        """Cuts a stored value short."""
+        value = self._durable[key]
+        self._durable[key] = value[:self.rng.randrange(len(value))]
