@@ -67,6 +67,15 @@ class RaftLog:
     def membership(self) -> Membership:
         return self._configs[-1][1] if self._configs else self.snapshot.membership
 
+    def membership_at(self, index: int) -> Membership:
+        """The membership in force once the log up to index is applied."""
+        found = self.snapshot.membership
+        for config_index, membership in self._configs:
+            if config_index > index:
+                break
+            found = membership
+        return found
+
     def pending_config_index(self) -> int:
         """Index of the newest config entry not yet committed (0 if none)."""
         if self._configs and self._configs[-1][0] > self.commit:

@@ -106,22 +106,12 @@ class SimNode:
         if index <= self.disk.snapshot.index:
             return
         term = self.raft.log.term(index)
-        meta = SnapshotMeta(index, term, _membership_at(self.raft, index), 0)
+        meta = SnapshotMeta(index, term, self.raft.log.membership_at(index), 0)
         data = _encode_state(self.state)
         meta = SnapshotMeta(meta.index, meta.term, meta.membership, len(data))
         self.disk.snapshot, self.disk.snapshot_data = meta, data
         self.disk.entries = [e for e in self.disk.entries if e.index > index]
         self.raft.compact(meta)
-
-
-def _membership_at(raft: Raft, index: int) -> Membership:
-    membership = raft.log.snapshot.membership
-    for entry in raft.log.entries:
-        if entry.index > index:
-            break
-        if entry.kind == EntryKind.CONFIG:
-            membership = Membership.decode(entry.data)
-    return membership
 
 
 def _encode_state(state: list[bytes]) -> bytes:

@@ -1,0 +1,317 @@
+"""The asyncio driver around the pure Raft core: batching, persistence, transport, apply.
+
+Theory of operation. One consensus task owns the core. It wakes when something arrives (a
+message, a proposal, a read, a tick), feeds it all to the core, then works through Ready after
+Ready: the leader's replication messages go out at once, the hard state and entries are saved
+with one synced write, the remaining messages go out, committed entries are queued for the apply
+task, and the core is told to advance. Whatever arrived during the fsync is fed in as one batch
+before the next Ready, so under load one append, one fsync and one AppendEntries per follower
+carry many proposals (group commit). The apply task applies entries in order off that path,
+resolves each proposal with its result, releases linearizable reads once their read index is
+applied, installs received snapshots and takes local ones every `snapshot_entries` entries.
+
+Everything outside the core is injected: the transport, the store (over a Disk), the state
+machine, the snapshot files and how blocking work runs (`run_blocking`: a thread in production,
+inline in the simulator), so the deterministic simulator drives this same code on virtual time.
+"""
+from __future__ import annotations
+
+import asyncio
+import itertools
+import logging
+from collections import deque
+from typing import Awaitable, Callable, Protocol
+
+from cluster.raft.core import NotLeader, ProposalDropped, Raft, Ready, Role
+from cluster.raft.log_store import LogStore
+from cluster.raft.messages import Entry, EntryKind, Message, MessageType, SnapshotMeta
+from cluster.raft.rsm import StateMachine
+
+log = logging.getLogger(__name__)
+
+
+class ProposalOutcomeUnknown(Exception):
+    """Leadership changed before this proposal's fate was known: it may or may not commit.
+    Retry with the same session sequence number; the session table makes that safe."""
+
+
+class Transport(Protocol):
+    def send(self, messages: tuple[Message, ...]) -> None:
+        """Queues messages for delivery; never blocks, may drop (Raft retransmits)."""
+
+
+class SnapshotFiles(Protocol):
+    def current(self) -> tuple[SnapshotMeta, bytes] | None: ...
+
+    def save(self, meta: SnapshotMeta, data: bytes) -> None: ...
+
+    def stage(self, offset: int, data: bytes) -> None: ...
+
+    def staged(self) -> bytes: ...
+
+
+class RaftDriver:
+    def __init__(self, raft: Raft, store: LogStore, state_machine: StateMachine, transport: Transport,
+                 snapshots: SnapshotFiles, tick_seconds: float = 0.1, snapshot_entries: int = 10_000,
+                 proposal_queue_max: int = 100_000,
+                 run_blocking: Callable[[Callable[[], object]], Awaitable[object]] | None = None):
+        self.raft, self.store, self.state_machine = raft, store, state_machine
+        self.transport, self.snapshots = transport, snapshots
+        self.tick_seconds, self.snapshot_entries = tick_seconds, snapshot_entries
+        self.proposal_queue_max = proposal_queue_max
+        self._run_blocking = run_blocking or _inline
+        self._wake = asyncio.Event()
+        self._inbox: deque[Message] = deque()
+        self._proposals: deque[tuple[bytes, asyncio.Future]] = deque()
+        self._pending: dict[int, tuple[int, asyncio.Future]] = {}  # index -> (term, future)
+        self._readers: list[asyncio.Future] = []
+        self._read_rounds: dict[bytes, list[asyncio.Future]] = {}
+        self._read_waits: list[tuple[int, asyncio.Future]] = []  # (index, future) until applied
+        self._contexts = itertools.count(1)
+        self._ticks = 0
+        self._apply_queue: asyncio.Queue = asyncio.Queue()
+        self.applied_index = raft.log.snapshot.index
+        self._last_snapshot_index = raft.log.snapshot.index
+        self._compact_to: SnapshotMeta | None = None
+        self._tasks: list[asyncio.Task] = []
+        self._tick_handle = None
+        self._stopped = False
+        self.last_role = raft.role
+
+    # ---- lifecycle
+
+    async def start(self) -> None:
+        current = self.snapshots.current()
+        if current is not None:
+            self.state_machine.restore(current[1])
+        loop = asyncio.get_running_loop()
+        self._tasks = [loop.create_task(self._consensus_loop()), loop.create_task(self._apply_loop())]
+        self._tick_handle = loop.call_later(self.tick_seconds, self._on_tick)
+
+    async def stop(self) -> None:
+        self._stopped = True
+        if self._tick_handle is not None:
+            self._tick_handle.cancel()
+        for task in self._tasks:
+            task.cancel()
+        for task in self._tasks:
+            try:
+                await task
+            except asyncio.CancelledError:
+                pass
+        self._fail_pending(ProposalOutcomeUnknown("node stopped"))
+
+    def _on_tick(self) -> None:
+        if self._stopped:
+            return
+        self._ticks += 1
+        self._wake.set()
+        self._tick_handle = asyncio.get_running_loop().call_later(self.tick_seconds, self._on_tick)
+
+    # ---- inputs (called on the loop's thread)
+
+    def receive(self, message: Message) -> None:
+        self._inbox.append(message)
+        self._wake.set()
+
+    @property
+    def leader(self) -> int:
+        return self.raft.lead
+
+    @property
+    def is_leader(self) -> bool:
+        return self.raft.role is Role.LEADER
+
+    async def propose(self, command: bytes) -> bytes:
+        """Replicates and applies one command; returns the state machine's result."""
+        if self.raft.role is not Role.LEADER:
+            raise NotLeader(self.raft.lead)
+        if len(self._proposals) >= self.proposal_queue_max:
+            raise ProposalDropped("proposal queue full; slow down")
+        future = asyncio.get_running_loop().create_future()
+        self._proposals.append((command, future))
+        self._wake.set()
+        return await future
+
+    async def read_barrier(self) -> int:
+        """Waits until a linearizable read may be served from the local state machine
+        (ReadIndex: leadership confirmed by a quorum, and the read index applied)."""
+        if self.raft.role is not Role.LEADER:
+            raise NotLeader(self.raft.lead)
+        future = asyncio.get_running_loop().create_future()
+        self._readers.append(future)
+        self._wake.set()
+        return await future
+
+    # ---- the consensus task
+
+    async def _consensus_loop(self) -> None:
+        while True:
+            await self._wake.wait()
+            self._wake.clear()
+            self._feed()
+            while self.raft.has_ready():
+                await self._handle(self.raft.ready())
+                self._feed()
+
+    def _feed(self) -> None:
+        for _ in range(self._ticks):
+            self.raft.tick()
+        self._ticks = 0
+        while self._inbox:
+            self.raft.step(self._inbox.popleft())
+        self._feed_proposals()
+        self._feed_reads()
+        if self._compact_to is not None and self._compact_to.index <= self.raft.log.applied:
+            self.raft.compact(self._compact_to)
+            self._compact_to = None
+        self._notice_role()
+
+    def _feed_proposals(self) -> None:
+        if not self._proposals:
+            return
+        batch = list(self._proposals)
+        self._proposals.clear()
+        try:
+            last = self.raft.propose([command for command, _ in batch])
+        except (NotLeader, ProposalDropped) as error:
+            for _, future in batch:
+                _settle(future, error=error)
+            return
+        first = last - len(batch) + 1
+        for offset, (_, future) in enumerate(batch):
+            self._pending[first + offset] = (self.raft.term, future)
+
+    def _feed_reads(self) -> None:
+        if not self._readers:
+            return
+        readers, self._readers = self._readers, []
+        context = next(self._contexts).to_bytes(8, "big")
+        try:
+            self.raft.read_index(context)
+        except (NotLeader, ProposalDropped) as error:
+            for future in readers:
+                _settle(future, error=error)
+            return
+        self._read_rounds[context] = readers  # one ReadIndex round serves every waiting reader
+
+    def _notice_role(self) -> None:
+        if self.raft.role is not self.last_role:
+            if self.last_role is Role.LEADER:
+                self._fail_pending(ProposalOutcomeUnknown(f"node {self.raft.id} lost leadership"))
+            self.last_role = self.raft.role
+
+    async def _handle(self, ready: Ready) -> None:
+        if ready.messages_now:
+            self.transport.send(tuple(self._fill(m) for m in ready.messages_now))
+        for chunk in ready.snapshot_chunks:
+            self.snapshots.stage(chunk.offset, chunk.data or b"")
+        if ready.snapshot is not None:
+            meta = ready.snapshot
+            await self._run_blocking(lambda: self.snapshots.save(meta, self.snapshots.staged()))
+            self._apply_queue.put_nowait(("restore", meta))
+        if ready.entries or ready.hard_state is not None or ready.snapshot is not None:
+            await self._run_blocking(lambda: self.store.save(ready.hard_state, ready.entries, ready.snapshot))
+        if ready.messages:
+            self.transport.send(tuple(self._fill(m) for m in ready.messages))
+        if ready.committed:
+            self._apply_queue.put_nowait(("entries", ready.committed))
+        for state in ready.read_states:
+            for future in self._read_rounds.pop(state.context, []):
+                self._read_waits.append((state.index, future))
+        self.raft.advance(ready)
+        self._release_reads()
+
+    def _fill(self, m: Message) -> Message:
+        """SNAPSHOT messages leave the core without data: cut the chunk from our snapshot."""
+        if m.type is not MessageType.SNAPSHOT or m.data is not None:
+            return m
+        current = self.snapshots.current()
+        data = current[1] if current else b""
+        chunk = data[m.offset:m.offset + self.raft.config.snapshot_chunk_bytes]
+        return Message(m.type, m.source, m.target, m.term, snapshot=m.snapshot, offset=m.offset, data=chunk, done=m.done)
+
+    # ---- the apply task
+
+    async def _apply_loop(self) -> None:
+        while True:
+            kind, item = await self._apply_queue.get()
+            if kind == "restore":
+                self.state_machine.restore(self.snapshots.current()[1])
+                self.applied_index = self._last_snapshot_index = item.index
+                self._fail_pending_through(item.index)
+            else:
+                self._apply(item)
+                await self._maybe_snapshot()
+            self._release_reads()
+
+    def _apply(self, entries: tuple[Entry, ...]) -> None:
+        for entry in entries:
+            if entry.index <= self.applied_index:
+                continue  # covered by a snapshot installed meanwhile
+            result = self.state_machine.apply(entry.index, entry.data) if entry.kind == EntryKind.NORMAL else b""
+            self.applied_index = entry.index
+            pending = self._pending.pop(entry.index, None)
+            if pending is not None:
+                term, future = pending
+                if term == entry.term:
+                    _settle(future, result=result)
+                else:
+                    _settle(future, error=ProposalOutcomeUnknown("overwritten by a new leader's entry"))
+
+    async def _maybe_snapshot(self) -> None:
+        if self.applied_index - self._last_snapshot_index < self.snapshot_entries:
+            return
+        index = self.applied_index
+        term = self.raft.log.term(index)
+        if term is None:
+            return
+        data = self.state_machine.snapshot()
+        meta = SnapshotMeta(index, term, self.raft.log.membership_at(index), len(data))
+        await self._run_blocking(lambda: (self.snapshots.save(meta, data), self.store.compact(meta)))
+        self._last_snapshot_index = index
+        self._compact_to = meta
+        self._wake.set()
+
+    # ---- reads and failures
+
+    def _release_reads(self) -> None:
+        still = []
+        for index, future in self._read_waits:
+            if index <= self.applied_index:
+                _settle(future, result=index)
+            else:
+                still.append((index, future))
+        self._read_waits = still
+
+    def _fail_pending(self, error: Exception) -> None:
+        for _, future in self._pending.values():
+            _settle(future, error=error)
+        self._pending.clear()
+        for futures in self._read_rounds.values():
+            for future in futures:
+                _settle(future, error=error)
+        self._read_rounds.clear()
+        for future in self._readers:
+            _settle(future, error=error)
+        self._readers.clear()
+        for _, future in self._read_waits:
+            _settle(future, error=error)
+        self._read_waits.clear()
+
+    def _fail_pending_through(self, index: int) -> None:
+        for pending_index in [i for i in self._pending if i <= index]:
+            _settle(self._pending.pop(pending_index)[1], error=ProposalOutcomeUnknown("replaced by a snapshot"))
+
+
+def _settle(future: asyncio.Future, result=None, error: Exception | None = None) -> None:
+    if future.done():
+        return
+    if error is not None:
+        future.set_exception(error)
+    else:
+        future.set_result(result)
+
+
+async def _inline(work: Callable[[], object]) -> object:
+    return work()
