@@ -306,7 +306,13 @@ CRC_VPCLMUL static inline crc_acc512 crc_chunk256(crc_acc512 a, __m512i k, const
     return a;
 }
 
-#define CRC_VPCLMUL_MIN 256
+#define CRC_VPCLMUL_MIN 96 /* below this one crc32 stream is faster */
+
+/* The 16 lanes of the accumulators moved to the last of the q blocks that follow them. */
+CRC_VPCLMUL static __m512i crc_finish512(crc_acc512 a, size_t q) {
+    __m512i r = crc_fold512(a.a0, crc_k512(q + 15), crc_fold512(a.a1, crc_k512(q + 11), _mm512_setzero_si512()));
+    return crc_fold512(a.a2, crc_k512(q + 7), crc_fold512(a.a3, crc_k512(q + 3), r));
+}
 
 CRC_VPCLMUL static uint32_t crc_vpclmul(uint32_t s, const uint8_t *p, size_t n) {
     if (n < CRC_VPCLMUL_MIN) return crc_sse42_1(s, p, n);
@@ -315,43 +321,45 @@ CRC_VPCLMUL static uint32_t crc_vpclmul(uint32_t s, const uint8_t *p, size_t n) 
     p += t;
     n -= t;
     const __m512i zero = _mm512_setzero_si512();
-    const __m512i k256 = _mm512_broadcast_i32x4(crc_k128(16));
-    __m512i j = zero, kg = k256; /* j goes into the block at p; kg moves a to p */
-    crc_acc512 a = {_mm512_loadu_si512(p), _mm512_loadu_si512(p + 64), _mm512_loadu_si512(p + 128),
-                    _mm512_loadu_si512(p + 192)};
-    a.a0 = _mm512_xor_si512(a.a0, _mm512_zextsi128_si512(_mm_cvtsi32_si128((int)s)));
-    p += 256;
-    n -= 256;
-    for (size_t k; (k = crc_super_chunks(n, 256)) != 0; n -= k * (256 + 3 * CRC_W)) {
-        const uint8_t *c = p + 256 * k, *end = c;
-        crc_three x = {0, 0, 0};
-        x = crc_streams(x, c, CRC_W * k);
-        a = crc_chunk256(a, kg, p, j);
-        for (p += 256, c += CRC_W; p < end; p += 256, c += CRC_W) {
-            x = crc_streams(x, c, CRC_W * k);
-            a = crc_chunk256(a, k256, p, zero);
-        }
-        j = _mm512_zextsi128_si512(crc_join3(x, k));
-        kg = _mm512_broadcast_i32x4(_mm_load_si128((const __m128i *)crc_gap512[k]));
-        p += 3 * CRC_W * k;
-    }
+    /* j goes into the block at p: the state so far, to start. */
+    __m512i j = _mm512_zextsi128_si512(_mm_cvtsi32_si128((int)s)), r = zero;
     if (n >= 256) {
-        a = crc_chunk256(a, kg, p, j);
-        for (p += 256, n -= 256; n >= 256; p += 256, n -= 256) a = crc_chunk256(a, k256, p, zero);
+        const __m512i k256 = _mm512_broadcast_i32x4(crc_k128(16));
+        __m512i kg = k256; /* moves the accumulators to the chunk at p */
+        crc_acc512 a = {_mm512_xor_si512(_mm512_loadu_si512(p), j), _mm512_loadu_si512(p + 64),
+                        _mm512_loadu_si512(p + 128), _mm512_loadu_si512(p + 192)};
         j = zero;
-    } /* else no superblock ran: j and kg are as they started */
+        p += 256;
+        n -= 256;
+        for (size_t k; (k = crc_super_chunks(n, 256)) != 0; n -= k * (256 + 3 * CRC_W)) {
+            const uint8_t *c = p + 256 * k, *end = c;
+            crc_three x = {0, 0, 0};
+            x = crc_streams(x, c, CRC_W * k);
+            a = crc_chunk256(a, kg, p, j);
+            for (p += 256, c += CRC_W; p < end; p += 256, c += CRC_W) {
+                x = crc_streams(x, c, CRC_W * k);
+                a = crc_chunk256(a, k256, p, zero);
+            }
+            j = _mm512_zextsi128_si512(crc_join3(x, k));
+            kg = _mm512_broadcast_i32x4(_mm_load_si128((const __m128i *)crc_gap512[k]));
+            p += 3 * CRC_W * k;
+        }
+        if (n >= 256) {
+            a = crc_chunk256(a, kg, p, j);
+            for (p += 256, n -= 256; n >= 256; p += 256, n -= 256) a = crc_chunk256(a, k256, p, zero);
+            j = zero;
+        } /* else no superblock ran: j and kg are as they started */
+        r = crc_finish512(a, n >> 4);
+    }
     /* q < 16 whole blocks remain, loaded four per zmm (the last one masked); every lane moves
      * straight to the last block. */
     size_t q = n >> 4;
-    __m512i r = zero;
     for (size_t g = 0; 4 * g < q; g++) {
         size_t bytes = 16 * q - 64 * g;
         __mmask64 m = bytes >= 64 ? ~(__mmask64)0 : ((__mmask64)1 << bytes) - 1;
         __m512i d = _mm512_maskz_loadu_epi8(m, p + 64 * g);
         r = crc_fold512(g == 0 ? _mm512_xor_si512(d, j) : d, crc_k512(q - 1 - 4 * g), r);
     }
-    __m512i r0 = crc_fold512(a.a0, crc_k512(q + 15), crc_fold512(a.a1, crc_k512(q + 11), r));
-    r = crc_fold512(a.a2, crc_k512(q + 7), crc_fold512(a.a3, crc_k512(q + 3), r0));
     __m256i y = _mm256_xor_si256(_mm512_castsi512_si256(r), _mm512_extracti64x4_epi64(r, 1));
     return crc_reduce128(_mm_xor_si128(_mm256_castsi256_si128(y), _mm256_extracti128_si256(y, 1)));
 }
