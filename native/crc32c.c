@@ -51,22 +51,6 @@ static uint32_t crc_slice[8][256];
 /* Multiplies a reflected residue by x. */
 static uint32_t crc_mul_x(uint32_t v) { return (v >> 1) ^ ((v & 1) ? CRC_POLY : 0); }
 
-/* Product of two reflected residues mod P (Horner over the coefficients of a, highest first). */
-static uint32_t crc_mulmod(uint32_t a, uint32_t b) {
-    uint32_t r = 0;
-    for (int i = 0; i < 32; i++) r = crc_mul_x(r) ^ ((a >> i & 1) ? b : 0);
-    return r;
-}
-
-/* x^e mod P for e >= -1, by square and multiply. */
-static uint32_t crc_xpow(long e) {
-    if (e < 0) return CRC_X_INV;
-    uint32_t r = 0x80000000u, base = 0x40000000u; /* x^0, x^1 */
-    for (; e; e >>= 1, base = crc_mulmod(base, base))
-        if (e & 1) r = crc_mulmod(r, base);
-    return r;
-}
-
 static uint64_t crc_load64(const uint8_t *p) {
     return (uint64_t)p[0] | (uint64_t)p[1] << 8 | (uint64_t)p[2] << 16 | (uint64_t)p[3] << 24 |
            (uint64_t)p[4] << 32 | (uint64_t)p[5] << 40 | (uint64_t)p[6] << 48 | (uint64_t)p[7] << 56;
@@ -85,6 +69,22 @@ static uint32_t crc_portable(uint32_t s, const uint8_t *p, size_t n) {
 }
 
 #if CRC_SIMD
+
+/* Product of two reflected residues mod P (Horner over the coefficients of a, highest first). */
+static uint32_t crc_mulmod(uint32_t a, uint32_t b) {
+    uint32_t r = 0;
+    for (int i = 0; i < 32; i++) r = crc_mul_x(r) ^ ((a >> i & 1) ? b : 0);
+    return r;
+}
+
+/* x^e mod P for e >= -1, by square and multiply. */
+static uint32_t crc_xpow(long e) {
+    if (e < 0) return CRC_X_INV;
+    uint32_t r = 0x80000000u, base = 0x40000000u; /* x^0, x^1 */
+    for (; e; e >>= 1, base = crc_mulmod(base, base))
+        if (e & 1) r = crc_mulmod(r, base);
+    return r;
+}
 
 #define CRC_SSE42 __attribute__((target("sse4.2")))
 #define CRC_PCLMUL __attribute__((target("sse4.2,pclmul")))
@@ -246,7 +246,8 @@ CRC_PCLMUL static uint32_t crc_pclmul(uint32_t s, const uint8_t *p, size_t n) {
     const __m128i zero = _mm_setzero_si128(), k64 = crc_k128(4);
     __m128i j = zero, kg = k64; /* j goes into the block at p; kg moves a to p */
     const __m128i *v = (const __m128i *)p;
-    crc_acc128 a = {_mm_loadu_si128(v), _mm_loadu_si128(v + 1), _mm_loadu_si128(v + 2), _mm_loadu_si128(v + 3)};
+    crc_acc128 a = {_mm_loadu_si128(v), _mm_loadu_si128(v + 1), _mm_loadu_si128(v + 2),
+                    _mm_loadu_si128(v + 3)};
     a.a0 = _mm_xor_si128(a.a0, _mm_cvtsi32_si128((int)s));
     p += 64;
     n -= 64;
@@ -310,7 +311,8 @@ CRC_VPCLMUL static inline crc_acc512 crc_chunk256(crc_acc512 a, __m512i k, const
 
 /* The 16 lanes of the accumulators moved to the last of the q blocks that follow them. */
 CRC_VPCLMUL static __m512i crc_finish512(crc_acc512 a, size_t q) {
-    __m512i r = crc_fold512(a.a0, crc_k512(q + 15), crc_fold512(a.a1, crc_k512(q + 11), _mm512_setzero_si512()));
+    __m512i r = crc_fold512(a.a1, crc_k512(q + 11), _mm512_setzero_si512());
+    r = crc_fold512(a.a0, crc_k512(q + 15), r);
     return crc_fold512(a.a2, crc_k512(q + 7), crc_fold512(a.a3, crc_k512(q + 3), r));
 }
 
