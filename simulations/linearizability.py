@@ -24,24 +24,39 @@ Linearizability is local (Herlihy & Wing's P-compositionality): a history is lin
 its restriction to each key is, so every key is checked on its own, in order of first appearance.
 
 Per key the search is Wing & Gong's, with Lowe's improvements (the "WGL" algorithm): the
-invocations and responses are put in one doubly linked list ordered by time. The calls that come
-before the first response in the list are the *minimal* operations: any of them may be linearized
-next. The search takes the first minimal call whose model step agrees with the recorded result,
-pushes (call, model state) on a stack, unlinks the call and its response, and starts again from
-the head of the list. Reaching a response means its operation should already have been linearized:
-the search backtracks (pops, relinks, tries the next minimal call). Lowe's memoization keeps every
-configuration visited, (set of linearized operations as a bitset, model state), in a cache, and
-never enters one twice: a configuration is either a dead end or was not yet finished, so entering
-it again cannot help. That makes the search polynomial on the histories real systems produce,
-although the problem is NP-complete in general; so each key has a step budget, and running out of
-it gives the explicit verdict UNKNOWN rather than a hang or a guess.
+invocations and responses of the completed operations are put in one doubly linked list ordered by
+time. The calls that come before the first response in the list are the *minimal* operations: any
+of them may be linearized next. The search takes a minimal call whose model step agrees with the
+recorded result, pushes it on a stack, unlinks the call and its response, and carries on from the
+new configuration; when no minimal call fits, the response at the head of the list can no longer
+be met, and the search backtracks (pops, relinks, tries the next choice). Lowe's memoization keeps
+every configuration entered, (set of linearized operations as a bitset, model state), in a cache
+and never enters one twice: a configuration seen before and left has been refuted (it cannot be
+one being explored, which all have fewer operations linearized). That makes the search polynomial on the
+histories real systems produce, although the problem is NP-complete in general; so each key has a
+step budget (a step is one look at a minimal call), and running out of it gives the explicit
+verdict UNKNOWN rather than a hang or a guess. The search succeeds when every completed operation
+is linearized: the pending ones left over can all go last.
 
-The search succeeds when every completed operation is linearized (the pending ones that are left
-can all go last). On failure the report names the key, lists its operations, and gives the longest
-linearizable prefix the search found and the operation it could not place after that prefix.
+Refinements, each of which keeps the verdict exact (tests compare it with brute force):
+- a consistent minimal get (or failed cas) can be moved to the front of any linearization of the
+  rest, so it is taken at once and is not a choice point;
+- values that no get reads and no cas expects are indistinguishable to the model and share one
+  state, which merges the cache entries left by different unread writes;
+- pending operations are not in the list: pending writes of such unread values are dropped when
+  no cas on the key failed (removing one changes the register only while it held a value nobody
+  looks at), and the rest are grouped by model step, each group used in invocation order (two
+  invoked pending twins are interchangeable forever);
+- choices are tried in the order: writes of unread values (best overwritten soon), other
+  completed writes, pending operations.
+Written values should be unique (e.g. (client, sequence)): checks are then fastest, reports
+clearest.
 
-Values are compared by type and value (1, 1.0 and True are three different values), and must be
-hashable. Nothing here iterates over a set or dict in a way that depends on hash order.
+On failure the report names the key, lists its operations, and gives the longest linearizable
+prefix the search found and the operation whose response it could not get past after that prefix.
+
+Values are compared by type and value (1, 1.0 and True are three different values; inside a
+tuple, Python equality decides), and must be hashable. Nothing here iterates over a set or dict in a way that depends on hash order.
 """
 
 from __future__ import annotations
@@ -55,7 +70,7 @@ GET = "get"
 CAS = "cas"
 ARGUMENT_COUNT_BY_KIND = {PUT: 1, GET: 0, CAS: 2}
 
-STEPS_PER_KEY_MAX_DEFAULT = 2_000_000
+STEPS_PER_KEY_MAX_DEFAULT = 10_000_000  # about 2-5 s of search, 100-200 MB of cache
 EXPLAIN_OPERATIONS_MAX = 40  # operations listed in an explanation (the latest ones before the failure)
 EXPLAIN_PREFIX_MAX = 20  # operations of the longest prefix listed in an explanation (its tail)
 
@@ -251,7 +266,7 @@ def _identity(value: Any, what: str) -> tuple:
 def _check_key(key: Hashable, indexed: list, steps_max: int) -> KeyReport:
     by_invocation = sorted(indexed, key=lambda pair: (pair[1].invoked, pair[0]))
     relevant = _relevant(by_invocation)
-    problem = _Problem(relevant)
+    problem = _Problem(relevant, _observed_values(relevant))
     outcome = _search(problem, steps_max)
     return KeyReport(
         key=key,
@@ -259,9 +274,20 @@ def _check_key(key: Hashable, indexed: list, steps_max: int) -> KeyReport:
         steps=outcome.steps,
         operations=tuple(by_invocation),
         longest_prefix=tuple(relevant[op][0] for op in outcome.prefix),
-        state_after_prefix=problem.values[outcome.state],
+        state_after_prefix=_replay([relevant[op][1] for op in outcome.prefix]),
         blocked_by=None if outcome.blocked is None else relevant[outcome.blocked][0],
     )
+
+
+def _replay(linearization: list[Operation]) -> Any:
+    """The register's value after these operations (consistent ones) are applied in order."""
+    value = None
+    for operation in linearization:
+        if operation.kind == PUT:
+            value = operation.args[0]
+        elif operation.kind == CAS and operation.result is not False:
+            value = operation.args[1]
+    return value
 
 
 def _relevant(by_invocation: list) -> list:
@@ -272,26 +298,37 @@ def _relevant(by_invocation: list) -> list:
     linearization changes the register only while it held that unobserved value. With unique
     written values, as a simulator should use, this removes almost every pending write.
     """
-    observed = set()
-    for _, operation in by_invocation:
-        if operation.kind == GET and not operation.pending:
-            observed.add(_identity(operation.result, "value"))
-        elif operation.kind == CAS:
-            observed.add(_identity(operation.args[0], "value"))
+    observed = _observed_values(by_invocation)
     some_cas_failed = any(operation.kind == CAS and operation.result is False
                           for _, operation in by_invocation)
 
     def matters(operation: Operation) -> bool:
         if not operation.pending:
             return True
-        if operation.kind == GET:
-            return False
+        if operation.kind == GET or (operation.kind == CAS and _identity(
+                operation.args[0], "value") == _identity(operation.args[1], "value")):
+            return False  # a pending read or no-op
         return some_cas_failed or _identity(operation.args[-1], "value") in observed
 
     return [pair for pair in by_invocation if matters(pair[1])]
 
 
+def _observed_values(by_invocation: list) -> set[tuple]:
+    """Identities of the values some operation looks at: read by a get, expected by a cas."""
+    observed = {_identity(None, "value")}
+    for _, operation in by_invocation:
+        if operation.kind == GET and not operation.pending:
+            observed.add(_identity(operation.result, "value"))
+        elif operation.kind == CAS:
+            observed.add(_identity(operation.args[0], "value"))
+    return observed
+
+
 # Model step codes. Values are interned to small ints, so a model state is an int (None is 0).
+# Every value nobody observes is interned as the same int, _UNOBSERVED_ID: the model cannot tell
+# them apart (a get or cas comparing with one would have observed it), and merging them shrinks
+# the memo: the configurations after different unread writes become one.
+_UNOBSERVED_ID = 1
 _SET = 0  # put, and pending cas (which can only matter if it succeeded): needs nothing
 _READ = 1  # completed get: the register must hold `a`
 _SWAP = 2  # successful or pending cas: the register must hold `a`; it then holds `b`
@@ -310,12 +347,27 @@ def _step(code: int, a: int, b: int, state: int) -> int:
     return state if state != a else _INCONSISTENT
 
 
+# The order in which the search tries an op, when it is minimal and consistent.
+_PRIORITY_FIRST = 0  # writes of a value nobody observes: best placed early, to be overwritten
+_PRIORITY_NORMAL = 1
+_PRIORITY_LAST = 2  # pending operations: they need not take effect at all
+_PRIORITY_READ = 3  # completed ops that leave the register alone: linearized at once
+
+
+def _priority(code: int, a: int, b: int, completed: bool) -> int:
+    if not completed:
+        return _PRIORITY_LAST
+    if code in (_READ, _REFUSE) or (code == _SWAP and a == b):
+        return _PRIORITY_READ
+    return _PRIORITY_FIRST if code == _SET and a == _UNOBSERVED_ID else _PRIORITY_NORMAL
+
+
 class _Problem:
     """One key's operations as arrays: interned values, step codes, and the sorted event list."""
 
-    def __init__(self, indexed: list) -> None:
-        self.values: list[Any] = [None]
-        self._value_ids: dict[tuple, int] = {(type(None), None): 0}
+    def __init__(self, indexed: list, observed: set[tuple]) -> None:
+        self._value_ids: dict[tuple, int] = {(type(None), None): 0}  # _UNOBSERVED_ID is 1
+        self._observed = observed
         self.codes, self.a, self.b = [], [], []
         self.completed: list[bool] = []
         events = []
@@ -329,11 +381,18 @@ class _Problem:
         events.sort(key=lambda event: (event[0], event[1], event[2]))
         self.event_op = [-1] + [op for _, _, op in events]  # node 0 is the list's sentinel
         self.event_is_return = [False] + [phase == 1 for _, phase, _ in events]
-        self.earlier_twin = self._earlier_twins()
-        self.return_node = [0] * len(indexed)
+        self.call_node = [0] * len(indexed)
+        self.return_node = [0] * len(indexed)  # 0: none (pending)
         for node in range(1, len(self.event_op)):
-            if self.event_is_return[node]:
-                self.return_node[self.event_op[node]] = node
+            nodes = self.return_node if self.event_is_return[node] else self.call_node
+            nodes[self.event_op[node]] = node
+        # Only completed ops are linked; pending ones are offered by twin group (see below).
+        self.linked_nodes = [node for node in range(1, len(self.event_op))
+                             if self.completed[self.event_op[node]]]
+        self.priority = [_priority(code, a, b, completed)
+                         for code, a, b, completed in zip(self.codes, self.a, self.b, self.completed)]
+        self.twin_groups, self.group_of = self._twin_groups()
+        self.group_first_call = [self.call_node[members[0]] for members in self.twin_groups]
 
     def _encode(self, operation: Operation) -> None:
         if operation.kind == PUT:
@@ -348,26 +407,30 @@ class _Problem:
         self.a.append(a)
         self.b.append(b)
 
-    def _earlier_twins(self) -> list[int]:
-        """For each pending op, the previous pending op with the same step (-1: none).
+    def _twin_groups(self) -> tuple[list[list[int]], list[int]]:
+        """Pending ops grouped by model step, each group in invocation order.
 
-        Two such twins, once both invoked, are interchangeable forever (neither ever returns), so
-        the search only uses them in invocation order: a pending op waits for its earlier twin.
+        Two pending twins, once both invoked, are interchangeable forever (neither ever returns),
+        so the search uses a group's members in invocation order only: it offers the first unused
+        member, once invoked. Unread pending writes all become twins (see _UNOBSERVED_ID).
         """
-        last_by_step: dict[tuple[int, int, int], int] = {}
-        earlier_twin = []
+        group_by_step: dict[tuple[int, int, int], int] = {}
+        groups: list[list[int]] = []
+        group_of = [-1] * len(self.codes)
         for op, step in enumerate(zip(self.codes, self.a, self.b)):
-            earlier_twin.append(-1 if self.completed[op] else last_by_step.get(step, -1))
             if not self.completed[op]:
-                last_by_step[step] = op
-        return earlier_twin
+                group = group_by_step.setdefault(step, len(groups))
+                if group == len(groups):
+                    groups.append([])
+                groups[group].append(op)
+                group_of[op] = group
+        return groups, group_of
 
     def _intern(self, value: Any) -> int:
         identity = _identity(value, "value")
-        if identity not in self._value_ids:
-            self._value_ids[identity] = len(self.values)
-            self.values.append(value)
-        return self._value_ids[identity]
+        if identity not in self._observed:
+            return _UNOBSERVED_ID
+        return self._value_ids.setdefault(identity, len(self._value_ids) + 1)
 
 
 @dataclasses.dataclass
@@ -380,57 +443,190 @@ class _Outcome:
 
 
 def _search(problem: _Problem, steps_max: int) -> _Outcome:
-    """WGL: depth-first over minimal calls, with (linearized bitset, state) memoization."""
-    node_count = len(problem.event_op)
-    next_node = [(node + 1) % node_count for node in range(node_count)]  # circular, sentinel 0
-    prev_node = [(node - 1) % node_count for node in range(node_count)]
-    event_op, is_return, return_node = problem.event_op, problem.event_is_return, problem.return_node
-    codes, a, b, completed = problem.codes, problem.a, problem.b, problem.completed
-    earlier_twin = problem.earlier_twin
-    returns_left = sum(completed)
-    stack: list[tuple[int, int]] = []  # (call node, state before the call)
-    visited: set[tuple[int, int]] = set()
-    deepest = _Outcome(Verdict.NOT_LINEARIZABLE, 0, [], 0, None)
-    linearized, state, node, steps = 0, 0, next_node[0], 0
-    while returns_left:  # a response is still in the list: a completed op is not linearized
-        if steps == steps_max:
-            if len(stack) > len(deepest.prefix):
-                deepest.prefix, deepest.state, deepest.blocked = _ops_of(stack, event_op), state, None
-            deepest.verdict = Verdict.UNKNOWN
-            break
-        steps += 1
-        op = event_op[node]
-        if is_return[node]:  # op should have been linearized by now: backtrack
-            if len(stack) > len(deepest.prefix) or deepest.blocked is None:
-                deepest.prefix, deepest.state, deepest.blocked = _ops_of(stack, event_op), state, op
-            if not stack:
-                break
-            node, state = stack.pop()
-            op = event_op[node]
-            linearized ^= 1 << op
-            returns_left += _relink(node, return_node[op] if completed[op] else 0, next_node, prev_node)
-            node = next_node[node]
-            continue
-        twin = earlier_twin[op]
-        state_after = _step(codes[op], a[op], b[op], state)
-        if state_after != _INCONSISTENT and (twin < 0 or linearized >> twin & 1):
-            configuration = (linearized | 1 << op, state_after)
-            if configuration not in visited:
-                visited.add(configuration)
-                stack.append((node, state))
-                linearized, state = configuration
-                returns_left -= _unlink(node, return_node[op] if completed[op] else 0, next_node, prev_node)
-                node = next_node[0]
+    return _Search(problem, steps_max).run()
+
+
+class _Search:
+    """WGL: depth-first over minimal calls, with (linearized bitset, state) memoization.
+
+    Each configuration's minimal calls are scanned once, on arrival; the consistent ones become
+    its list of choices, kept on the stack with how far they have been tried, so backtracking
+    resumes without rescanning. A consistent minimal call that leaves the register alone (a get,
+    a failed cas) is pushed as forced instead: when what follows it fails, the configuration
+    before it fails too, so backtracking goes straight past it.
+    """
+
+    def __init__(self, problem: _Problem, steps_max: int) -> None:
+        self.next_node = [0] * len(problem.event_op)  # a circular list through sentinel 0
+        self.prev_node = [0] * len(problem.event_op)
+        ring = [0] + problem.linked_nodes
+        for position, node in enumerate(ring):
+            self.next_node[node] = ring[(position + 1) % len(ring)]
+            self.prev_node[node] = ring[position - 1]
+        self.group_used = [0] * len(problem.twin_groups)  # members linearized, per twin group
+        # The twin groups with members left, in order of first invocation, also a circular list;
+        # its sentinel is the index len(twin_groups).
+        group_ring = list(range(len(problem.twin_groups) + 1))
+        self.next_group = group_ring[1:] + group_ring[:1]
+        self.prev_group = group_ring[-1:] + group_ring[:-1]
+        self.problem = problem
+        self.steps_max = steps_max
+        self.steps = 0
+        # (call node, state before it, the choices it was taken from or None if forced, how many
+        # of them are tried, the op whose response closes that configuration)
+        self.stack: list[tuple[int, int, list | None, int, int]] = []
+        self.visited: set[tuple[int, int]] = set()
+        self.linearized = 0  # bitset of linearized ops
+        self.state = 0
+        self.returns_left = sum(problem.completed)  # completed ops not yet linearized
+        self.deepest = _Outcome(Verdict.NOT_LINEARIZABLE, 0, [], 0, None)
+
+    def run(self) -> _Outcome:
+        choices, tried, closing = self._enter()
+        while self.returns_left and self.steps < self.steps_max:
+            if choices is None or tried == len(choices):  # dead end
+                if choices is not None:
+                    self._note_dead_end(closing)
+                resumed = self._backtrack()
+                if resumed is None:
+                    self.deepest.steps = self.steps
+                    return self.deepest
+                choices, tried, closing = resumed
                 continue
-        node = next_node[node]
-    deepest.steps = steps
-    if not returns_left:
-        return _Outcome(Verdict.LINEARIZABLE, steps, _ops_of(stack, event_op), state, None)
-    return deepest
+            self.steps += 1
+            node, op, state_after = choices[tried]
+            tried += 1
+            if _configuration(self.linearized | 1 << op, state_after) not in self.visited:
+                self._push(node, op, state_after, choices, tried, closing)
+                choices, tried, closing = self._enter()
+        return self._finish()
+
+    def _finish(self) -> _Outcome:
+        if not self.returns_left:
+            return _Outcome(Verdict.LINEARIZABLE, self.steps, self._prefix(), self.state, None)
+        self.deepest.verdict = Verdict.UNKNOWN
+        if len(self.stack) > len(self.deepest.prefix):
+            self.deepest.prefix, self.deepest.state, self.deepest.blocked = (
+                self._prefix(), self.state, None)
+        self.deepest.steps = self.steps
+        return self.deepest
+
+    def _enter(self) -> tuple[list | None, int, int]:
+        """Arrive at a new configuration: linearize consistent reads, then list its choices.
+
+        Returns (choices, 0, op whose response closes the configuration), or (None, 0, -1) when
+        the configuration is already refuted, or ([], 0, -1) when the step budget ran out."""
+        while self.returns_left:
+            read_node, choices, first_return = self._scan_minimal_calls()
+            if first_return < 0:
+                return [], 0, -1
+            if not read_node:
+                choices += self._pending_choices(first_return)
+                return choices, 0, self.problem.event_op[first_return]
+            op = self.problem.event_op[read_node]
+            if _configuration(self.linearized | 1 << op, self.state) in self.visited:
+                return None, 0, -1  # already refuted with this read taken
+            self._push(read_node, op, self.state, None, 0, -1)
+        return [], 0, -1
+
+    def _scan_minimal_calls(self) -> tuple[int, list, int]:
+        """Walk the linked calls before the first response: (the node of a consistent read or 0,
+        the consistent writes by priority, the first response's node or -1: out of steps)."""
+        problem, next_node, state = self.problem, self.next_node, self.state
+        event_op, is_return = problem.event_op, problem.event_is_return
+        codes, a, b, priority = problem.codes, problem.a, problem.b, problem.priority
+        steps, steps_max = self.steps, self.steps_max
+        buckets: tuple[list, list] = ([], [])  # _PRIORITY_FIRST, _PRIORITY_NORMAL
+        node = next_node[0]
+        while not is_return[node]:
+            if steps == steps_max:
+                self.steps = steps
+                return 0, [], -1
+            steps += 1
+            op = event_op[node]
+            state_after = _step(codes[op], a[op], b[op], state)
+            if state_after != _INCONSISTENT:
+                if priority[op] == _PRIORITY_READ:
+                    self.steps = steps
+                    return node, [], node
+                buckets[priority[op]].append((node, op, state_after))
+            node = next_node[node]
+        self.steps = steps
+        return 0, buckets[0] + buckets[1], node
+
+    def _pending_choices(self, first_return: int) -> list[tuple[int, int, int]]:
+        """The first unused member of each twin group, if invoked before `first_return`."""
+        problem, choices, state = self.problem, [], self.state
+        call_node, codes, a, b = problem.call_node, problem.codes, problem.a, problem.b
+        twin_groups, group_used, next_group = problem.twin_groups, self.group_used, self.next_group
+        first_calls, sentinel = problem.group_first_call, len(twin_groups)
+        steps, steps_max = self.steps, self.steps_max
+        group = next_group[sentinel]
+        while group != sentinel and first_calls[group] < first_return and steps < steps_max:
+            steps += 1
+            op = twin_groups[group][group_used[group]]
+            if call_node[op] < first_return:
+                state_after = _step(codes[op], a[op], b[op], state)
+                if state_after != _INCONSISTENT:
+                    choices.append((call_node[op], op, state_after))
+            group = next_group[group]
+        self.steps = steps
+        return choices
+
+    def _use_twin(self, op: int, count: int) -> None:
+        """Mark one more (count 1) or one fewer (count -1) member of op's twin group used."""
+        group = self.problem.group_of[op]
+        exhausted = len(self.problem.twin_groups[group])
+        if count < 0 and self.group_used[group] == exhausted:
+            _relink(group, 0, self.next_group, self.prev_group)
+        self.group_used[group] += count
+        if count > 0 and self.group_used[group] == exhausted:
+            _unlink(group, 0, self.next_group, self.prev_group)
+
+    def _push(self, node: int, op: int, state_after: int, choices: list | None, tried: int,
+              closing: int) -> None:
+        self.stack.append((node, self.state, choices, tried, closing))
+        self.linearized |= 1 << op
+        self.state = state_after
+        self.visited.add(_configuration(self.linearized, state_after))
+        if self.problem.completed[op]:
+            response = self.problem.return_node[op]
+            self.returns_left -= _unlink(node, response, self.next_node, self.prev_node)
+        else:
+            self._use_twin(op, 1)
+
+    def _backtrack(self) -> tuple[list, int, int] | None:
+        """Undo up to the last choice point; return its remaining choices, or None: refuted."""
+        while self.stack:
+            node, self.state, choices, tried, closing = self.stack.pop()
+            op = self.problem.event_op[node]
+            self.linearized ^= 1 << op
+            if self.problem.completed[op]:
+                response = self.problem.return_node[op]
+                self.returns_left += _relink(node, response, self.next_node, self.prev_node)
+            else:
+                self._use_twin(op, -1)
+            if choices is not None:
+                return choices, tried, closing
+        return None
+
+    def _note_dead_end(self, closing: int) -> None:
+        if len(self.stack) > len(self.deepest.prefix) or self.deepest.blocked is None:
+            self.deepest.prefix, self.deepest.state, self.deepest.blocked = (
+                self._prefix(), self.state, closing)
+
+    def _prefix(self) -> list[int]:
+        return [self.problem.event_op[node] for node, _, _, _, _ in self.stack]
 
 
-def _ops_of(stack: list[tuple[int, int]], event_op: list[int]) -> list[int]:
-    return [event_op[node] for node, _ in stack]
+def _configuration(linearized: int, state: int) -> tuple[int, int, int]:
+    """The memo key: (k, the bitset shifted right by k, state), where ops 0..k-1 are all linearized.
+
+    Ops are numbered by invocation, so the linearized set is a solid run of low bits plus a few
+    above it; dropping the run keeps each cached key small, whatever the history's length."""
+    after = linearized + 1  # the lowest clear bit of `linearized` is the lowest set bit of `after`
+    frontier = (after & -after).bit_length() - 1
+    return frontier, linearized >> frontier, state
 
 
 def _unlink(call: int, response: int, next_node: list[int], prev_node: list[int]) -> int:
