@@ -167,28 +167,32 @@ def hitting_window(mask: int, rng) -> np.ndarray:
             return np.append(prefixes[row], np.uint8(last))
 
 
-# White box: native/cdc.c hashes long regions as rounds of 4 chains x 8192 bytes from the first
-# tested byte (index min_size - 1 of a chunk). Planted hits sit where those chains meet; should
-# the layout change, these cases still check correctness but may lose that aim.
-ROUND_START, BLOCK = 63, 8192
-
-
-@pytest.mark.parametrize("hits, cut", [
-    ([(0, BLOCK - 1), (1, 100)], (0, BLOCK - 1)),  # a later chain hits first; chain 0's last byte
+# White box: native/cdc.c hashes long regions as rounds of 4 chains x 16384 bytes (4 x 4096 when
+# that does not fit) from the first tested byte (index min_size - 1 of a chunk). Planted hits sit
+# where those chains meet; should the layout change, these cases still check correctness but may
+# lose that aim.
+ROUND_START = 63
+PLANTS = [  # (chain, offset) of planted hits, and of the expected first cut
+    ([(0, -1), (1, 100)], (0, -1)),  # a later chain hits first; chain 0's last byte cuts
     ([(1, 0)], (1, 0)),  # the first byte of a chain, whose hash comes from the 63 before it
-    ([(3, 500), (2, 7000)], (2, 7000)),
+    ([(3, 500), (2, 3000)], (2, 3000)),
     ([(1, 63), (0, 62)], (0, 62)),
-])
-def test_interleaved_chains_find_the_first_hit(hits, cut):
+]
+
+
+@pytest.mark.parametrize("block", [16384, 4096])
+@pytest.mark.parametrize("hits, cut", PLANTS)
+def test_interleaved_chains_find_the_first_hit(block, hits, cut):
     sizes = dict(min_size=64, avg_size=1 << 20, max_size=1 << 22, normalization=0)
     rng = np.random.default_rng(21)
-    data = random_bytes(3 * 4 * BLOCK, seed=22)
+    data = random_bytes(ROUND_START + 4 * block + 8, seed=22)  # one round and a bit
     window = hitting_window(masks(sizes["avg_size"], 0)[0], rng)
+    where = lambda chain, offset: ROUND_START + chain * block + offset % block  # noqa: E731
     for chain, offset in hits:
-        end = ROUND_START + chain * BLOCK + offset
+        end = where(chain, offset)
         data[end - 63:end + 1] = window
     expected = vector_reference(data, **sizes)
-    assert expected[0] == ROUND_START + cut[0] * BLOCK + cut[1] + 1
+    assert expected[0] == where(*cut) + 1
     assert chunk_lengths(data, **sizes) == expected
 
 
