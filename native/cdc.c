@@ -39,12 +39,13 @@
  * - Separate loops per region ([min-63, min) untested, [min, avg) with mask_small, [avg, max)
  *   with mask_large), each with a fixed mask and a fixed end, unrolled by 8; the test is a
  *   branch that is almost never taken.
- * - Interleaved chains: one hash chain costs a dependent shift-add per byte. On long stretches
- *   the region is cut into rounds of CDC_CHAINS consecutive blocks (of CDC_BLOCK_LONG bytes, or
- *   CDC_BLOCK_SHORT when a long round does not fit), hashed in lockstep by independent chains. Chain c > 0 rebuilds its starting hash from the 63 bytes
- *   before its block (exact, by the 64-byte window); chain 0 carries the true hash, and the next
- *   round's chain 0 starts from the last chain's final hash. When chain c hits, only chains
- *   before it can still hold an earlier cut; they are finished one by one.
+ * - Interleaved chains: one hash chain costs a dependent shift-add per byte (latency-bound at
+ *   about a byte per cycle). On long stretches the region is cut into rounds of CDC_CHAINS
+ *   consecutive blocks (of CDC_BLOCK_LONG bytes, or CDC_BLOCK_SHORT when a long round does not
+ *   fit), hashed in lockstep by independent chains. Chain c > 0 rebuilds its starting hash from
+ *   the 63 bytes before its block (exact, by the 64-byte window); chain 0 carries the true hash,
+ *   and the next round's chain 0 starts from the last chain's final hash. When chain c hits,
+ *   only chains before it can still hold an earlier cut; they are finished one by one.
  */
 #include "internal.h"
 
@@ -56,7 +57,7 @@
 #define CDC_INLINE static inline
 #endif
 
-#define CDC_WINDOW 64    /* bytes that a hash value depends on */
+#define CDC_WINDOW 64        /* bytes that a hash value depends on */
 #define CDC_CHAINS 4         /* independent hash chains hashed in lockstep */
 #define CDC_BLOCK_LONG 16384 /* bytes per chain per round on long stretches (multiples of 8, */
 #define CDC_BLOCK_SHORT 4096 /* >= CDC_WINDOW); short rounds when long ones do not fit */
