@@ -357,8 +357,8 @@ def test_non_buffer_raises_type_error(bad):
         Chunker().feed(bad)
 
 
-def test_strided_buffer_raises_type_error():
-    with pytest.raises(TypeError, match="C-contiguous"):
+def test_strided_buffer_and_float_sizes_are_refused():
+    with pytest.raises(ValueError, match="C-contiguous"):
         Chunker().feed(np.zeros(100, np.uint8)[::2])
     with pytest.raises(TypeError):
         Chunker(min_size=1024.0)

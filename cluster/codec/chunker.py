@@ -5,6 +5,7 @@ the cut rule). Cut points depend only on the bytes, never on how the stream is s
 buffers for `Chunker.feed`, so an insertion only moves the chunks around it.
 """
 from cluster._load import ffi, lib
+from cluster.codec import buffers
 
 WINDOW = 64  # bytes each hash value depends on: the smallest allowed min_size
 SIZE_LIMIT = 1 << 40  # max_size must stay below this
@@ -34,18 +35,6 @@ def check_sizes(min_size: int, avg_size: int, max_size: int, normalization: int)
         raise ValueError(f"max_size must be below 2**40, got {max_size}")
     if not 0 <= normalization <= 3:
         raise ValueError(f"normalization must be 0, 1, 2 or 3, got {normalization}")
-
-
-def _as_bytes(buffer):
-    """A uint8_t[] view of any C-contiguous buffer, without copying."""
-    if isinstance(buffer, str):
-        raise TypeError("cannot chunk a str: encode it to bytes first")
-    try:
-        return ffi.from_buffer("uint8_t[]", buffer)
-    except TypeError:
-        raise TypeError(f"expected a bytes-like object, got {type(buffer).__name__}") from None
-    except (ValueError, BufferError) as exc:  # a buffer, but strided
-        raise TypeError(f"expected a C-contiguous buffer: {exc}") from None
 
 
 class Chunker:
@@ -91,8 +80,10 @@ class Chunker:
 
     def feed(self, buffer) -> list[int]:
         """Lengths of the chunks that end inside `buffer` (the first may have begun earlier)."""
-        data = _as_bytes(buffer)
-        total, offset, out = len(data), 0, []
+        if isinstance(buffer, str):
+            raise TypeError("cannot chunk a str: encode it to bytes first")
+        data, total = buffers.readable(buffer, "chunker input")
+        offset, out = 0, []
         while offset < total:
             count = lib.cairn_cdc_scan(self._state, data + offset, total - offset,
                                        self._lengths, _BATCH, self._consumed)

@@ -10,21 +10,10 @@ a copy through `ffi.from_buffer`, and cffi releases the GIL for the duration of 
 """
 import operator
 
-from cluster._load import ffi, lib
-from cluster.codec import kernels
+from cluster._load import lib
+from cluster.codec import buffers, kernels
 
 _DEFAULT_KERNEL = kernels.crc_kernel()
-
-
-def _contiguous(data) -> memoryview:
-    """A memoryview of `data`, which must expose a C-contiguous buffer (any item format)."""
-    try:
-        view = memoryview(data)
-    except TypeError:
-        raise TypeError(f"crc32c needs a bytes-like object, not {type(data).__name__}") from None
-    if not view.c_contiguous:
-        raise ValueError("crc32c needs a C-contiguous buffer; copy it first (e.g. bytes(view))")
-    return view
 
 
 def crc32c(data, crc: int = 0, kernel: str | None = None) -> int:
@@ -38,5 +27,5 @@ def crc32c(data, crc: int = 0, kernel: str | None = None) -> int:
     if not 0 <= crc < 1 << 32:
         raise ValueError(f"crc must be in [0, 2**32), got {crc}")
     kernel_id = _DEFAULT_KERNEL if kernel is None else kernels.crc_kernel(kernel)
-    view = _contiguous(data)
-    return lib.cairn_crc32c(kernel_id, crc, ffi.from_buffer("uint8_t[]", view), view.nbytes)
+    pointer, size = buffers.readable(data, "crc32c input")
+    return lib.cairn_crc32c(kernel_id, crc, pointer, size)
