@@ -37,29 +37,41 @@ uint8_t cairn_gf_inv(uint8_t a) {
     return cairn_gf_exp[255 - cairn_gf_log[a]];
 }
 
+/* c * x^j for j = 0..7: the images of the 8 basis bytes. Multiplying by c is linear over GF(2),
+ * so these 8 products determine every table below (doubling is a shift and a conditional XOR). */
+static void basis_products(uint8_t c, uint8_t products[8]) {
+    products[0] = c;
+    for (int j = 1; j < 8; j++) {
+        uint8_t previous = products[j - 1];
+        products[j] = (uint8_t)((previous << 1) ^ ((previous & 0x80) ? 0x1D : 0));
+    }
+}
+
 /* Row i of the matrix (byte 7 - i of the qword) selects the input bits whose parity gives
  * output bit i; input bit j contributes c * x^j, so row i holds bit i of each c * x^j. */
-static uint64_t affine_matrix(uint8_t c) {
+static uint64_t affine_matrix(const uint8_t products[8]) {
     uint64_t matrix = 0;
     for (int out_bit = 0; out_bit < 8; out_bit++) {
-        uint8_t row = 0;
-        for (int in_bit = 0; in_bit < 8; in_bit++) {
-            if ((cairn_gf_mul(c, (uint8_t)(1u << in_bit)) >> out_bit) & 1) row |= (uint8_t)(1u << in_bit);
-        }
+        unsigned row = 0;
+        for (int in_bit = 0; in_bit < 8; in_bit++) row |= (unsigned)((products[in_bit] >> out_bit) & 1) << in_bit;
         matrix |= (uint64_t)row << (8 * (7 - out_bit));
     }
     return matrix;
 }
 
+/* Runs on every decode (a new erasure pattern), so it avoids per-byte multiplications. */
 void cairn_gf_prepare(const uint8_t *coefficients, size_t count, uint8_t *tables) {
     for (size_t n = 0; n < count; n++) {
-        uint8_t c = coefficients[n];
+        uint8_t products[8];
         uint8_t *entry = tables + n * CAIRN_GF_TABLE_BYTES;
-        for (int nibble = 0; nibble < 16; nibble++) {
-            entry[nibble] = cairn_gf_mul(c, (uint8_t)nibble);
-            entry[16 + nibble] = cairn_gf_mul(c, (uint8_t)(nibble << 4));
+        basis_products(coefficients[n], products);
+        entry[0] = entry[16] = 0;
+        for (int nibble = 1; nibble < 16; nibble++) {
+            int low_bit = __builtin_ctz((unsigned)nibble), rest = nibble & (nibble - 1);
+            entry[nibble] = entry[rest] ^ products[low_bit];
+            entry[16 + nibble] = entry[16 + rest] ^ products[4 + low_bit];
         }
-        uint64_t matrix = affine_matrix(c);
+        uint64_t matrix = affine_matrix(products);
         memcpy(entry + 32, &matrix, sizeof matrix); /* little-endian, as the instruction reads it */
     }
 }

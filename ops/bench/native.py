@@ -180,7 +180,7 @@ def python_chunker_rows(quick: bool) -> list[dict]:
 
     from cluster.codec.chunker import Chunker
 
-    data = np.random.default_rng(2).integers(0, 256, (64 if quick else 256) << 20, dtype=np.uint8)
+    data = np.random.default_rng(2).integers(0, 256, (64 if quick else 256) << 20, dtype=np.uint8).tobytes()
     rows = []
     for avg in (64 * 1024, 1024 * 1024):
         low, high = avg // 4, avg * 4
@@ -190,9 +190,9 @@ def python_chunker_rows(quick: bool) -> list[dict]:
             return chunker.feed(data) + chunker.finish()
 
         def theirs():
-            return sum(1 for _ in fastcdc.fastcdc(data, low, avg, high, fat=False))
+            return sum(1 for _ in fastcdc(data, low, avg, high, fat=False))
 
-        rates = rates_side_by_side({"cairn": ours, "fastcdc": theirs}, data.nbytes, 5 if quick else 7, 0.01)
+        rates = rates_side_by_side({"cairn": ours, "fastcdc": theirs}, len(data), 5 if quick else 7, 0.01)
         rows.append(row(f"chunk_avg{size_name(avg)}@fastcdc", rates["cairn"], "GB/s", "fastcdc", rates["fastcdc"]))
     return rows
 
