@@ -75,6 +75,10 @@ const char *cairn_crc_kernel_name(int kernel);
  * An unsupported kernel returns the portable result (callers check support first). */
 uint32_t cairn_crc32c(int kernel, uint32_t crc, const uint8_t *buf, size_t len);
 
+/* The same over `const char *`: cffi passes a Python bytes object to a char pointer directly,
+ * without building a buffer object, which matters for small fragments. */
+uint32_t cairn_crc32c_chars(int kernel, uint32_t crc, const char *buf, size_t len);
+
 /* ---- Content-defined chunking: gear hash, FastCDC-style normalized cuts ---- */
 
 typedef struct {

@@ -462,3 +462,7 @@ uint32_t cairn_crc32c(int kernel, uint32_t crc, const uint8_t *buf, size_t len) 
     }
     return ~s;
 }
+
+uint32_t cairn_crc32c_chars(int kernel, uint32_t crc, const char *buf, size_t len) {
+    return cairn_crc32c(kernel, crc, (const uint8_t *)buf, len);
+}

@@ -14,6 +14,7 @@ from cluster._load import lib
 from cluster.codec import buffers, kernels
 
 _DEFAULT_KERNEL = kernels.crc_kernel()
+_crc32c_chars = lib.cairn_crc32c_chars
 
 
 def crc32c(data, crc: int = 0, kernel: str | None = None) -> int:
@@ -23,6 +24,9 @@ def crc32c(data, crc: int = 0, kernel: str | None = None) -> int:
     any dtype (their raw bytes). `kernel` forces one kernel by name (see kernels.CRC_KERNELS);
     an unknown name or one this CPU cannot run raises kernels.KernelUnavailable.
     """
+    if type(data) is bytes and kernel is None and type(crc) is int and 0 <= crc <= 0xFFFFFFFF:
+        # The common case, without the checks below: small fragments make call overhead count.
+        return _crc32c_chars(_DEFAULT_KERNEL, crc, data, len(data))
     crc = operator.index(crc)
     if not 0 <= crc < 1 << 32:
         raise ValueError(f"crc must be in [0, 2**32), got {crc}")
