@@ -117,7 +117,7 @@ def run_point(system: str, cluster, op: str, clients: int, seconds: float, warmu
         time.sleep(max(0.0, start + warmup - time.time()))
         cpu_before = cluster.cpu_seconds()
         time.sleep(max(0.0, start + warmup + seconds - time.time()))
-        cluster_cores = (cluster.cpu_seconds() - cpu_before) / seconds
+        member_cores = [(after - before) / seconds for before, after in zip(cpu_before, cluster.cpu_seconds())]
         results, latencies = [], []
         for proc, path in started:
             try:
@@ -138,7 +138,8 @@ def run_point(system: str, cluster, op: str, clients: int, seconds: float, warmu
     return {"per_s": ops / seconds, "p50_ms": float(np.percentile(lat, 50)) if len(lat) else float("nan"),
             "p99_ms": float(np.percentile(lat, 99)) if len(lat) else float("nan"),
             "retries": sum(r["retries"] for r in results), "loadgen_cores": loadgen,
-            "cluster_cores": cluster_cores, "clients_used": base - client_base}
+            "cluster_cores": sum(member_cores), "busiest_member_cores": max(member_cores),
+            "clients_used": base - client_base}
 
 
 def _read_line(proc: subprocess.Popen, timeout: float) -> str:
@@ -192,14 +193,16 @@ def measure(clusters: dict, quick: bool, procs: int, work: str, stubs: str, etcd
                 samples.setdefault((system, op, clients), []).append(result)
                 progress(f"    {result['per_s']:9.0f} ops/s  p50 {result['p50_ms']:6.2f} ms  "
                          f"p99 {result['p99_ms']:7.2f} ms  loadgen {'+'.join(f'{c:.2f}' for c in result['loadgen_cores'])}"
-                         f" cores  cluster {result['cluster_cores']:.2f} cores  retries {result['retries']}")
+                         f" cores  cluster {result['cluster_cores']:.2f} cores (busiest member {result['busiest_member_cores']:.2f})"
+                         f"  retries {result['retries']}")
     return {key: {"per_s": statistics.median(s["per_s"] for s in runs),
                   "p50_ms": statistics.median(s["p50_ms"] for s in runs),
                   "p99_ms": statistics.median(s["p99_ms"] for s in runs),
                   "retries": sum(s["retries"] for s in runs),
                   "loadgen_cores": max(max(s["loadgen_cores"]) for s in runs),
                   "loadgen_total": statistics.median(sum(s["loadgen_cores"]) for s in runs),
-                  "cluster_cores": statistics.median(s["cluster_cores"] for s in runs)}
+                  "cluster_cores": statistics.median(s["cluster_cores"] for s in runs),
+                  "busiest_member_cores": statistics.median(s["busiest_member_cores"] for s in runs)}
             for key, runs in samples.items()}
 
 
@@ -216,9 +219,10 @@ def result_rows(results: dict) -> list[dict]:
 
 def print_diagnostics(results: dict, systems: list[str], procs: int) -> None:
     cores = os.cpu_count() or 1
-    print(f"\nWhere the CPU went during the windows (cores, of {cores}; load generator: {procs} process(es))")
+    print(f"\nWhere the CPU went during the windows (cores, of {cores}: load generator ({procs} process(es)), "
+          f"whole cluster, its busiest member)")
     header = f"{'system':<6} {'point':<10} {'ops/s':>9} {'p50 ms':>8} {'p99 ms':>8} {'loadgen':>8} " \
-             f"{'cluster':>8} {'retries':>8}"
+             f"{'cluster':>8} {'busiest':>8} {'retries':>8}"
     print(header)
     print("-" * len(header))
     flagged = []
@@ -229,7 +233,8 @@ def print_diagnostics(results: dict, systems: list[str], procs: int) -> None:
         if busy:
             flagged.append(f"{system} {op} x{clients}")
         print(f"{system:<6} {op + ' x' + str(clients):<10} {r['per_s']:>9.0f} {r['p50_ms']:>8.2f} {r['p99_ms']:>8.2f} "
-              f"{r['loadgen_total']:>7.2f}{'!' if busy else ' '} {r['cluster_cores']:>8.2f} {r['retries']:>8}")
+              f"{r['loadgen_total']:>7.2f}{'!' if busy else ' '} {r['cluster_cores']:>8.2f} "
+              f"{r['busiest_member_cores']:>8.2f} {r['retries']:>8}")
     if flagged:
         print(f"! a load-generator process used >= {LOADGEN_BUSY_CORES} of a core: the load generator may bound "
               f"these points: {', '.join(flagged)}")

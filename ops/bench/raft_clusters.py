@@ -102,8 +102,9 @@ class Cluster:
         tails = "\n".join(f"--- {self.name} member {i + 1} log tail:\n{self.tail(i)}" for i in range(len(self.procs)))
         return ClusterError(f"{message}\n{tails}")
 
-    def cpu_seconds(self) -> float:
-        return sum(cpu_seconds(p.pid) for p in self.procs)
+    def cpu_seconds(self) -> list[float]:
+        """CPU seconds so far of each member."""
+        return [cpu_seconds(p.pid) for p in self.procs]
 
     def stop(self) -> None:
         for proc in self.procs:
@@ -208,9 +209,11 @@ class CairnCluster(Cluster):
 
         deadline, last = time.monotonic() + START_SECONDS, "no answer"
         channels = {a: grpc.insecure_channel(a) for a in self.endpoints}
+        answered: set[str] = set()  # every node must serve, not just a quorum
         try:
             while True:
                 self.check_alive()
+                leader = None
                 for address, channel in channels.items():
                     stub = raft_pb2_grpc.KVStub(channel)
                     try:
@@ -218,12 +221,15 @@ class CairnCluster(Cluster):
                     except grpc.RpcError as error:
                         last = f"{address}: {error.code().name} {error.details()}"
                         continue
+                    answered.add(address)
                     if response.ok:
-                        return address
+                        leader = address
+                if leader and len(answered) == len(channels):
+                    return leader
                     last = f"{address}: {response.error or 'not ok'} (leader {response.leader_address or '?'})"
                 if time.monotonic() > deadline:
-                    raise self.fail(f"cairn elected no leader that commits within {START_SECONDS:.0f} s "
-                                    f"(last: {last})")
+                    raise self.fail(f"cairn had no leader that commits, or a node that did not answer, within "
+                                    f"{START_SECONDS:.0f} s (answered: {sorted(answered)}; last: {last})")
                 time.sleep(0.2)
         finally:
             for channel in channels.values():
