@@ -64,9 +64,19 @@ class SimLoop(asyncio.SelectorEventLoop):
 
 
 def run(coroutine, start_seconds: float = 0.0):
-    """Runs a coroutine to completion on a fresh SimLoop."""
+    """Runs a coroutine to completion on a fresh SimLoop, then cancels what it left behind."""
     loop = SimLoop(start_seconds)
     try:
         return loop.run_until_complete(coroutine)
     finally:
+        cancel_all(loop)
         loop.close()
+
+
+def cancel_all(loop: asyncio.AbstractEventLoop) -> None:
+    """Cancels every unfinished task of a loop and lets them unwind, so none outlives it."""
+    tasks = [task for task in asyncio.all_tasks(loop) if not task.done()]
+    for task in tasks:
+        task.cancel()
+    if tasks:
+        loop.run_until_complete(asyncio.gather(*tasks, return_exceptions=True))

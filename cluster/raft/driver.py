@@ -54,12 +54,15 @@ class RaftDriver:
     def __init__(self, raft: Raft, store: LogStore, state_machine: StateMachine, transport: Transport,
                  snapshots: SnapshotFiles, tick_seconds: float = 0.1, snapshot_entries: int = 10_000,
                  proposal_queue_max: int = 100_000,
-                 run_blocking: Callable[[Callable[[], object]], Awaitable[object]] | None = None):
+                 run_blocking: Callable[[Callable[[], object]], Awaitable[object]] | None = None,
+                 on_fatal: Callable[[BaseException], None] | None = None):
         self.raft, self.store, self.state_machine = raft, store, state_machine
         self.transport, self.snapshots = transport, snapshots
         self.tick_seconds, self.snapshot_entries = tick_seconds, snapshot_entries
         self.proposal_queue_max = proposal_queue_max
         self._run_blocking = run_blocking or _inline
+        self._on_fatal = on_fatal
+        self.fatal: BaseException | None = None
         self._wake = asyncio.Event()
         self._inbox: deque[Message] = deque()
         self._proposals: deque[tuple[bytes, asyncio.Future]] = deque()
@@ -94,11 +97,7 @@ class RaftDriver:
             self._tick_handle.cancel()
         for task in self._tasks:
             task.cancel()
-        for task in self._tasks:
-            try:
-                await task
-            except asyncio.CancelledError:
-                pass
+        await asyncio.gather(*self._tasks, return_exceptions=True)
         self._fail_pending(ProposalOutcomeUnknown("node stopped"))
 
     def _on_tick(self) -> None:
@@ -124,6 +123,8 @@ class RaftDriver:
 
     async def propose(self, command: bytes) -> bytes:
         """Replicates and applies one command; returns the state machine's result."""
+        if self._stopped:
+            raise ProposalDropped("this node has stopped")
         if self.raft.role is not Role.LEADER:
             raise NotLeader(self.raft.lead)
         if len(self._proposals) >= self.proposal_queue_max:
@@ -146,6 +147,19 @@ class RaftDriver:
     # ---- the consensus task
 
     async def _consensus_loop(self) -> None:
+        try:
+            await self._consensus_steps()
+        except asyncio.CancelledError:
+            raise
+        except BaseException as error:  # noqa: BLE001 - fail-stop: a node that cannot persist must not go on
+            log.critical("node %d stops: %r", self.raft.id, error)
+            self.fatal = error
+            self._stopped = True
+            self._fail_pending(ProposalOutcomeUnknown(f"node {self.raft.id} failed: {error!r}"))
+            if self._on_fatal is not None:
+                self._on_fatal(error)
+
+    async def _consensus_steps(self) -> None:
         while True:
             await self._wake.wait()
             self._wake.clear()

@@ -149,7 +149,14 @@ class Node:
         self._disk_thread = concurrent.futures.ThreadPoolExecutor(1, thread_name_prefix="raft-disk")
         self.driver = RaftDriver(raft, store, Sessions(self.kv), self.transport,
                                  FileSnapshots(os.path.join(data_dir, "snapshots")), tick_seconds=tick_seconds,
-                                 snapshot_entries=snapshot_entries, run_blocking=self._blocking)
+                                 snapshot_entries=snapshot_entries, run_blocking=self._blocking,
+                                 on_fatal=self._fatal)
+        self._stop: asyncio.Event | None = None
+
+    def _fatal(self, error: BaseException) -> None:
+        """The log could not be written: stop serving (a node that cannot persist must not vote)."""
+        if self._stop is not None:
+            self._stop.set()
 
     async def _blocking(self, work):
         return await asyncio.get_running_loop().run_in_executor(self._disk_thread, work)
@@ -158,6 +165,7 @@ class Node:
         return self.peers.get(node_id, "")
 
     async def serve(self, listen: str, stop: asyncio.Event) -> None:
+        self._stop = stop
         server = grpc.aio.server(options=GRPC_OPTIONS)
         pb_grpc.add_RaftServicer_to_server(RaftService(self), server)
         pb_grpc.add_KVServicer_to_server(KVService(self), server)
@@ -212,6 +220,8 @@ async def _run(args) -> None:
         loop.add_signal_handler(signum, stop.set)
     node = Node(args.id, args.data, args.peers, args.tick_seconds)
     await node.serve(args.listen, stop)
+    if node.driver.fatal is not None:
+        raise SystemExit(f"raft node {args.id} stopped: {node.driver.fatal!r}")
 
 
 if __name__ == "__main__":

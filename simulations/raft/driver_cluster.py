@@ -53,9 +53,13 @@ class SimNode:
         self.kv = kv.KeyValueStore()
         self.driver = RaftDriver(raft, LogStore(self.disk), Sessions(self.kv), self.cluster.transport(self.id),
                                  self.snapshots, tick_seconds=TICK_SECONDS,
-                                 snapshot_entries=self.cluster.snapshot_entries)
+                                 snapshot_entries=self.cluster.snapshot_entries,
+                                 on_fatal=self._lost_power)
         await self.driver.start()
         self.boots += 1
+
+    def _lost_power(self, error: BaseException) -> None:
+        asyncio.get_running_loop().create_task(self.crash())
 
     async def crash(self) -> None:
         driver, self.driver = self.driver, None

@@ -17,7 +17,7 @@ from collections import Counter
 from dataclasses import dataclass, field
 
 from simulations import linearizability
-from simulations.loop import SimLoop
+from simulations.loop import SimLoop, cancel_all
 from simulations.raft.driver_cluster import TICK_SECONDS, Client, DriverCluster
 
 KEYS = [b"k%d" % i for i in range(3)]
@@ -218,14 +218,5 @@ def run_seed(seed: int, safety_seconds: float = 5.0, raft_config: dict | None = 
     finally:
         signal.alarm(0)
         signal.signal(signal.SIGALRM, previous)
-        _cancel_all(loop)
+        cancel_all(loop)
         loop.close()
-
-
-def _cancel_all(loop: SimLoop) -> None:
-    """Cancels what a failed run left behind, so no task outlives its loop."""
-    tasks = [task for task in asyncio.all_tasks(loop) if not task.done()]
-    for task in tasks:
-        task.cancel()
-    if tasks:
-        loop.run_until_complete(asyncio.gather(*tasks, return_exceptions=True))
