@@ -38,6 +38,7 @@ BENCH = ROOT / "ops" / "bench"
 sys.path.insert(0, str(BENCH))
 from common import pip_install, print_table, progress, row, write_json  # noqa: E402
 from raft_clusters import CairnCluster, ClusterError, EtcdCluster, ensure_etcd  # noqa: E402
+from raft_load import DRAIN_SECONDS as LOADGEN_DRAIN_SECONDS  # noqa: E402
 
 PUT_CLIENTS = [1, 16, 64, 256]
 GET_CLIENTS = [64]
@@ -137,7 +138,8 @@ def run_point(system: str, cluster, op: str, clients: int, seconds: float, warmu
     loadgen = [r["cpu_seconds"] / seconds for r in results]
     return {"per_s": ops / seconds, "p50_ms": float(np.percentile(lat, 50)) if len(lat) else float("nan"),
             "p99_ms": float(np.percentile(lat, 99)) if len(lat) else float("nan"),
-            "retries": sum(r["retries"] for r in results), "loadgen_cores": loadgen,
+            "retries": sum(r["retries"] for r in results), "stalled": sum(r["stalled"] for r in results),
+            "loadgen_cores": loadgen,
             "cluster_cores": sum(member_cores), "busiest_member_cores": max(member_cores),
             "clients_used": base - client_base}
 
@@ -194,11 +196,11 @@ def measure(clusters: dict, quick: bool, procs: int, work: str, stubs: str, etcd
                 progress(f"    {result['per_s']:9.0f} ops/s  p50 {result['p50_ms']:6.2f} ms  "
                          f"p99 {result['p99_ms']:7.2f} ms  loadgen {'+'.join(f'{c:.2f}' for c in result['loadgen_cores'])}"
                          f" cores  cluster {result['cluster_cores']:.2f} cores (busiest member {result['busiest_member_cores']:.2f})"
-                         f"  retries {result['retries']}")
+                         f"  retries {result['retries']}" + (f"  STALLED {result['stalled']}" if result["stalled"] else ""))
     return {key: {"per_s": statistics.median(s["per_s"] for s in runs),
                   "p50_ms": statistics.median(s["p50_ms"] for s in runs),
                   "p99_ms": statistics.median(s["p99_ms"] for s in runs),
-                  "retries": sum(s["retries"] for s in runs),
+                  "retries": sum(s["retries"] for s in runs), "stalled": sum(s["stalled"] for s in runs),
                   "loadgen_cores": max(max(s["loadgen_cores"]) for s in runs),
                   "loadgen_total": statistics.median(sum(s["loadgen_cores"]) for s in runs),
                   "cluster_cores": statistics.median(s["cluster_cores"] for s in runs),
@@ -222,10 +224,10 @@ def print_diagnostics(results: dict, systems: list[str], procs: int) -> None:
     print(f"\nWhere the CPU went during the windows (cores, of {cores}: load generator ({procs} process(es)), "
           f"whole cluster, its busiest member)")
     header = f"{'system':<6} {'point':<10} {'ops/s':>9} {'p50 ms':>8} {'p99 ms':>8} {'loadgen':>8} " \
-             f"{'cluster':>8} {'busiest':>8} {'retries':>8}"
+             f"{'cluster':>8} {'busiest':>8} {'retries':>8} {'stalled':>8}"
     print(header)
     print("-" * len(header))
-    flagged = []
+    flagged, stalls = [], []
     for (system, op, clients), r in sorted(results.items(), key=lambda kv: (kv[0][1] != "put", kv[0][2], kv[0][0])):
         if system not in systems:
             continue
@@ -234,7 +236,12 @@ def print_diagnostics(results: dict, systems: list[str], procs: int) -> None:
             flagged.append(f"{system} {op} x{clients}")
         print(f"{system:<6} {op + ' x' + str(clients):<10} {r['per_s']:>9.0f} {r['p50_ms']:>8.2f} {r['p99_ms']:>8.2f} "
               f"{r['loadgen_total']:>7.2f}{'!' if busy else ' '} {r['cluster_cores']:>8.2f} "
-              f"{r['busiest_member_cores']:>8.2f} {r['retries']:>8}")
+              f"{r['busiest_member_cores']:>8.2f} {r['retries']:>8} {r['stalled']:>8}")
+        if r["stalled"]:
+            stalls.append(f"{system} {op} x{clients}")
+    if stalls:
+        print(f"! operations unanswered {LOADGEN_DRAIN_SECONDS:.0f} s after the window (counted in the latencies at "
+              f"the time they had waited, not in the throughput): {', '.join(stalls)}")
     if flagged:
         print(f"! a load-generator process used >= {LOADGEN_BUSY_CORES} of a core: the load generator may bound "
               f"these points: {', '.join(flagged)}")

@@ -9,8 +9,10 @@ operation after another: a put of a 256-byte value or a linearizable get, on a k
 uniformly from a fixed space. At the wall-clock time --start (or, without it, at the time read
 from stdin after the process printed "ready" once connected) the clients begin; operations
 that complete between start+warmup and start+warmup+duration count. The process prints one
-JSON line (operations counted, retries, its own CPU seconds in the window) and saves the
-latencies (seconds) of the counted operations to --latencies as a numpy array.
+JSON line (operations counted, retries, its own CPU seconds in the window, operations still
+unanswered DRAIN_SECONDS after the window) and saves the latencies (seconds) of the counted
+operations to --latencies as a numpy array, with those unanswered ones at the time they had
+waited (a lower bound) so that a stall shows in the percentiles.
 
 Cairn clients go to the leader and follow `leader_address` when a node is not (with a short
 backoff when no leader is known); each has its own session (client_id, sequence from 1), and a
@@ -62,6 +64,7 @@ class Load:
         self.leader = args.leader or self.targets[0]
         self.retries = 0
         self.done: list[tuple[float, float]] = []  # (end, latency), perf_counter seconds
+        self.in_flight: dict[int, float] = {}  # client -> start of its unfinished operation
         if args.system == "cairn":
             from cluster.proto import raft_pb2, raft_pb2_grpc
 
@@ -148,13 +151,14 @@ class Load:
         done = self.done
         while time.perf_counter() < stop:
             key = key_of(rng.randrange(KEYS))
-            start = time.perf_counter()
+            start = self.in_flight[number] = time.perf_counter()
             if self.args.system == "cairn":
                 sequence += 1
                 await self.cairn(number, key, client_id, sequence)
             else:
                 await self.etcd(number, key, number)
             end = time.perf_counter()
+            del self.in_flight[number]
             done.append((end, end - start))
 
 
@@ -180,18 +184,26 @@ async def run(args) -> dict:
         cpu = asyncio.ensure_future(cpu_in_window(*window))
         clients = [asyncio.ensure_future(load.client(i, begin, window[1])) for i in range(args.clients)]
         try:
-            await asyncio.wait_for(asyncio.gather(*clients), window[1] - time.perf_counter() + DRAIN_SECONDS)
+            await asyncio.wait(clients, timeout=window[1] - time.perf_counter() + DRAIN_SECONDS)
+            stalled_at = time.perf_counter()
+            # operations still unanswered long after the window: their latency is at least this
+            stalled = [stalled_at - start for start in load.in_flight.values() if start < window[1]]
         finally:
             for task in clients:
                 task.cancel()
+            await asyncio.gather(*clients, return_exceptions=True)
+        for task in clients:
+            if task.done() and not task.cancelled() and task.exception() is not None:
+                raise task.exception()
         cpu_seconds = await cpu
     finally:
         await load.close()
     done = np.array(load.done, dtype=np.float64).reshape(-1, 2)
     counted = done[(done[:, 0] >= window[0]) & (done[:, 0] < window[1])]
-    np.save(args.latencies, counted[:, 1])
+    # stalled operations count in the latencies (as lower bounds), not in the throughput
+    np.save(args.latencies, np.concatenate([counted[:, 1], np.array(stalled, dtype=np.float64)]))
     return {"ops": int(len(counted)), "retries": load.retries, "cpu_seconds": cpu_seconds,
-            "window_seconds": args.duration}
+            "stalled": len(stalled), "window_seconds": args.duration}
 
 
 def main() -> None:
@@ -214,8 +226,6 @@ def main() -> None:
         result = asyncio.run(run(args))
     except GiveUp as error:
         sys.exit(f"raft_load: {error}")
-    except asyncio.TimeoutError:
-        sys.exit("raft_load: operations still in flight long after the window closed (cluster stalled?)")
     print(json.dumps(result), flush=True)
 
 
