@@ -30,9 +30,9 @@ class Fragments:
 
 
 def generate_file(path: str, size: int, seed: int) -> None:
-    """Random data in which about a quarter of the blocks repeat earlier ones, as in re-uploads."""
+    """Random "files" of 4-16 MiB, about a quarter of them copies of earlier ones, as when the
+    same recordings are uploaded twice."""
     rng = random.Random(seed)
-    block = 1 << 20
     history: list[bytes] = []
     with open(path, "wb") as out:
         written = 0
@@ -40,8 +40,8 @@ def generate_file(path: str, size: int, seed: int) -> None:
             if history and rng.random() < 0.25:
                 data = rng.choice(history)
             else:
-                data = rng.randbytes(block)
-                history = (history + [data])[-16:]
+                data = rng.randbytes(rng.randint(4, 16) << 20)
+                history = (history + [data])[-8:]
             data = data[:size - written]
             out.write(data)
             written += len(data)
@@ -50,21 +50,21 @@ def generate_file(path: str, size: int, seed: int) -> None:
 def store(path: str, chunker: Chunker, rs: ReedSolomon, stats: dict) -> tuple[list[bytes], dict]:
     """Chunks, names and codes the file: (chunk names in order, name -> fragments)."""
     names, stored = [], {}
+    carry = b""  # the start of a chunk that continues into the next read
     with open(path, "rb") as source:
-        pending = bytearray()
         while True:
             block = source.read(READ_BUFFER_BYTES)
             lengths = chunker.feed(block) if block else chunker.finish()
-            pending += block
+            data, offset = memoryview(carry + block) if carry else memoryview(block), 0
             for length in lengths:
-                chunk = bytes(pending[:length])
-                del pending[:length]
-                names.append(_store_chunk(chunk, rs, stored, stats))
+                names.append(_store_chunk(data[offset:offset + length], rs, stored, stats))
+                offset += length
+            carry = bytes(data[offset:])
             if not block:
                 return names, stored
 
 
-def _store_chunk(chunk: bytes, rs: ReedSolomon, stored: dict, stats: dict) -> bytes:
+def _store_chunk(chunk: memoryview, rs: ReedSolomon, stored: dict, stats: dict) -> bytes:
     name = blake3.blake3(chunk).digest()
     stats["chunks"] += 1
     if name not in stored:
