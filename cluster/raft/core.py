@@ -63,6 +63,8 @@ class ReadState:
 @dataclass(frozen=True, slots=True)
 class Ready:
     hard_state: HardState | None       # persist if not None
+    must_sync: bool                    # term, vote or entries changed: fsync before acting; a
+                                       # commit-only change may be written lazily (etcd does too)
     entries: tuple[Entry, ...]         # persist; the store first drops everything from entries[0].index
     snapshot: SnapshotMeta | None      # a snapshot received in full: restore it, persist it, drop the log
     snapshot_chunks: tuple[Message, ...]  # received chunks to stage (offset, data)
@@ -580,9 +582,13 @@ class Raft:
         for m in self._messages:
             leader_replication = self.role is Role.LEADER and m.type in (T.APPEND, T.HEARTBEAT, T.SNAPSHOT)
             (now if leader_replication else later).append(m)
+        previous = self._prev_hard_state
+        entries = tuple(self.log.unstable())
         ready = Ready(
-            hard_state=hard_state if hard_state != self._prev_hard_state else None,
-            entries=tuple(self.log.unstable()),
+            hard_state=hard_state if hard_state != previous else None,
+            must_sync=bool(entries) or self._snapshot_installed is not None
+            or (hard_state.term, hard_state.vote) != (previous.term, previous.vote),
+            entries=entries,
             snapshot=self._snapshot_installed,
             snapshot_chunks=tuple(self._snapshot_chunks),
             committed=tuple(self.log.applicable(self.config.apply_entries_max)),

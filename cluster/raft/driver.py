@@ -19,7 +19,7 @@ from __future__ import annotations
 import asyncio
 import itertools
 import logging
-from collections import deque
+from collections import Counter, deque
 from typing import Awaitable, Callable, Protocol
 
 from cluster.raft.core import NotLeader, ProposalDropped, Raft, Ready, Role
@@ -55,14 +55,14 @@ class RaftDriver:
                  snapshots: SnapshotFiles, tick_seconds: float = 0.1, snapshot_entries: int = 10_000,
                  proposal_queue_max: int = 100_000,
                  run_blocking: Callable[[Callable[[], object]], Awaitable[object]] | None = None,
-                 on_fatal: Callable[[BaseException], None] | None = None):
+                 on_fatal: Callable[[Exception], None] | None = None):
         self.raft, self.store, self.state_machine = raft, store, state_machine
         self.transport, self.snapshots = transport, snapshots
         self.tick_seconds, self.snapshot_entries = tick_seconds, snapshot_entries
         self.proposal_queue_max = proposal_queue_max
         self._run_blocking = run_blocking or _inline
         self._on_fatal = on_fatal
-        self.fatal: BaseException | None = None
+        self.fatal: Exception | None = None
         self._wake = asyncio.Event()
         self._inbox: deque[Message] = deque()
         self._proposals: deque[tuple[bytes, asyncio.Future]] = deque()
@@ -80,6 +80,7 @@ class RaftDriver:
         self._tick_handle = None
         self._stopped = False
         self.last_role = raft.role
+        self.stats = Counter()  # readies, persists, proposals, proposal_batches, applied, reads, read_rounds
 
     # ---- lifecycle
 
@@ -151,7 +152,7 @@ class RaftDriver:
             await self._consensus_steps()
         except asyncio.CancelledError:
             raise
-        except BaseException as error:  # noqa: BLE001 - fail-stop: a node that cannot persist must not go on
+        except Exception as error:  # noqa: BLE001 - fail-stop: a node that cannot persist must not go on
             log.critical("node %d stops: %r", self.raft.id, error)
             self.fatal = error
             self._stopped = True
@@ -186,6 +187,8 @@ class RaftDriver:
             return
         batch = list(self._proposals)
         self._proposals.clear()
+        self.stats["proposals"] += len(batch)
+        self.stats["proposal_batches"] += 1
         try:
             last = self.raft.propose([command for command, _ in batch])
         except (NotLeader, ProposalDropped) as error:
@@ -197,9 +200,13 @@ class RaftDriver:
             self._pending[first + offset] = (self.raft.term, future)
 
     def _feed_reads(self) -> None:
-        if not self._readers:
+        # One ReadIndex round at a time: readers that arrive meanwhile share the next round,
+        # which starts after they arrived, so its read index is recent enough for all of them.
+        if not self._readers or self._read_rounds:
             return
         readers, self._readers = self._readers, []
+        self.stats["reads"] += len(readers)
+        self.stats["read_rounds"] += 1
         context = next(self._contexts).to_bytes(8, "big")
         try:
             self.raft.read_index(context)
@@ -216,6 +223,7 @@ class RaftDriver:
             self.last_role = self.raft.role
 
     async def _handle(self, ready: Ready) -> None:
+        self.stats["readies"] += 1
         if ready.messages_now:
             self.transport.send(tuple(self._fill(m) for m in ready.messages_now))
         for chunk in ready.snapshot_chunks:
@@ -224,8 +232,11 @@ class RaftDriver:
             meta = ready.snapshot
             await self._run_blocking(lambda: self.snapshots.save(meta, self.snapshots.staged()))
             self._apply_queue.put_nowait(("restore", meta))
-        if ready.entries or ready.hard_state is not None or ready.snapshot is not None:
+        if ready.must_sync:
+            self.stats["persists"] += 1
             await self._run_blocking(lambda: self.store.save(ready.hard_state, ready.entries, ready.snapshot))
+        elif ready.hard_state is not None:
+            self.store.save(ready.hard_state, (), sync=False)  # commit index only: no fsync, no wait
         if ready.messages:
             self.transport.send(tuple(self._fill(m) for m in ready.messages))
         if ready.committed:

@@ -88,8 +88,9 @@ class LogStore:
         self.disk = disk
 
     def save(self, hard_state: HardState | None, entries: tuple[Entry, ...] | list[Entry],
-             snapshot: SnapshotMeta | None = None) -> None:
-        """Persists one Ready atomically and durably (one fsync)."""
+             snapshot: SnapshotMeta | None = None, sync: bool = True) -> None:
+        """Persists one Ready atomically, and durably (one fsync) unless sync is False: a write
+        that only moves the commit index may be lost in a crash (the index is learned again)."""
         puts, deletes = [], []
         if snapshot is not None:
             # The log restarts after an installed snapshot: everything before it, and any
@@ -102,7 +103,7 @@ class LogStore:
         if hard_state is not None:
             puts.append((HARD_STATE_KEY, _seal(HARD_STATE_KEY, _HARD.pack(hard_state.term, hard_state.vote, hard_state.commit))))
         if puts or deletes:
-            self.disk.write(puts, deletes, sync=True)
+            self.disk.write(puts, deletes, sync=sync)
 
     def compact(self, snapshot: SnapshotMeta) -> None:
         """Records a local snapshot and drops the entries it covers."""

@@ -86,6 +86,7 @@ class GrpcTransport:
     async def _batches(queue: asyncio.Queue):
         while True:
             batch = [await queue.get()]
+            await asyncio.sleep(0)  # let the rest of this loop turn's messages join the batch
             while not queue.empty() and len(batch) < BATCH_MESSAGES_MAX:
                 batch.append(queue.get_nowait())
             yield pb.MessageBatch(messages=[to_proto(m) for m in batch])
@@ -153,7 +154,7 @@ class Node:
                                  on_fatal=self._fatal)
         self._stop: asyncio.Event | None = None
 
-    def _fatal(self, error: BaseException) -> None:
+    def _fatal(self, error: Exception) -> None:
         """The log could not be written: stop serving (a node that cannot persist must not vote)."""
         if self._stop is not None:
             self._stop.set()
@@ -175,12 +176,26 @@ class Node:
         self.transport.start()
         await self.driver.start()
         log.info("node %d serving on %s", self.id, listen)
+        reporter = asyncio.get_running_loop().create_task(self._report_stats())
         await stop.wait()
+        reporter.cancel()
         await server.stop(0.5)
         await self.driver.stop()
         await self.transport.stop()
         self._disk_thread.shutdown()
         self.disk.close()
+
+
+    async def _report_stats(self, every_seconds: float = 5.0) -> None:
+        """Logs the driver's counters when they moved: batching at a glance."""
+        last = {}
+        while True:
+            await asyncio.sleep(every_seconds)
+            now = dict(self.driver.stats)
+            if now != last:
+                delta = {k: v - last.get(k, 0) for k, v in sorted(now.items())}
+                log.info("last %.0f s: %s; transport dropped %d", every_seconds, delta, self.transport.dropped)
+                last = now
 
 
 def parse_peers(text: str) -> dict[int, str]:

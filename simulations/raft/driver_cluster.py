@@ -24,7 +24,7 @@ from cluster.raft.snapshot_files import MemorySnapshots
 from simulations.disk import SimDisk
 
 TICK_SECONDS = 0.01
-DELIVERIES_PER_INSTANT_MAX = 100_000
+DELIVERIES_PER_INSTANT_MAX = 10_000
 
 
 @dataclass
@@ -58,7 +58,7 @@ class SimNode:
         await self.driver.start()
         self.boots += 1
 
-    def _lost_power(self, error: BaseException) -> None:
+    def _lost_power(self, error: Exception) -> None:
         asyncio.get_running_loop().create_task(self.crash())
 
     async def crash(self) -> None:
