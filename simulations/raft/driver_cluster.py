@@ -165,39 +165,35 @@ class Client:
         self.sequence += 1
         op = self.history.invoke(self.id, "put", key, (value,), self.cluster.now())
         command = envelope(self.id, self.sequence, kv.encode_put(key, value))
-        for attempt in range(self.attempts_max):
-            node = self._pick(attempt)
-            if node is None:
-                await asyncio.sleep(self.attempt_seconds / 5)
-                continue
-            try:
-                await asyncio.wait_for(node.driver.propose(command), self.attempt_seconds)
-            except (NotLeader, ProposalDropped, ProposalOutcomeUnknown, asyncio.TimeoutError) as error:
-                self._learn(error)
-                await asyncio.sleep(self.attempt_seconds / 10)
-                continue
-            self.history.complete(op, None, self.cluster.now())
-            return True
-        return False  # outcome unknown: the history keeps it pending
+        if await self._until_answered(lambda node: node.driver.propose(command)) is None:
+            return False  # outcome unknown: the history keeps it pending
+        self.history.complete(op, None, self.cluster.now())
+        return True
 
     async def get(self, key: bytes) -> bytes | None:
         op = self.history.invoke(self.id, "get", key, (), self.cluster.now())
+        node = await self._until_answered(lambda node: node.driver.read_barrier())
+        if node is None:
+            return None
+        value = node.kv.get(key)  # right after the barrier, in the same loop turn
+        self.history.complete(op, value, self.cluster.now())
+        return value
+
+    async def _until_answered(self, request) -> SimNode | None:
+        """Retries request(node) on the node believed to lead; the node that answered, or None."""
         for attempt in range(self.attempts_max):
             node = self._pick(attempt)
             if node is None:
                 await asyncio.sleep(self.attempt_seconds / 5)
                 continue
             try:
-                await asyncio.wait_for(node.driver.read_barrier(), self.attempt_seconds)
+                await asyncio.wait_for(request(node), self.attempt_seconds)
             except (NotLeader, ProposalDropped, ProposalOutcomeUnknown, asyncio.TimeoutError) as error:
                 self._learn(error)
                 await asyncio.sleep(self.attempt_seconds / 10)
                 continue
-            if not node.up:
-                continue
-            value = node.kv.get(key)
-            self.history.complete(op, value, self.cluster.now())
-            return value
+            if node.up:
+                return node
         return None
 
     def _pick(self, attempt: int) -> SimNode | None:
