@@ -38,6 +38,7 @@ def test_single_node_elects_itself_and_commits():
 
 
 def test_three_nodes_agree_on_one_leader_and_replicate():
+    """Paper 5.2 (leader election) and 5.3 (log replication); log matching (Figure 3)."""
     cluster = SimCluster([1, 2, 3], seed=2)
     leader = commit_all(cluster, [b"x%d" % i for i in range(50)])
     assert all(applied(cluster, n) == [b"x%d" % i for i in range(50)] for n in (1, 2, 3))
@@ -57,6 +58,7 @@ def test_follower_rejects_proposals_with_the_leaders_id():
 
 
 def test_leader_crash_elects_a_new_leader_that_keeps_committed_entries():
+    """Paper 5.4.1: the election restriction gives leader completeness."""
     cluster = SimCluster([1, 2, 3], seed=4)
     old = commit_all(cluster, [b"a", b"b", b"c"])
     cluster.crash(old)
@@ -68,6 +70,7 @@ def test_leader_crash_elects_a_new_leader_that_keeps_committed_entries():
 
 
 def test_minority_leader_steps_down_with_check_quorum_and_cannot_commit():
+    """Dissertation 6.2 (CheckQuorum) and paper 5.3 (commit needs a majority)."""
     cluster = SimCluster([1, 2, 3, 4, 5], seed=5)
     old = commit_all(cluster, [b"a"])
     others = [n for n in sorted(cluster.nodes) if n != old]
@@ -85,6 +88,7 @@ def test_minority_leader_steps_down_with_check_quorum_and_cannot_commit():
 
 
 def test_pre_vote_keeps_an_isolated_node_from_raising_terms():
+    """Dissertation 9.6: PreVote keeps a disruptive rejoining node from deposing the leader."""
     cluster = SimCluster([1, 2, 3], seed=6)
     leader = commit_all(cluster, [b"a"])
     isolated = next(n for n in (1, 2, 3) if n != leader)
@@ -145,6 +149,7 @@ def test_figure_8_an_old_term_entry_is_not_committed_by_counting_replicas():
 
 
 def test_read_index_answers_after_a_quorum_confirms_leadership():
+    """Dissertation 6.4: ReadIndex needs a heartbeat round acknowledged by a quorum."""
     cluster = SimCluster([1, 2, 3], seed=9)
     leader = commit_all(cluster, [b"a"])
     raft = cluster.nodes[leader].raft
@@ -166,6 +171,7 @@ def test_read_index_in_a_minority_never_answers():
 
 
 def test_leadership_transfer():
+    """Dissertation 3.10: transfer stops proposals, catches the target up, sends TimeoutNow."""
     cluster = SimCluster([1, 2, 3], seed=11)
     leader = commit_all(cluster, [b"a"])
     target = next(n for n in (1, 2, 3) if n != leader)
@@ -177,6 +183,7 @@ def test_leadership_transfer():
 
 
 def test_lagging_follower_catches_up_through_a_chunked_snapshot():
+    """Paper 7: InstallSnapshot, here in chunks, once the needed entries are compacted."""
     cluster = SimCluster([1, 2, 3], seed=12, snapshot_chunk_bytes=64)
     leader = commit_all(cluster, [b"a"])
     lagging = next(n for n in (1, 2, 3) if n != leader)
@@ -193,6 +200,7 @@ def test_lagging_follower_catches_up_through_a_chunked_snapshot():
 
 
 def test_membership_add_learner_promote_and_remove():
+    """Dissertation 4.1-4.2: one server at a time; learners catch up before they vote."""
     cluster = SimCluster([1, 2, 3], seed=13)
     leader = commit_all(cluster, [b"a"])
     cluster.disks[4] = cluster.disks[1].__class__(snapshot=cluster.nodes[1].disk.snapshot.__class__())
@@ -261,3 +269,32 @@ def test_stale_messages_from_other_nodes_are_ignored():
     raft = Raft(RaftConfig(node_id=1), random.Random(1))
     raft.step(Message(MessageType.APPEND, 2, 3, 5))  # addressed to someone else
     assert raft.term == 0
+
+
+def test_membership_change_during_a_partition():
+    """Dissertation 4.1: a change proposed by a leader that is cut off from the majority never
+    commits; the majority elects a leader and makes its own change; after healing every node
+    converges on the majority's log and membership (the stranded change is truncated away)."""
+    cluster = SimCluster([1, 2, 3, 4, 5], seed=21)
+    old = commit_all(cluster, [b"a"])
+    cluster.disks[6] = cluster.disks[1].__class__()
+    cluster.nodes[6] = cluster._start(6)
+    others = [n for n in (1, 2, 3, 4, 5) if n != old]
+    cluster.partition([old, others[0]], others[1:] + [6])
+    voters = frozenset({1, 2, 3, 4, 5})
+    cluster.nodes[old].raft.propose_membership(Membership(voters, frozenset({6})))
+    cluster.nodes[old].handle_ready(cluster.send)
+    cluster.run(60)
+    new = cluster.leader()
+    assert new in others[1:]
+    cluster.run_until(lambda: cluster.nodes[new].raft.log.term(cluster.nodes[new].raft.log.commit)
+                      == cluster.nodes[new].raft.term, 100)
+    cluster.nodes[new].raft.propose_membership(Membership(voters - {others[0]}))
+    cluster.nodes[new].handle_ready(cluster.send)
+    cluster.run(30)
+    cluster.heal()
+    cluster.run(100)
+    members = {n: cluster.nodes[n].raft.membership() for n in (1, 2, 3, 4, 5) if n != others[0]}
+    assert set(members.values()) == {Membership(voters - {others[0]})}
+    assert 6 not in cluster.nodes[new].raft.progress  # the stranded learner change never took hold
+    cluster.check_log_matching()

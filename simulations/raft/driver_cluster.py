@@ -43,6 +43,7 @@ class SimNode:
         self.snapshots = MemorySnapshots()
         self.driver: RaftDriver | None = None
         self.kv: kv.KeyValueStore | None = None
+        self.clock_rate = 1.0  # > 1: this node's clock runs slow (its ticks come late); < 1: fast
         self.boots = 0
 
     async def boot(self) -> None:
@@ -52,7 +53,7 @@ class SimNode:
                     recovered.snapshot, recovered.entries)
         self.kv = kv.KeyValueStore()
         self.driver = RaftDriver(raft, LogStore(self.disk), Sessions(self.kv), self.cluster.transport(self.id),
-                                 self.snapshots, tick_seconds=TICK_SECONDS,
+                                 self.snapshots, tick_seconds=TICK_SECONDS * self.clock_rate,
                                  snapshot_entries=self.cluster.snapshot_entries,
                                  on_fatal=self._lost_power)
         await self.driver.start()
@@ -126,6 +127,14 @@ class DriverCluster:
                 return leader
             await asyncio.sleep(TICK_SECONDS)
         raise AssertionError(f"no leader within {timeout_seconds} s (seed {self.seed})")
+
+    def skew_clocks(self, spread: float) -> None:
+        """Gives every node a clock rate in [1 - spread, 1 + spread], effective at its next boot
+        and for its current driver's future ticks."""
+        for _, node in sorted(self.nodes.items()):
+            node.clock_rate = self.rng.uniform(1 - spread, 1 + spread)
+            if node.driver is not None:
+                node.driver.tick_seconds = TICK_SECONDS * node.clock_rate
 
     def partition(self, *groups: list[int]) -> None:
         self.faults.cut = {(a, b) for g in groups for h in groups if g is not h for a in g for b in h}

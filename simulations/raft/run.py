@@ -105,7 +105,8 @@ async def _workload(cluster, client: Client, rng: random.Random, until: float) -
 async def _faults(cluster: DriverCluster, rng: random.Random, until: float, report: SeedReport) -> None:
     loop = asyncio.get_running_loop()
     rates = {"crash": rng.uniform(0, 0.15), "partition": rng.uniform(0, 0.1), "one_way": rng.uniform(0, 0.05),
-             "pause": rng.uniform(0, 0.05), "heal": rng.uniform(0.01, 0.3), "network": rng.uniform(0, 0.1)}
+             "pause": rng.uniform(0, 0.05), "heal": rng.uniform(0.01, 0.3), "network": rng.uniform(0, 0.1),
+             "clock": rng.uniform(0, 0.05)}
     minority = (len(cluster.nodes) - 1) // 2
     while loop.time() < until:
         await asyncio.sleep(0.1)
@@ -136,6 +137,9 @@ async def _faults(cluster: DriverCluster, rng: random.Random, until: float, repo
         if rng.random() < rates["pause"]:
             cluster.faults.paused.add(rng.choice(ids))
             report.faults["pause"] += 1
+        if rng.random() < rates["clock"]:
+            cluster.skew_clocks(rng.uniform(0.05, 0.5))
+            report.faults["clock skew"] += 1
         if rng.random() < rates["network"]:
             cluster.faults.loss = rng.uniform(0, 0.3)
             cluster.faults.duplicate = rng.uniform(0, 0.2)
