@@ -135,3 +135,22 @@ def test_a_retried_put_applies_once(cluster):
     again = cluster.call("Put", pb.PutRequest(key=b"x", value=b"1", client_id=5, sequence=1))
     assert first.ok and again.ok
     assert cluster.get(b"x") == b"2"  # the retry was recognized, not applied a second time
+
+
+def test_bad_requests_get_clear_errors(cluster):
+    cluster.put(b"warm", b"up")
+    leader = cluster.leader_address()
+    with grpc.insecure_channel(leader) as channel:
+        stub = pb_grpc.KVStub(channel)
+        empty_key = stub.Put(pb.PutRequest(key=b"", value=b"v"), timeout=5)
+        huge_key = stub.Put(pb.PutRequest(key=b"k" * 2000, value=b"v"), timeout=5)
+    assert not empty_key.ok and "key must be" in empty_key.error
+    assert not huge_key.ok and "key must be" in huge_key.error
+
+
+def test_an_older_sequence_than_the_session_has_is_refused(cluster):
+    assert cluster.call("Put", pb.PutRequest(key=b"s", value=b"1", client_id=9, sequence=5)).ok
+    with grpc.insecure_channel(cluster.leader_address()) as channel:
+        older = pb_grpc.KVStub(channel).Put(pb.PutRequest(key=b"s", value=b"2", client_id=9, sequence=4), timeout=5)
+    assert not older.ok and "session expired" in older.error
+    assert cluster.get(b"s") == b"1"

@@ -113,11 +113,13 @@ class KVService(pb_grpc.KVServicer):
     async def Put(self, request, context):
         try:
             command = envelope(request.client_id, request.sequence, kv.encode_put(request.key, request.value))
-            await asyncio.wait_for(self.node.driver.propose(command), REQUEST_SECONDS_MAX)
+            result = await asyncio.wait_for(self.node.driver.propose(command), REQUEST_SECONDS_MAX)
         except NotLeader as error:
             return pb.PutResponse(ok=False, error="not leader", leader_address=self.node.address_of(error.leader))
         except (ProposalDropped, ProposalOutcomeUnknown, asyncio.TimeoutError, ValueError) as error:
             return pb.PutResponse(ok=False, error=f"{type(error).__name__}: {error}")
+        if result == Sessions.RESULT_EXPIRED:
+            return pb.PutResponse(ok=False, error="session expired: the put may or may not have been applied")
         return pb.PutResponse(ok=True)
 
     async def Get(self, request, context):
