@@ -154,3 +154,62 @@ async def _crash_during_snapshot_install():
 def test_scenario_crash_during_snapshot_installation():
     follower, leader = run(_crash_during_snapshot_install())
     assert follower == leader and follower[b"k"] == b"first"
+
+
+async def _grow_and_shrink():
+    """A new node joins as a learner, catches up, is promoted; an old one is removed; the group
+    keeps committing throughout and the newcomer holds every acknowledged write."""
+    from cluster.raft.messages import Membership
+    from simulations.raft.driver_cluster import SimNode
+
+    cluster = DriverCluster([1, 2, 3], seed=5)
+    await cluster.start()
+    history = linearizability.History()
+    client = Client(cluster, 1, history)
+    for i in range(20):
+        assert await client.put(b"k%d" % i, b"v%d" % i)
+    cluster.nodes[4] = SimNode(4, cluster)
+    await cluster.nodes[4].boot()
+    leader = cluster.nodes[cluster.leader()].driver
+    await leader.change_membership(Membership(frozenset({1, 2, 3}), frozenset({4})))
+    assert await client.put(b"during", b"learning")
+    await asyncio.sleep(0.5)
+    leader = cluster.nodes[cluster.leader()].driver
+    await leader.change_membership(Membership(frozenset({1, 2, 3, 4})))
+    old = next(n for n in (1, 2, 3) if n != cluster.leader())
+    await leader.change_membership(Membership(frozenset({1, 2, 3, 4}) - {old}))
+    await cluster.nodes[old].crash()
+    assert await client.put(b"after", b"shrinking")
+    await asyncio.sleep(0.5)
+    newcomer = dict(cluster.nodes[4].kv.data)
+    voters = cluster.nodes[4].driver.raft.voters()
+    for node in cluster.nodes.values():
+        await node.crash()
+    return newcomer, voters, linearizability.check(history.operations())
+
+
+def test_scenario_membership_grows_and_shrinks_through_the_driver():
+    newcomer, voters, verdict = run(_grow_and_shrink())
+    assert verdict.ok
+    assert 4 in voters and len(voters) == 3
+    assert newcomer[b"k7"] == b"v7" and newcomer[b"after"] == b"shrinking"
+
+
+async def _transfer():
+    cluster = DriverCluster([1, 2, 3], seed=6)
+    await cluster.start()
+    client = Client(cluster, 1, linearizability.History())
+    assert await client.put(b"a", b"1")
+    leader = cluster.leader()
+    target = next(n for n in (1, 2, 3) if n != leader)
+    await cluster.nodes[leader].driver.transfer_leadership(target)
+    await asyncio.sleep(0.3)
+    moved = cluster.leader()
+    for node in cluster.nodes.values():
+        await node.crash()
+    return target, moved
+
+
+def test_leadership_transfer_through_the_driver():
+    target, moved = run(_transfer())
+    assert moved == target

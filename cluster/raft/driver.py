@@ -24,7 +24,7 @@ from typing import Awaitable, Callable, Protocol
 
 from cluster.raft.core import NotLeader, ProposalDropped, Raft, Ready, Role
 from cluster.raft.log_store import LogStore
-from cluster.raft.messages import Entry, EntryKind, Message, MessageType, SnapshotMeta
+from cluster.raft.messages import Entry, EntryKind, Membership, Message, MessageType, SnapshotMeta
 from cluster.raft.rsm import StateMachine
 
 log = logging.getLogger(__name__)
@@ -68,6 +68,7 @@ class RaftDriver:
         self._proposals: deque[tuple[bytes, asyncio.Future]] = deque()
         self._pending: dict[int, tuple[int, asyncio.Future]] = {}  # index -> (term, future)
         self._readers: list[asyncio.Future] = []
+        self._admin: deque[tuple[str, object, asyncio.Future]] = deque()  # membership, transfer
         self._read_rounds: dict[bytes, list[asyncio.Future]] = {}
         self._read_waits: list[tuple[int, asyncio.Future]] = []  # (index, future) until applied
         self._contexts = itertools.count(1)
@@ -135,6 +136,26 @@ class RaftDriver:
         self._wake.set()
         return await future
 
+    async def change_membership(self, new: Membership) -> None:
+        """Replicates a membership change (one server at a time: add a learner, promote a
+        caught-up learner, remove a node); returns once it is committed and applied."""
+        await self._admin_request("membership", new)
+
+    async def transfer_leadership(self, target: int) -> None:
+        """Asks the leader to hand over to `target`; returns once the request is under way
+        (watch `leader` for the outcome: a transfer not done within an election is abandoned)."""
+        await self._admin_request("transfer", target)
+
+    async def _admin_request(self, kind: str, argument) -> None:
+        if self._stopped:
+            raise ProposalDropped("this node has stopped")
+        if self.raft.role is not Role.LEADER:
+            raise NotLeader(self.raft.lead)
+        future = asyncio.get_running_loop().create_future()
+        self._admin.append((kind, argument, future))
+        self._wake.set()
+        await future
+
     async def read_barrier(self) -> int:
         """Waits until a linearizable read may be served from the local state machine
         (ReadIndex: leadership confirmed by a quorum, and the read index applied)."""
@@ -176,6 +197,7 @@ class RaftDriver:
         while self._inbox:
             self.raft.step(self._inbox.popleft())
         self._feed_proposals()
+        self._feed_admin()
         self._feed_reads()
         if self._compact_to is not None and self._compact_to.index <= self.raft.log.applied:
             self.raft.compact(self._compact_to)
@@ -198,6 +220,19 @@ class RaftDriver:
         first = last - len(batch) + 1
         for offset, (_, future) in enumerate(batch):
             self._pending[first + offset] = (self.raft.term, future)
+
+    def _feed_admin(self) -> None:
+        while self._admin:
+            kind, argument, future = self._admin.popleft()
+            try:
+                if kind == "transfer":
+                    self.raft.transfer_leadership(argument)
+                    _settle(future)
+                else:
+                    index = self.raft.propose_membership(argument)
+                    self._pending[index] = (self.raft.term, future)  # settled when applied
+            except (NotLeader, ProposalDropped, ValueError) as error:
+                _settle(future, error=error)
 
     def _feed_reads(self) -> None:
         # One ReadIndex round at a time: readers that arrive meanwhile share the next round,
