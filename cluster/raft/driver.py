@@ -29,6 +29,8 @@ from cluster.raft.rsm import StateMachine
 
 log = logging.getLogger(__name__)
 
+INBOX_MESSAGES_MAX = 100_000
+
 
 class ProposalOutcomeUnknown(Exception):
     """Leadership changed before this proposal's fate was known: it may or may not commit.
@@ -112,8 +114,17 @@ class RaftDriver:
     # ---- inputs (called on the loop's thread)
 
     def receive(self, message: Message) -> None:
+        if len(self._inbox) >= INBOX_MESSAGES_MAX:
+            self.stats["inbox_dropped"] += 1  # the peer retransmits; better than unbounded memory
+            return
         self._inbox.append(message)
         self._wake.set()
+
+    def _check_accepting(self) -> None:
+        if self._stopped:
+            raise ProposalDropped("this node has stopped")
+        if self.raft.role is not Role.LEADER:
+            raise NotLeader(self.raft.lead)
 
     @property
     def leader(self) -> int:
@@ -125,10 +136,7 @@ class RaftDriver:
 
     async def propose(self, command: bytes) -> bytes:
         """Replicates and applies one command; returns the state machine's result."""
-        if self._stopped:
-            raise ProposalDropped("this node has stopped")
-        if self.raft.role is not Role.LEADER:
-            raise NotLeader(self.raft.lead)
+        self._check_accepting()
         if len(self._proposals) >= self.proposal_queue_max:
             raise ProposalDropped("proposal queue full; slow down")
         future = asyncio.get_running_loop().create_future()
@@ -147,10 +155,7 @@ class RaftDriver:
         await self._admin_request("transfer", target)
 
     async def _admin_request(self, kind: str, argument) -> None:
-        if self._stopped:
-            raise ProposalDropped("this node has stopped")
-        if self.raft.role is not Role.LEADER:
-            raise NotLeader(self.raft.lead)
+        self._check_accepting()
         future = asyncio.get_running_loop().create_future()
         self._admin.append((kind, argument, future))
         self._wake.set()
@@ -159,8 +164,9 @@ class RaftDriver:
     async def read_barrier(self) -> int:
         """Waits until a linearizable read may be served from the local state machine
         (ReadIndex: leadership confirmed by a quorum, and the read index applied)."""
-        if self.raft.role is not Role.LEADER:
-            raise NotLeader(self.raft.lead)
+        self._check_accepting()
+        if len(self._readers) >= self.proposal_queue_max:
+            raise ProposalDropped("read queue full; slow down")
         future = asyncio.get_running_loop().create_future()
         self._readers.append(future)
         self._wake.set()
