@@ -57,13 +57,17 @@ class RaftDriver:
                  snapshots: SnapshotFiles, tick_seconds: float = 0.1, snapshot_entries: int = 10_000,
                  proposal_queue_max: int = 100_000,
                  run_blocking: Callable[[Callable[[], object]], Awaitable[object]] | None = None,
-                 on_fatal: Callable[[Exception], None] | None = None):
+                 on_fatal: Callable[[Exception], None] | None = None,
+                 call_later: Callable[..., asyncio.TimerHandle] | None = None):
         self.raft, self.store, self.state_machine = raft, store, state_machine
         self.transport, self.snapshots = transport, snapshots
         self.tick_seconds, self.snapshot_entries = tick_seconds, snapshot_entries
         self.proposal_queue_max = proposal_queue_max
         self._run_blocking = run_blocking or _inline
         self._on_fatal = on_fatal
+        # The node's clock: the event loop's timer by default; the simulator passes one it can
+        # freeze, to model a paused process (GC, VM stall, SIGSTOP).
+        self._call_later = call_later
         self.fatal: Exception | None = None
         self._wake = asyncio.Event()
         self._inbox: deque[Message] = deque()
@@ -93,7 +97,8 @@ class RaftDriver:
             self.state_machine.restore(current[1])
         loop = asyncio.get_running_loop()
         self._tasks = [loop.create_task(self._consensus_loop()), loop.create_task(self._apply_loop())]
-        self._tick_handle = loop.call_later(self.tick_seconds, self._on_tick)
+        self._call_later = self._call_later or loop.call_later
+        self._tick_handle = self._call_later(self.tick_seconds, self._on_tick)
 
     async def stop(self) -> None:
         self._stopped = True
@@ -109,7 +114,7 @@ class RaftDriver:
             return
         self._ticks += 1
         self._wake.set()
-        self._tick_handle = asyncio.get_running_loop().call_later(self.tick_seconds, self._on_tick)
+        self._tick_handle = self._call_later(self.tick_seconds, self._on_tick)
 
     # ---- inputs (called on the loop's thread)
 

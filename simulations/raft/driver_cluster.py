@@ -4,7 +4,7 @@ and disks: what `python -m simulations raft` runs.
 Each node is the real `RaftDriver` over the real `LogStore` (on a `SimDisk`) with the real
 `Sessions(KeyValueStore)`, running on the deterministic `SimLoop`. The network delivers each
 message after a seeded delay, or drops or duplicates it, and honours partitions (also one-way
-ones) and paused nodes at delivery time. Clients are coroutines that retry across leaders with
+ones) at delivery time; a paused node fires no timers and reads its messages when it wakes. Clients are coroutines that retry across leaders with
 session sequence numbers and record every operation in a linearizability history.
 """
 from __future__ import annotations
@@ -33,7 +33,6 @@ class NetworkFaults:
     duplicate: float = 0.0
     delay_seconds_max: float = 0.002
     cut: set[tuple[int, int]] = field(default_factory=set)
-    paused: set[int] = field(default_factory=set)
 
 
 class SimNode:
@@ -44,6 +43,9 @@ class SimNode:
         self.driver: RaftDriver | None = None
         self.kv: kv.KeyValueStore | None = None
         self.clock_rate = 1.0  # > 1: this node's clock runs slow (its ticks come late); < 1: fast
+        self.frozen = False    # a paused process: no timers fire, messages wait in the backlog
+        self.backlog: list[Message] = []
+        self._deferred: list = []
         self.boots = 0
 
     async def boot(self) -> None:
@@ -55,14 +57,39 @@ class SimNode:
         self.driver = RaftDriver(raft, LogStore(self.disk), Sessions(self.kv), self.cluster.transport(self.id),
                                  self.snapshots, tick_seconds=TICK_SECONDS * self.clock_rate,
                                  snapshot_entries=self.cluster.snapshot_entries,
-                                 on_fatal=self._lost_power)
+                                 on_fatal=self._lost_power, call_later=self._call_later)
         await self.driver.start()
         self.boots += 1
+
+    def _call_later(self, delay: float, callback, *args):
+        return asyncio.get_running_loop().call_later(delay, self._fire, callback, args)
+
+    def _fire(self, callback, args) -> None:
+        if self.frozen:
+            self._deferred.append((callback, args))
+        else:
+            callback(*args)
+
+    def freeze(self) -> None:
+        self.frozen = True
+
+    def thaw(self) -> None:
+        """The process runs again: overdue timers fire and queued messages arrive, in order."""
+        if not self.frozen:
+            return
+        self.frozen = False
+        deferred, self._deferred = self._deferred, []
+        for callback, args in deferred:
+            callback(*args)
+        backlog, self.backlog = self.backlog, []
+        for m in backlog:
+            self.cluster._deliver(m)
 
     def _lost_power(self, error: Exception) -> None:
         asyncio.get_running_loop().create_task(self.crash())
 
     async def crash(self) -> None:
+        self.frozen, self.backlog, self._deferred = False, [], []
         driver, self.driver = self.driver, None
         if driver is not None:
             await driver.stop()
@@ -109,7 +136,10 @@ class DriverCluster:
             self.livelock = True  # messages bounce forever without time passing: stop them
             return
         node = self.nodes.get(m.target)
-        if node is None or not node.up or (m.source, m.target) in self.faults.cut or m.target in self.faults.paused:
+        if node is None or not node.up or (m.source, m.target) in self.faults.cut:
+            return
+        if node.frozen:
+            node.backlog.append(m)  # a paused process reads its socket when it wakes
             return
         self.delivered += 1
         node.driver.receive(m)
@@ -141,7 +171,8 @@ class DriverCluster:
 
     def heal(self) -> None:
         self.faults.cut = set()
-        self.faults.paused = set()
+        for node in self.nodes.values():
+            node.thaw()
 
 
 class _Transport:
@@ -152,7 +183,7 @@ class _Transport:
         cluster, loop = self.cluster, asyncio.get_running_loop()
         faults = cluster.faults
         for m in messages:
-            if (m.source, m.target) in faults.cut or self.source in faults.paused or cluster.rng.random() < faults.loss:
+            if (m.source, m.target) in faults.cut or cluster.rng.random() < faults.loss:
                 continue
             copies = 2 if cluster.rng.random() < faults.duplicate else 1
             for _ in range(copies):

@@ -135,8 +135,11 @@ async def _faults(cluster: DriverCluster, rng: random.Random, until: float, repo
             cluster.faults.cut.add((a, b))
             report.faults["one-way partition"] += 1
         if rng.random() < rates["pause"]:
-            cluster.faults.paused.add(rng.choice(ids))
-            report.faults["pause"] += 1
+            node = cluster.nodes[rng.choice(ids)]
+            if node.up and not node.frozen:
+                node.freeze()
+                loop.call_later(rng.uniform(0.02, 1.0), node.thaw)
+                report.faults["pause"] += 1
         if rng.random() < rates["clock"]:
             cluster.skew_clocks(rng.uniform(0.05, 0.5))
             report.faults["clock skew"] += 1
