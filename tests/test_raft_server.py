@@ -154,3 +154,29 @@ def test_an_older_sequence_than_the_session_has_is_refused(cluster):
         older = pb_grpc.KVStub(channel).Put(pb.PutRequest(key=b"s", value=b"2", client_id=9, sequence=4), timeout=5)
     assert not older.ok and "session expired" in older.error
     assert cluster.get(b"s") == b"1"
+
+
+def test_sigterm_stops_a_node_promptly_under_load(cluster):
+    import threading
+
+    stop = threading.Event()
+
+    def writer():
+        i = 0
+        while not stop.is_set():
+            try:
+                cluster.put(b"load-%d" % (i % 50), b"x" * 256)
+            except AssertionError:
+                pass
+            i += 1
+
+    thread = threading.Thread(target=writer, daemon=True)
+    thread.start()
+    time.sleep(1.0)
+    process = cluster.processes.pop(1)
+    process.send_signal(signal.SIGTERM)
+    try:
+        assert process.wait(5) == 0
+    finally:
+        stop.set()
+        thread.join(30)

@@ -181,9 +181,10 @@ class Node:
         reporter = asyncio.get_running_loop().create_task(self._report_stats())
         await stop.wait()
         reporter.cancel()
-        await server.stop(0.5)
+        # Consensus first, so nothing new is written or sent; then the wires.
         await self.driver.stop()
         await self.transport.stop()
+        await server.stop(0)
         self._disk_thread.shutdown()
         self.disk.close()
 
