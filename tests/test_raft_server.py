@@ -156,27 +156,55 @@ def test_an_older_sequence_than_the_session_has_is_refused(cluster):
     assert cluster.get(b"s") == b"1"
 
 
-def test_sigterm_stops_a_node_promptly_under_load(cluster):
-    import threading
-
-    stop = threading.Event()
-
-    def writer():
-        i = 0
-        while not stop.is_set():
-            try:
-                cluster.put(b"load-%d" % (i % 50), b"x" * 256)
-            except AssertionError:
-                pass
-            i += 1
-
-    thread = threading.Thread(target=writer, daemon=True)
-    thread.start()
-    time.sleep(1.0)
-    process = cluster.processes.pop(1)
-    process.send_signal(signal.SIGTERM)
+def _resident_mib(pid):
     try:
-        assert process.wait(5) == 0
+        with open(f"/proc/{pid}/status") as status:
+            for line in status:
+                if line.startswith("VmRSS:"):
+                    return int(line.split()[1]) / 1024
+    except FileNotFoundError:
+        pass
+    return 0.0
+
+
+LOAD_SCRIPT = """
+import asyncio, sys, time, grpc
+from cluster.proto import raft_pb2 as pb, raft_pb2_grpc as pb_grpc
+async def main(address, seconds):
+    async with grpc.aio.insecure_channel(address) as channel:
+        stub, end = pb_grpc.KVStub(channel), time.monotonic() + seconds
+        async def client(c):
+            i = 0
+            while time.monotonic() < end:
+                i += 1
+                try:
+                    await stub.Put(pb.PutRequest(key=b"k%d" % (i % 100), value=b"x" * 256,
+                                                 client_id=1000 + c, sequence=i), timeout=2)
+                except grpc.RpcError:
+                    pass
+        await asyncio.gather(*[client(c) for c in range(64)])
+asyncio.run(main(sys.argv[1], float(sys.argv[2])))
+"""
+
+
+def test_sigterm_stops_a_follower_promptly_and_within_its_memory_under_load(cluster):
+    """A follower told to stop while 64 clients keep the leader streaming to it must wind down,
+    not pile up work (an earlier shutdown order let memory climb by hundreds of MiB)."""
+    cluster.put(b"warm", b"up")
+    leader = cluster.leader_address()
+    follower = next(n for n, a in cluster.addresses.items() if a != leader)
+    load = subprocess.Popen([sys.executable, "-c", LOAD_SCRIPT, leader, "8"])
+    try:
+        time.sleep(3.0)
+        process = cluster.processes.pop(follower)
+        before = _resident_mib(process.pid)
+        process.send_signal(signal.SIGTERM)
+        peak, deadline = before, time.monotonic() + 5
+        while process.poll() is None and time.monotonic() < deadline:
+            peak = max(peak, _resident_mib(process.pid))
+            time.sleep(0.02)
+        assert process.wait(1) == 0
+        assert peak < before + 200, f"memory grew from {before:.0f} to {peak:.0f} MiB while stopping"
     finally:
-        stop.set()
-        thread.join(30)
+        load.kill()
+        load.wait(10)

@@ -17,6 +17,7 @@ inline in the simulator), so the deterministic simulator drives this same code o
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import itertools
 import logging
 from collections import Counter, deque
@@ -300,7 +301,7 @@ class RaftDriver:
         current = self.snapshots.current()
         data = current[1] if current else b""
         chunk = data[m.offset:m.offset + self.raft.config.snapshot_chunk_bytes]
-        return Message(m.type, m.source, m.target, m.term, snapshot=m.snapshot, offset=m.offset, data=chunk, done=m.done)
+        return dataclasses.replace(m, data=chunk)
 
     # ---- the apply task
 

@@ -98,8 +98,3 @@ class Message:
     data: bytes | None = None
     done: bool = False       # SNAPSHOT: the last chunk
 
-
-RESPONSE_TYPES = {
-    MessageType.PRE_VOTE: MessageType.PRE_VOTE_RESPONSE,
-    MessageType.VOTE: MessageType.VOTE_RESPONSE,
-}

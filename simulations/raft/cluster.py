@@ -15,6 +15,7 @@ store promises.
 """
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import random
 from dataclasses import dataclass, field
@@ -86,7 +87,7 @@ class SimNode:
         if m.type is not MessageType.SNAPSHOT or m.data is not None:
             return m
         chunk = self.disk.snapshot_data[m.offset:m.offset + self.config.snapshot_chunk_bytes]
-        return Message(**{**_fields(m), "data": chunk})
+        return dataclasses.replace(m, data=chunk)
 
     def _install_snapshot(self, meta: SnapshotMeta) -> None:
         self.disk.snapshot, self.disk.snapshot_data = meta, bytes(self.disk.staged_snapshot)
@@ -125,10 +126,6 @@ def _decode_state(data: bytes) -> list[bytes]:
         out.append(data[position + 4:position + 4 + size])
         position += 4 + size
     return out
-
-
-def _fields(m: Message) -> dict:
-    return {name: getattr(m, name) for name in m.__slots__}
 
 
 class SimCluster:
@@ -207,9 +204,6 @@ class SimCluster:
 
     def partition(self, *groups: list[int]) -> None:
         self.network.cut = {(a, b) for g in groups for h in groups if g is not h for a in g for b in h}
-
-    def cut_one_way(self, source: int, target: int) -> None:
-        self.network.cut.add((source, target))
 
     def heal(self) -> None:
         self.network.cut = set()

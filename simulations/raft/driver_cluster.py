@@ -109,7 +109,6 @@ class DriverCluster:
         self.snapshot_entries = snapshot_entries
         self.faults = NetworkFaults()
         self.nodes = {n: SimNode(n, self) for n in sorted(node_ids)}
-        self.delivered = 0
         self._events = 0
         self._instant, self._deliveries_this_instant = -1.0, 0
         self.livelock = False
@@ -141,7 +140,6 @@ class DriverCluster:
         if node.frozen:
             node.backlog.append(m)  # a paused process reads its socket when it wakes
             return
-        self.delivered += 1
         node.driver.receive(m)
 
     def leader(self) -> int | None:
