@@ -30,7 +30,7 @@ from cluster.raft.rsm import StateMachine
 
 log = logging.getLogger(__name__)
 
-INBOX_MESSAGES_MAX = 100_000
+INBOX_MESSAGES_MAX = 10_000
 
 
 class ProposalOutcomeUnknown(Exception):
@@ -120,6 +120,8 @@ class RaftDriver:
     # ---- inputs (called on the loop's thread)
 
     def receive(self, message: Message) -> None:
+        if self._stopped:
+            return  # nothing will read it: a stopped node must not pile up its peers' traffic
         if len(self._inbox) >= INBOX_MESSAGES_MAX:
             self.stats["inbox_dropped"] += 1  # the peer retransmits; better than unbounded memory
             return
