@@ -117,6 +117,11 @@ class KVStub:
                 request_serializer=raft__pb2.GetRequest.SerializeToString,
                 response_deserializer=raft__pb2.GetResponse.FromString,
                 _registered_method=True)
+        self.Pipeline = channel.stream_stream(
+                '/cairn.raft.KV/Pipeline',
+                request_serializer=raft__pb2.KvOps.SerializeToString,
+                response_deserializer=raft__pb2.KvReplies.FromString,
+                _registered_method=True)
 
 
 class KVServicer:
@@ -134,6 +139,14 @@ class KVServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def Pipeline(self, request_iterator, context):
+        """Many callers' operations multiplexed on one stream: what queues up while a message is on
+        the wire goes in the next one, so a busy client pays one gRPC message per batch, not per call.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_KVServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -146,6 +159,11 @@ def add_KVServicer_to_server(servicer, server):
                     servicer.Get,
                     request_deserializer=raft__pb2.GetRequest.FromString,
                     response_serializer=raft__pb2.GetResponse.SerializeToString,
+            ),
+            'Pipeline': grpc.stream_stream_rpc_method_handler(
+                    servicer.Pipeline,
+                    request_deserializer=raft__pb2.KvOps.FromString,
+                    response_serializer=raft__pb2.KvReplies.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -202,6 +220,33 @@ class KV:
             '/cairn.raft.KV/Get',
             raft__pb2.GetRequest.SerializeToString,
             raft__pb2.GetResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def Pipeline(request_iterator,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.stream_stream(
+            request_iterator,
+            target,
+            '/cairn.raft.KV/Pipeline',
+            raft__pb2.KvOps.SerializeToString,
+            raft__pb2.KvReplies.FromString,
             options,
             channel_credentials,
             insecure,

@@ -144,13 +144,18 @@ class RaftDriver:
 
     async def propose(self, command: bytes) -> bytes:
         """Replicates and applies one command; returns the state machine's result."""
+        return await self.submit(command)
+
+    def submit(self, command: bytes) -> asyncio.Future:
+        """`propose` without a coroutine: the future resolves with the result once applied.
+        Raises NotLeader or ProposalDropped at once when the proposal cannot be taken."""
         self._check_accepting()
         if len(self._proposals) >= self.proposal_queue_max:
             raise ProposalDropped("proposal queue full; slow down")
         future = asyncio.get_running_loop().create_future()
         self._proposals.append((command, future))
         self._wake.set()
-        return await future
+        return future
 
     async def change_membership(self, new: Membership) -> None:
         """Replicates a membership change (one server at a time: add a learner, promote a
@@ -172,13 +177,18 @@ class RaftDriver:
     async def read_barrier(self) -> int:
         """Waits until a linearizable read may be served from the local state machine
         (ReadIndex: leadership confirmed by a quorum, and the read index applied)."""
+        return await self.read_barrier_future()
+
+    def read_barrier_future(self) -> asyncio.Future:
+        """`read_barrier` without a coroutine; one barrier may serve any number of reads that
+        arrived before it was asked for."""
         self._check_accepting()
         if len(self._readers) >= self.proposal_queue_max:
             raise ProposalDropped("read queue full; slow down")
         future = asyncio.get_running_loop().create_future()
         self._readers.append(future)
         self._wake.set()
-        return await future
+        return future
 
     # ---- the consensus task
 

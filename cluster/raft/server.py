@@ -33,6 +33,7 @@ from cluster.raft.messages import Membership, Message
 from cluster.raft.rsm import Sessions, envelope
 from cluster.raft.snapshot_files import FileSnapshots
 from cluster.raft.wire import MESSAGE_BYTES_MAX, from_proto, to_proto
+from cluster.rpc.mux import MuxServer
 from cluster.storage.disk import RocksDisk
 
 log = logging.getLogger("cairn.raft")
@@ -107,32 +108,97 @@ class RaftService(pb_grpc.RaftServicer):
 
 
 class KVService(pb_grpc.KVServicer):
+    """Put and Get as unary calls, and both multiplexed on `Pipeline` streams (see cluster/rpc/mux.py)."""
+
     def __init__(self, node: "Node"):
         self.node = node
+        self._mux = MuxServer(pb.KvReplies, "ops", "replies")
 
     async def Put(self, request, context):
         try:
-            command = envelope(request.client_id, request.sequence, kv.encode_put(request.key, request.value))
-            result = await asyncio.wait_for(self.node.driver.propose(command), REQUEST_SECONDS_MAX)
-        except NotLeader as error:
+            future = self._submit_put(request)
+            result = await asyncio.wait_for(future, REQUEST_SECONDS_MAX)
+        except Exception as error:  # noqa: BLE001 - every outcome becomes an answer
+            return self._put_response(None, error)
+        return self._put_response(result, None)
+
+    async def Get(self, request, context):
+        try:
+            if not request.stale:
+                await asyncio.wait_for(self.node.driver.read_barrier_future(), REQUEST_SECONDS_MAX)
+        except Exception as error:  # noqa: BLE001
+            return self._get_response(request, error)
+        return self._get_response(request, None)
+
+    async def Pipeline(self, request_iterator, context):
+        await self._mux.serve(request_iterator, context, self._start_ops)
+
+    # ---- shared by both forms
+
+    def _submit_put(self, request) -> asyncio.Future:
+        command = envelope(request.client_id, request.sequence, kv.encode_put(request.key, request.value))
+        return self.node.driver.submit(command)
+
+    def _put_response(self, result, error) -> pb.PutResponse:
+        if isinstance(error, NotLeader):
             return pb.PutResponse(ok=False, error="not leader", leader_address=self.node.address_of(error.leader))
-        except (ProposalDropped, ProposalOutcomeUnknown, asyncio.TimeoutError, ValueError) as error:
+        if isinstance(error, (ProposalDropped, ProposalOutcomeUnknown, asyncio.TimeoutError, ValueError)):
             return pb.PutResponse(ok=False, error=f"{type(error).__name__}: {error}")
+        if error is not None:
+            raise error
         if result == Sessions.RESULT_EXPIRED:
             return pb.PutResponse(ok=False, error="session expired: the put may or may not have been applied")
         return pb.PutResponse(ok=True)
 
-    async def Get(self, request, context):
-        driver = self.node.driver
-        try:
-            if not request.stale:
-                await asyncio.wait_for(driver.read_barrier(), REQUEST_SECONDS_MAX)
-        except NotLeader as error:
+    def _get_response(self, request, error) -> pb.GetResponse:
+        if isinstance(error, NotLeader):
             return pb.GetResponse(error="not leader", leader_address=self.node.address_of(error.leader))
-        except (ProposalDropped, ProposalOutcomeUnknown, asyncio.TimeoutError) as error:
+        if isinstance(error, (ProposalDropped, ProposalOutcomeUnknown, asyncio.TimeoutError)):
             return pb.GetResponse(error=f"{type(error).__name__}: {error}")
+        if error is not None:
+            raise error
         value = self.node.kv.get(request.key)
         return pb.GetResponse(found=value is not None, value=value or b"")
+
+    def _start_ops(self, ops, reply) -> None:
+        """Starts one Pipeline batch: each put is its own proposal (the driver batches them all
+        into one append); the batch's linearizable gets share one ReadIndex barrier."""
+        gets = []
+        for op in ops:
+            kind = op.WhichOneof("op")
+            if kind == "put":
+                self._start_put(op.tag, op.put, reply)
+            elif kind == "get" and not op.get.stale:
+                gets.append(op)
+            elif kind == "get":
+                reply(pb.KvReply(tag=op.tag, get=self._get_response(op.get, None)))
+            else:
+                reply(pb.KvReply(tag=op.tag, put=pb.PutResponse(ok=False, error="empty operation")))
+        if gets:
+            try:
+                barrier = self.node.driver.read_barrier_future()
+            except Exception as error:  # noqa: BLE001
+                for op in gets:
+                    reply(pb.KvReply(tag=op.tag, get=self._get_response(op.get, error)))
+                return
+            barrier.add_done_callback(lambda done: self._finish_gets(gets, done, reply))
+
+    def _start_put(self, tag: int, request, reply) -> None:
+        try:
+            future = self._submit_put(request)
+        except Exception as error:  # noqa: BLE001
+            reply(pb.KvReply(tag=tag, put=self._put_response(None, error)))
+            return
+
+        def finish(done: asyncio.Future) -> None:
+            error = done.exception()
+            reply(pb.KvReply(tag=tag, put=self._put_response(None if error else done.result(), error)))
+        future.add_done_callback(finish)
+
+    def _finish_gets(self, gets: list, barrier: asyncio.Future, reply) -> None:
+        error = barrier.exception()
+        for op in gets:
+            reply(pb.KvReply(tag=op.tag, get=self._get_response(op.get, error)))
 
 
 class Node:

@@ -33,6 +33,7 @@ import grpc
 import numpy as np
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__)))))
+from cluster.rpc.mux import StreamBroken  # noqa: E402
 
 KEYS = 10_000
 VALUE_BYTES = 256
@@ -68,8 +69,13 @@ class Load:
         if args.system == "cairn":
             from cluster.proto import raft_pb2, raft_pb2_grpc
 
+            from cluster.rpc.mux import StreamMux
+
             self.pb = raft_pb2
             self.stubs = {t: [raft_pb2_grpc.KVStub(c) for c in cs] for t, cs in self.channels.items()}
+            # the Cairn client's way: every client of this process on one stream per node
+            self.muxes = {t: StreamMux(stubs[0].Pipeline, raft_pb2.KvOps, "ops", "replies")
+                          for t, stubs in self.stubs.items()}
         else:
             sys.path.insert(0, args.etcd_stubs)
             import etcd_kv_pb2
@@ -86,6 +92,8 @@ class Load:
             raise GiveUp(f"could not connect to {self.args.targets} in {timeout:.0f} s") from None
 
     async def close(self) -> None:
+        if self.args.system == "cairn":
+            await asyncio.gather(*(mux.close() for mux in self.muxes.values()))
         await asyncio.gather(*(c.close() for cs in self.channels.values() for c in cs))
 
     # ---- one operation, retried until it succeeds
@@ -99,15 +107,22 @@ class Load:
             try:
                 if self.args.op == "put":
                     request = self.pb.PutRequest(key=key, value=self.value, client_id=client_id, sequence=sequence)
-                    response = await stub.Put(request, timeout=RPC_SECONDS)
+                    if self.args.cairn_api == "unary":
+                        response = await stub.Put(request, timeout=RPC_SECONDS)
+                    else:
+                        response = (await self.muxes[address].call(self.pb.KvOp(put=request), RPC_SECONDS)).put
                     if response.ok:
                         return
                 else:
-                    response = await stub.Get(self.pb.GetRequest(key=key, stale=False), timeout=RPC_SECONDS)
+                    request = self.pb.GetRequest(key=key, stale=False)
+                    if self.args.cairn_api == "unary":
+                        response = await stub.Get(request, timeout=RPC_SECONDS)
+                    else:
+                        response = (await self.muxes[address].call(self.pb.KvOp(get=request), RPC_SECONDS)).get
                     if not response.error:
                         return
                 hint, not_leader = response.leader_address, bool(response.leader_address) or "leader" in response.error
-            except grpc.aio.AioRpcError:
+            except (grpc.aio.AioRpcError, StreamBroken, asyncio.TimeoutError):
                 not_leader = True  # node down or unreachable: try another
             self.retries += 1
             if time.perf_counter() - started > GIVE_UP_SECONDS:
@@ -221,6 +236,8 @@ def main() -> None:
     parser.add_argument("--etcd-stubs", default="", help="directory of the generated etcd_kv_pb2 modules")
     parser.add_argument("--client-base", type=int, default=1, help="session id of client 0 (cairn)")
     parser.add_argument("--seed", type=int, default=1)
+    parser.add_argument("--cairn-api", choices=("pipeline", "unary"), default="pipeline",
+                        help="Cairn clients share a multiplexed stream per node (default) or make unary calls")
     args = parser.parse_args()
     try:
         result = asyncio.run(run(args))
