@@ -129,6 +129,42 @@ def test_leader_failover_and_restart_from_disk(cluster):
     assert cluster.get(b"k9") == b"v9"
 
 
+def test_pipelined_puts_and_gets_from_many_callers(cluster):
+    import asyncio
+
+    from cluster.rpc.mux import StreamMux
+
+    cluster.put(b"warm", b"up")
+    leader = cluster.leader_address()
+    follower = next(a for a in cluster.addresses.values() if a != leader)
+
+    async def main():
+        channels = {a: grpc.aio.insecure_channel(a) for a in (leader, follower)}
+        muxes = {a: StreamMux(pb_grpc.KVStub(c).Pipeline, pb.KvOps, "ops", "replies") for a, c in channels.items()}
+        try:
+            async def put(i):
+                request = pb.PutRequest(key=b"p%03d" % i, value=b"v%d" % i, client_id=1000 + i, sequence=1)
+                return (await muxes[leader].call(pb.KvOp(put=request), 10.0)).put
+            puts = await asyncio.gather(*(put(i) for i in range(300)))
+            assert all(r.ok for r in puts), [r.error for r in puts if not r.ok][:3]
+            gets = await asyncio.gather(*(muxes[leader].call(pb.KvOp(get=pb.GetRequest(key=b"p%03d" % i)), 10.0)
+                                          for i in range(300)))
+            assert [r.get.value for r in gets] == [b"v%d" % i for i in range(300)]
+            # a follower answers pipelined operations with the leader's address
+            redirected = (await muxes[follower].call(pb.KvOp(put=pb.PutRequest(key=b"f", value=b"1")), 10.0)).put
+            assert not redirected.ok and redirected.leader_address == leader
+            read = (await muxes[follower].call(pb.KvOp(get=pb.GetRequest(key=b"f")), 10.0)).get
+            assert read.error == "not leader" and read.leader_address == leader
+            empty = (await muxes[leader].call(pb.KvOp(), 10.0)).put
+            assert not empty.ok and "empty" in empty.error
+        finally:
+            for mux in muxes.values():
+                await mux.close()
+            for channel in channels.values():
+                await channel.close()
+    asyncio.run(main())
+
+
 def test_a_retried_put_applies_once(cluster):
     first = cluster.call("Put", pb.PutRequest(key=b"x", value=b"1", client_id=5, sequence=1))
     cluster.put(b"x", b"2")

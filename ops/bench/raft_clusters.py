@@ -224,9 +224,10 @@ class CairnCluster(Cluster):
                     answered.add(address)
                     if response.ok:
                         leader = address
+                    else:
+                        last = f"{address}: {response.error or 'not ok'} (leader {response.leader_address or '?'})"
                 if leader and len(answered) == len(channels):
                     return leader
-                    last = f"{address}: {response.error or 'not ok'} (leader {response.leader_address or '?'})"
                 if time.monotonic() > deadline:
                     raise self.fail(f"cairn had no leader that commits, or a node that did not answer, within "
                                     f"{START_SECONDS:.0f} s (answered: {sorted(answered)}; last: {last})")
