@@ -7,7 +7,14 @@ storage (one fsync for the whole batch: that is the group commit).
 """
 from __future__ import annotations
 
+import bisect
+import os
+import shutil
+import struct
+import tempfile
 from typing import Iterator, Protocol
+
+_FILE_HEADER = struct.Struct(">HQ")  # name length, file length
 
 
 class Disk(Protocol):
@@ -21,13 +28,23 @@ class Disk(Protocol):
     def close(self) -> None: ...
 
 
+class SnapshotDisk(Disk, Protocol):
+    """A disk whose whole content can be shipped: what a Raft snapshot of a state machine is."""
+
+    def export_state(self) -> bytes: ...
+
+    def import_state(self, data: bytes) -> None:
+        """Replaces the whole content with an export's."""
+
+
 class RocksDisk:
     """A RocksDB database in raw-bytes mode."""
 
     def __init__(self, path: str):
         from rocksdict import Options, Rdict, WriteOptions
 
-        options = Options(raw_mode=True)
+        self.path = path
+        options = self._options = Options(raw_mode=True)
         options.create_if_missing(True)
         self._db = Rdict(path, options)
         self._sync = WriteOptions()
@@ -55,3 +72,109 @@ class RocksDisk:
 
     def close(self) -> None:
         self._db.close()
+
+    def export_state(self) -> bytes:
+        """A RocksDB checkpoint (hard links to the live SST files plus a fresh manifest), packed
+        into one byte string: name length, file length, name, bytes, for each file."""
+        from rocksdict import Checkpoint
+
+        parent = tempfile.mkdtemp(prefix="checkpoint-", dir=os.path.dirname(os.path.abspath(self.path)))
+        try:
+            target = os.path.join(parent, "db")
+            Checkpoint(self._db).create_checkpoint(target)
+            parts = []
+            for name in sorted(os.listdir(target)):
+                with open(os.path.join(target, name), "rb") as f:
+                    data = f.read()
+                encoded = name.encode()
+                parts += [_FILE_HEADER.pack(len(encoded), len(data)), encoded, data]
+            return b"".join(parts)
+        finally:
+            shutil.rmtree(parent, ignore_errors=True)
+
+    def import_state(self, data: bytes) -> None:
+        """Unpacks a checkpoint next to the database, syncs it, and swaps it in."""
+        from rocksdict import Rdict
+
+        staging = self.path + ".incoming"
+        shutil.rmtree(staging, ignore_errors=True)
+        os.makedirs(staging)
+        position = 0
+        while position < len(data):
+            name_length, length = _FILE_HEADER.unpack_from(data, position)
+            position += _FILE_HEADER.size
+            name = data[position:position + name_length].decode()
+            position += name_length
+            if "/" in name or name in ("", ".", "..") or position + length > len(data):
+                raise ValueError(f"malformed checkpoint: file {name!r}")
+            with open(os.path.join(staging, name), "wb") as f:
+                f.write(data[position:position + length])
+                f.flush()
+                os.fsync(f.fileno())
+            position += length
+        self._db.close()
+        old = self.path + ".old"
+        shutil.rmtree(old, ignore_errors=True)
+        os.rename(self.path, old)
+        os.rename(staging, self.path)
+        _fsync_dir(os.path.dirname(os.path.abspath(self.path)))
+        shutil.rmtree(old, ignore_errors=True)
+        self._db = Rdict(self.path, self._options)
+
+
+class MemoryDisk:
+    """The Disk contract in memory, keys kept sorted: for tests and a throwaway single node.
+    Every write counts as synced (there is no crash to survive)."""
+
+    def __init__(self):
+        self._data: dict[bytes, bytes] = {}
+        self._keys: list[bytes] = []
+
+    def get(self, key: bytes) -> bytes | None:
+        return self._data.get(key)
+
+    def scan(self, start: bytes, end: bytes) -> Iterator[tuple[bytes, bytes]]:
+        position = bisect.bisect_left(self._keys, start)
+        while position < len(self._keys):
+            key = self._keys[position]
+            if key >= end:
+                return
+            yield key, self._data[key]
+            # the list may change while a caller iterates: find our place again
+            position = bisect.bisect_right(self._keys, key)
+
+    def write(self, puts, delete_ranges, sync: bool) -> None:
+        for start, end in delete_ranges:
+            low, high = bisect.bisect_left(self._keys, start), bisect.bisect_left(self._keys, end)
+            for key in self._keys[low:high]:
+                del self._data[key]
+            del self._keys[low:high]
+        for key, value in puts:
+            if key not in self._data:
+                bisect.insort(self._keys, key)
+            self._data[key] = bytes(value)
+
+    def close(self) -> None:
+        pass
+
+    def export_state(self) -> bytes:
+        return b"".join(struct.pack(">II", len(k), len(self._data[k])) + k + self._data[k] for k in self._keys)
+
+    def import_state(self, data: bytes) -> None:
+        self._data, position = {}, 0
+        while position < len(data):
+            key_length, value_length = struct.unpack_from(">II", data, position)
+            position += 8
+            key = data[position:position + key_length]
+            position += key_length
+            self._data[key] = data[position:position + value_length]
+            position += value_length
+        self._keys = sorted(self._data)
+
+
+def _fsync_dir(path: str) -> None:
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)

@@ -1,0 +1,79 @@
+"""Where the k+m fragments of a chunk go: pure and deterministic given the nodes and a seed.
+
+Rules, in priority order, for each fragment in turn:
+1. a node not already holding a fragment of the chunk;
+2. on the host with the fewest fragments so far (so never two on a host while another host has
+   room), then the rack with the fewest, then the zone with the fewest;
+3. among the nodes tied on that, one drawn at random weighted by free bytes, so fuller nodes
+   fill more slowly.
+Nodes that are not up (suspect, dead, draining) or have no free space are not candidates; the
+caller filters them (see `candidates`).
+"""
+from __future__ import annotations
+
+import random
+from dataclasses import dataclass
+
+
+class NotEnoughNodes(Exception):
+    pass
+
+
+@dataclass(frozen=True)
+class Candidate:
+    id: int
+    host: str
+    rack: str
+    zone: str
+    free: int
+
+
+def candidate(node_id: int, labels: dict[str, str], free: int) -> Candidate:
+    """A node's failure domains, from its labels; a node without a host label is its own host."""
+    host = labels.get("host") or f"node-{node_id}"
+    return Candidate(node_id, host, labels.get("rack", ""), labels.get("zone", ""), free)
+
+
+def place(nodes: list[Candidate], count: int, rng: random.Random, taken: list[Candidate] = ()) -> list[int]:
+    """Chooses `count` nodes for new fragments, given the ones already `taken` by this chunk."""
+    used = {n.id for n in taken}
+    free = [n for n in nodes if n.id not in used]
+    if len(free) < count:
+        raise NotEnoughNodes(f"{count} fragments need {count} more usable data nodes; {len(free)} are available")
+    hosts: dict[str, int] = {}
+    racks: dict[str, int] = {}
+    zones: dict[str, int] = {}
+    for n in taken:
+        _count(n, hosts, racks, zones)
+    chosen = []
+    for _ in range(count):
+        best, ties = None, []
+        for n in free:
+            load = (hosts.get(n.host, 0), racks.get(n.rack, 0), zones.get(n.zone, 0))
+            if best is None or load < best:
+                best, ties = load, [n]
+            elif load == best:
+                ties.append(n)
+        pick = _weighted(ties, rng)
+        chosen.append(pick.id)
+        free.remove(pick)
+        _count(pick, hosts, racks, zones)
+    return chosen
+
+
+def _count(n: Candidate, hosts: dict, racks: dict, zones: dict) -> None:
+    hosts[n.host] = hosts.get(n.host, 0) + 1
+    racks[n.rack] = racks.get(n.rack, 0) + 1
+    zones[n.zone] = zones.get(n.zone, 0) + 1
+
+
+def _weighted(ties: list[Candidate], rng: random.Random) -> Candidate:
+    total = sum(n.free for n in ties)
+    if total <= 0:
+        return ties[rng.randrange(len(ties))]
+    point = rng.random() * total
+    for n in ties:
+        point -= n.free
+        if point < 0:
+            return n
+    return ties[-1]

@@ -1,0 +1,557 @@
+"""The metadata state machine: buckets, objects, chunks and data nodes, over an ordered disk.
+
+Deterministic: `apply` depends only on the state and the command (time comes in the command, from
+the proposing leader, and is made monotonic here), so every replica computes the same state.
+Each applied entry is one atomic disk write that includes the last-applied index, so a restart
+skips entries already applied. A command that fails validation changes nothing (its write holds
+only the applied index and its remembered result).
+
+Key layout (bytes; bucket names and keys never contain NUL, UTF-8 never contains 0xFF):
+    A                          last applied index
+    T                          the state's clock: the largest now_ms applied
+    S                          the last node id handed out
+    B<bucket>                  Bucket
+    O<bucket>\0<key>           flag byte (1: delete marker) + ObjectHead of the current version
+    M<bucket>\0<key>\0<ver>    Manifest of each retained version (ver: 8 bytes big-endian)
+    C<chunk id>                Chunk
+    G<ms><chunk id>            a chunk without references since ms (the garbage queue)
+    N<node id>                 Node
+    R<op id>                   MetaResult of an applied command (retries get it back)
+    Q<ms><op id>               when that result was stored (results expire after RESULTS_TTL_MS)
+"""
+from __future__ import annotations
+
+import random
+import struct
+from collections import Counter
+from typing import Iterator
+
+import blake3
+
+from cluster.meta import names
+from cluster.meta.placement import NotEnoughNodes, candidate, place
+from cluster.proto import meta_pb2 as pb
+from cluster.storage.disk import SnapshotDisk
+
+RESULTS_TTL_MS = 24 * 3600 * 1000
+RESULTS_PRUNED_PER_APPLY = 16
+CHUNK_BYTES_MAX = 64 << 20
+LIST_KEYS_MAX = 10_000
+_U64 = struct.Struct(">Q")
+_OBJECT_END = b"\xff"
+_LIVE, _MARKER = b"\x00", b"\x01"
+
+
+class Refused(Exception):
+    """A command or query that cannot be done as asked; nothing changed."""
+
+    def __init__(self, code: int, message: str, missing: list[bytes] = ()):
+        super().__init__(message)
+        self.code, self.missing = code, list(missing)
+
+
+def _u64(value: int) -> bytes:
+    return _U64.pack(value)
+
+
+def bucket_key(bucket: str) -> bytes:
+    return b"B" + bucket.encode()
+
+
+def object_key(bucket: str, key: str) -> bytes:
+    return b"O" + bucket.encode() + b"\0" + key.encode()
+
+
+def manifest_key(bucket: str, key: str, version: int) -> bytes:
+    return b"M" + bucket.encode() + b"\0" + key.encode() + b"\0" + _u64(version)
+
+
+def chunk_key(chunk_id: bytes) -> bytes:
+    return b"C" + chunk_id
+
+
+def node_key(node_id: int) -> bytes:
+    return b"N" + _u64(node_id)
+
+
+class Batch:
+    """The writes of one entry, with reads that see them (read-your-writes within the entry)."""
+
+    def __init__(self, disk: SnapshotDisk):
+        self.disk = disk
+        self.puts: dict[bytes, bytes] = {}
+        self.deletes: set[bytes] = set()
+
+    def get(self, key: bytes) -> bytes | None:
+        if key in self.puts:
+            return self.puts[key]
+        if key in self.deletes:
+            return None
+        return self.disk.get(key)
+
+    def put(self, key: bytes, value: bytes) -> None:
+        self.deletes.discard(key)
+        self.puts[key] = value
+
+    def delete(self, key: bytes) -> None:
+        self.puts.pop(key, None)
+        self.deletes.add(key)
+
+    def commit(self) -> None:
+        ranges = [(key, key + b"\0") for key in sorted(self.deletes)]
+        self.disk.write(sorted(self.puts.items()), ranges, sync=False)
+
+
+class MetaState:
+    """The replicated metadata. `apply` is the Raft state machine's; the rest are queries."""
+
+    def __init__(self, disk: SnapshotDisk):
+        self.disk = disk
+        self.applied = self._load_u64(b"A")
+
+    def _load_u64(self, key: bytes) -> int:
+        raw = self.disk.get(key)
+        return _U64.unpack(raw)[0] if raw else 0
+
+    # ---- the state machine interface
+
+    def apply(self, index: int, data: bytes) -> bytes:
+        if index <= self.applied:
+            return b""  # applied before a restart; nobody waits for this result
+        batch = Batch(self.disk)
+        try:
+            command = pb.MetaCommand.FromString(data)
+        except Exception:  # noqa: BLE001 - a garbled entry is refused, like any bad command
+            command = None
+        result = self._apply_command(batch, index, command) if command is not None else \
+            pb.MetaResult(code=pb.INVALID_ARGUMENT, message="undecodable command")
+        encoded = result.SerializeToString()
+        if command is not None and command.op_id:
+            self._remember(batch, command.op_id, encoded)
+        batch.put(b"A", _u64(index))
+        batch.commit()
+        self.applied = index
+        return encoded
+
+    def snapshot(self) -> bytes:
+        return self.disk.export_state()
+
+    def restore(self, data: bytes) -> None:
+        self.disk.import_state(data)
+        self.applied = self._load_u64(b"A")
+
+    # ---- commands
+
+    def _apply_command(self, batch: Batch, index: int, command: pb.MetaCommand) -> pb.MetaResult:
+        if command.op_id:
+            known = batch.get(b"R" + command.op_id)
+            if known is not None:
+                return pb.MetaResult.FromString(known)
+        now = max(self._load_u64(b"T"), command.now_ms)
+        batch.put(b"T", _u64(now))
+        kind = command.WhichOneof("command")
+        handler = getattr(self, f"_do_{kind}", None) if kind else None
+        if handler is None:
+            return pb.MetaResult(code=pb.INVALID_ARGUMENT, message=f"unknown command {kind!r}")
+        scratch = Batch(self.disk)
+        scratch.puts, scratch.deletes = dict(batch.puts), set(batch.deletes)
+        try:
+            result = handler(scratch, index, now, getattr(command, kind))
+        except Refused as refused:
+            return pb.MetaResult(code=refused.code, message=str(refused), missing=refused.missing)
+        except names.InvalidName as error:
+            return pb.MetaResult(code=pb.INVALID_ARGUMENT, message=str(error))
+        batch.puts, batch.deletes = scratch.puts, scratch.deletes  # all or nothing
+        return result
+
+    def _remember(self, batch: Batch, op_id: bytes, result: bytes) -> None:
+        if len(op_id) > 64:
+            return  # refused as INVALID_ARGUMENT by the service; never stored
+        now = _U64.unpack(batch.get(b"T"))[0]
+        batch.put(b"R" + op_id, result)
+        batch.put(b"Q" + _u64(now) + op_id, b"")
+        expired = _u64(max(0, now - RESULTS_TTL_MS))
+        for key, _ in _take(self.disk.scan(b"Q", b"Q" + expired), RESULTS_PRUNED_PER_APPLY):
+            batch.delete(key)
+            batch.delete(b"R" + key[9:])
+
+    def _do_create_bucket(self, batch: Batch, index: int, now: int, c: pb.CreateBucket) -> pb.MetaResult:
+        names.check_bucket(c.name)
+        k, m = names.check_profile(c.profile.k, c.profile.m)
+        if batch.get(bucket_key(c.name)) is not None:
+            raise Refused(pb.BUCKET_EXISTS, f"bucket {c.name!r} exists")
+        bucket = pb.Bucket(name=c.name, profile=pb.ErasureProfile(k=k, m=m), inline_max_bytes=c.inline_max_bytes,
+                           versioning=c.versioning, quota_bytes=c.quota_bytes, quota_objects=c.quota_objects,
+                           created_ms=now)
+        batch.put(bucket_key(c.name), bucket.SerializeToString())
+        return pb.MetaResult()
+
+    def _do_delete_bucket(self, batch: Batch, index: int, now: int, c: pb.DeleteBucket) -> pb.MetaResult:
+        self._bucket(batch, c.name)
+        prefix = b"M" + c.name.encode() + b"\0"
+        if next(iter(self.disk.scan(prefix, prefix + _OBJECT_END)), None) is not None:
+            raise Refused(pb.BUCKET_NOT_EMPTY, f"bucket {c.name!r} still holds objects or versions")
+        batch.delete(bucket_key(c.name))
+        return pb.MetaResult()
+
+    def _do_commit_put(self, batch: Batch, index: int, now: int, c: pb.CommitPut) -> pb.MetaResult:
+        bucket = self._bucket(batch, c.bucket)
+        names.check_key(c.key)
+        manifest = pb.Manifest()
+        manifest.CopyFrom(c.manifest)
+        self._check_manifest(bucket, manifest)
+        self._add_references(batch, now, manifest, c.placements, bucket.profile)
+        manifest.head.version, manifest.head.modified_ms, manifest.head.delete_marker = index, now, False
+        manifest.profile.CopyFrom(bucket.profile)
+        self._install(batch, bucket, c.bucket, c.key, manifest, now)
+        return pb.MetaResult(head=manifest.head)
+
+    def _do_delete_object(self, batch: Batch, index: int, now: int, c: pb.DeleteObject) -> pb.MetaResult:
+        bucket = self._bucket(batch, c.bucket)
+        names.check_key(c.key)
+        current = self._head(batch, c.bucket, c.key)
+        if current is None or current.delete_marker:
+            raise Refused(pb.NO_SUCH_KEY, f"no object {c.key!r} in bucket {c.bucket!r}")
+        if bucket.versioning:
+            marker = pb.Manifest(head=pb.ObjectHead(version=index, modified_ms=now, delete_marker=True))
+            self._install(batch, bucket, c.bucket, c.key, marker, now)
+            return pb.MetaResult(head=marker.head)
+        self._drop_version(batch, now, c.bucket, c.key, current.version)
+        batch.delete(object_key(c.bucket, c.key))
+        self._count(batch, bucket, -1, -current.size)
+        return pb.MetaResult()
+
+    def _do_copy_object(self, batch: Batch, index: int, now: int, c: pb.CopyObject) -> pb.MetaResult:
+        bucket = self._bucket(batch, c.bucket)
+        names.check_key(c.key)
+        source = self.get_object(c.source_bucket, c.source_key, 0, batch=batch)
+        manifest = pb.Manifest()  # its chunks keep the profile they were coded with
+        manifest.CopyFrom(source)
+        for chunk_id, count in Counter(ref.id for ref in manifest.chunks).items():
+            self._reference(batch, chunk_id, count)
+        manifest.head.version, manifest.head.modified_ms = index, now
+        self._install(batch, bucket, c.bucket, c.key, manifest, now)
+        return pb.MetaResult(head=manifest.head)
+
+    def _do_register_node(self, batch: Batch, index: int, now: int, c: pb.RegisterNode) -> pb.MetaResult:
+        node = pb.Node()
+        node.CopyFrom(c.node)
+        if not node.address:
+            raise Refused(pb.INVALID_ARGUMENT, "a data node registers with its address")
+        if node.id == 0:
+            for key, value in self.disk.scan(b"N", b"O"):
+                if pb.Node.FromString(value).address == node.address:
+                    node.id = _U64.unpack(key[1:])[0]  # the same node registering again
+                    break
+            else:
+                node.id = _U64.unpack(batch.get(b"S") or _u64(0))[0] + 1
+                batch.put(b"S", _u64(node.id))
+        raw = batch.get(node_key(node.id))
+        old = pb.Node.FromString(raw) if raw else None
+        node.registered_ms = old.registered_ms if old else now
+        node.heartbeat_ms = now
+        node.state = pb.DRAINING if old is not None and old.state == pb.DRAINING else pb.UP
+        batch.put(node_key(node.id), node.SerializeToString())
+        return pb.MetaResult(node_id=node.id)
+
+    def _do_node_report(self, batch: Batch, index: int, now: int, c: pb.NodeReport) -> pb.MetaResult:
+        raw = batch.get(node_key(c.id))
+        if raw is None:
+            raise Refused(pb.UNKNOWN_NODE, f"no data node {c.id}")
+        node = pb.Node.FromString(raw)
+        del node.disks[:]
+        node.disks.extend(c.disks)
+        node.state, node.heartbeat_ms = c.state, now
+        batch.put(node_key(c.id), node.SerializeToString())
+        return pb.MetaResult(node_id=c.id)
+
+    def _do_forget_chunks(self, batch: Batch, index: int, now: int, c: pb.ForgetChunks) -> pb.MetaResult:
+        for chunk_id in c.chunks:
+            raw = batch.get(chunk_key(chunk_id))
+            if raw is None:
+                continue
+            chunk = pb.Chunk.FromString(raw)
+            if chunk.refs == 0:  # a commit may have brought it back meanwhile
+                batch.delete(chunk_key(chunk_id))
+                batch.delete(b"G" + _u64(chunk.unreferenced_ms) + chunk_id)
+        return pb.MetaResult()
+
+    # ---- pieces of commands
+
+    def _bucket(self, batch: Batch, name: str) -> pb.Bucket:
+        raw = batch.get(bucket_key(name)) if isinstance(name, str) and name else None
+        if raw is None:
+            raise Refused(pb.NO_SUCH_BUCKET, f"no bucket {name!r}")
+        return pb.Bucket.FromString(raw)
+
+    def _head(self, batch: Batch, bucket: str, key: str) -> pb.ObjectHead | None:
+        raw = batch.get(object_key(bucket, key))
+        return pb.ObjectHead.FromString(raw[1:]) if raw is not None else None
+
+    @staticmethod
+    def _check_manifest(bucket: pb.Bucket, manifest: pb.Manifest) -> None:
+        names.check_metadata(dict(manifest.metadata))
+        size = manifest.head.size
+        if manifest.inline_data or (size == 0 and not manifest.chunks):
+            if manifest.chunks:
+                raise Refused(pb.INVALID_ARGUMENT, "an inline object has no chunks")
+            if len(manifest.inline_data) != size or size > max(bucket.inline_max_bytes, 0):
+                raise Refused(pb.INVALID_ARGUMENT, f"inline data of {len(manifest.inline_data)} bytes for a size of "
+                                                   f"{size}; the bucket inlines up to {bucket.inline_max_bytes} bytes")
+            if blake3.blake3(manifest.inline_data).digest() != manifest.head.blake3:
+                raise Refused(pb.INVALID_ARGUMENT, "the inline data does not match the object's BLAKE3")
+            return
+        total = 0
+        for ref in manifest.chunks:
+            names.check_chunk_id(ref.id)
+            if not 0 < ref.length <= CHUNK_BYTES_MAX:
+                raise Refused(pb.INVALID_ARGUMENT, f"a chunk of {ref.length} bytes: 1 to {CHUNK_BYTES_MAX}")
+            total += ref.length
+        if total != size:
+            raise Refused(pb.INVALID_ARGUMENT, f"the chunks add up to {total} bytes, the object has {size}")
+        if len(manifest.head.blake3) != 32:
+            raise Refused(pb.INVALID_ARGUMENT, "the object's BLAKE3 is 32 bytes")
+
+    def _add_references(self, batch: Batch, now: int, manifest: pb.Manifest, placements, profile) -> None:
+        counts = Counter(ref.id for ref in manifest.chunks)
+        lengths = {ref.id: ref.length for ref in manifest.chunks}
+        placed = {}
+        for p in placements:
+            if p.chunk not in counts:
+                raise Refused(pb.BAD_PLACEMENT, f"a placement for chunk {p.chunk.hex()[:16]} the manifest lacks")
+            placed[p.chunk] = list(p.nodes)
+        missing, known_nodes = [], None
+        for chunk_id, count in counts.items():
+            raw = batch.get(chunk_key(chunk_id))
+            if raw is not None:
+                if pb.Chunk.FromString(raw).length != lengths[chunk_id]:
+                    raise Refused(pb.CHUNK_MISMATCH, f"chunk {chunk_id.hex()[:16]} is known with another length")
+                self._reference(batch, chunk_id, count)
+                continue
+            nodes = placed.get(chunk_id)
+            if nodes is None:
+                missing.append(chunk_id)
+                continue
+            if known_nodes is None:
+                known_nodes = {_U64.unpack(key[1:])[0] for key, _ in self.disk.scan(b"N", b"O")}
+            self._check_placement(chunk_id, nodes, profile, known_nodes)
+            chunk = pb.Chunk(length=lengths[chunk_id], refs=count, state=pb.HOT, profile=profile, nodes=nodes)
+            batch.put(chunk_key(chunk_id), chunk.SerializeToString())
+        if missing:
+            raise Refused(pb.MISSING_CHUNKS, f"{len(missing)} chunks are neither stored nor placed by this commit; "
+                                             "upload them and commit again", missing)
+
+    @staticmethod
+    def _check_placement(chunk_id: bytes, nodes: list[int], profile, known: set[int]) -> None:
+        width = profile.k + profile.m
+        if len(nodes) != width or len(set(nodes)) != width:
+            raise Refused(pb.BAD_PLACEMENT, f"chunk {chunk_id.hex()[:16]}: {width} distinct nodes needed, "
+                                            f"got {nodes}")
+        unknown = [n for n in nodes if n not in known]
+        if unknown:
+            raise Refused(pb.BAD_PLACEMENT, f"chunk {chunk_id.hex()[:16]}: unknown nodes {unknown}")
+
+    def _reference(self, batch: Batch, chunk_id: bytes, count: int) -> None:
+        raw = batch.get(chunk_key(chunk_id))
+        if raw is None:
+            raise Refused(pb.MISSING_CHUNKS, f"chunk {chunk_id.hex()[:16]} is gone", [chunk_id])
+        chunk = pb.Chunk.FromString(raw)
+        if chunk.refs == 0:  # back from the garbage queue
+            batch.delete(b"G" + _u64(chunk.unreferenced_ms) + chunk_id)
+            chunk.state, chunk.unreferenced_ms = pb.HOT, 0
+        chunk.refs += count
+        batch.put(chunk_key(chunk_id), chunk.SerializeToString())
+
+    def _unreference(self, batch: Batch, now: int, chunk_id: bytes, count: int) -> None:
+        raw = batch.get(chunk_key(chunk_id))
+        if raw is None:
+            return
+        chunk = pb.Chunk.FromString(raw)
+        chunk.refs = max(0, chunk.refs - count)
+        if chunk.refs == 0:
+            chunk.state, chunk.unreferenced_ms = pb.DELETING, now
+            batch.put(b"G" + _u64(now) + chunk_id, b"")
+        batch.put(chunk_key(chunk_id), chunk.SerializeToString())
+
+    def _install(self, batch: Batch, bucket: pb.Bucket, name: str, key: str, manifest: pb.Manifest, now: int) -> None:
+        """Makes `manifest` the current version, dropping or keeping the one it replaces."""
+        current = self._head(batch, name, key)
+        objects, size = (0 if manifest.head.delete_marker else 1), manifest.head.size
+        if current is not None:
+            if not bucket.versioning:
+                self._drop_version(batch, now, name, key, current.version)
+            if not current.delete_marker:
+                objects, size = objects - 1, size - current.size
+        self._count(batch, bucket, objects, size)
+        # a flag byte ahead of the head lets a listing skip delete markers without decoding
+        flag = _MARKER if manifest.head.delete_marker else _LIVE
+        batch.put(object_key(name, key), flag + manifest.head.SerializeToString())
+        batch.put(manifest_key(name, key, manifest.head.version), manifest.SerializeToString())
+
+    def _drop_version(self, batch: Batch, now: int, name: str, key: str, version: int) -> None:
+        raw = batch.get(manifest_key(name, key, version))
+        if raw is None:
+            return
+        for chunk_id, count in Counter(ref.id for ref in pb.Manifest.FromString(raw).chunks).items():
+            self._unreference(batch, now, chunk_id, count)
+        batch.delete(manifest_key(name, key, version))
+
+    def _count(self, batch: Batch, bucket: pb.Bucket, objects: int, size: int) -> None:
+        bucket.objects = max(0, bucket.objects + objects)
+        bucket.bytes = max(0, bucket.bytes + size)
+        if (objects > 0 and bucket.quota_objects and bucket.objects > bucket.quota_objects) or \
+                (size > 0 and bucket.quota_bytes and bucket.bytes > bucket.quota_bytes):
+            raise Refused(pb.QUOTA_EXCEEDED, f"bucket {bucket.name!r} would hold {bucket.objects} objects, "
+                                             f"{bucket.bytes} bytes: over its quota "
+                                             f"({bucket.quota_objects or '-'} objects, {bucket.quota_bytes or '-'} bytes)")
+        batch.put(bucket_key(bucket.name), bucket.SerializeToString())
+
+    # ---- queries
+
+    def bucket(self, name: str) -> pb.Bucket:
+        return self._bucket(Batch(self.disk), name)
+
+    def buckets(self) -> list[pb.Bucket]:
+        return [pb.Bucket.FromString(v) for _, v in self.disk.scan(b"B", b"C")]
+
+    def get_object(self, bucket: str, key: str, version: int = 0, batch: Batch | None = None) -> pb.Manifest:
+        batch = batch or Batch(self.disk)
+        self._bucket(batch, bucket)
+        names.check_key(key)
+        if version == 0:
+            head = self._head(batch, bucket, key)
+            if head is None or head.delete_marker:
+                raise Refused(pb.NO_SUCH_KEY, f"no object {key!r} in bucket {bucket!r}")
+            version = head.version
+        raw = batch.get(manifest_key(bucket, key, version))
+        if raw is None:
+            raise Refused(pb.NO_SUCH_KEY, f"no version {version} of {key!r} in bucket {bucket!r}")
+        manifest = pb.Manifest.FromString(raw)
+        if manifest.head.delete_marker:
+            raise Refused(pb.NO_SUCH_KEY, f"version {version} of {key!r} is a delete marker")
+        return manifest
+
+    def chunk(self, chunk_id: bytes) -> pb.Chunk | None:
+        raw = self.disk.get(chunk_key(chunk_id))
+        return pb.Chunk.FromString(raw) if raw is not None else None
+
+    def node(self, node_id: int) -> pb.Node | None:
+        raw = self.disk.get(node_key(node_id))
+        return pb.Node.FromString(raw) if raw is not None else None
+
+    def nodes(self) -> list[pb.Node]:
+        return [pb.Node.FromString(v) for _, v in self.disk.scan(b"N", b"O")]
+
+    def list_objects(self, bucket: str, prefix: str = "", delimiter: str = "", start_after: str = "",
+                     max_keys: int = 1000) -> tuple[list[tuple[str, bytes]], list[str], str]:
+        """One page: (key, ObjectHead bytes) entries, common prefixes, and the key to continue
+        after ("" at the end). Delete markers are skipped; a common prefix counts as one key."""
+        self.bucket(bucket)
+        max_keys = min(max(1, max_keys or 1000), LIST_KEYS_MAX)
+        base = b"O" + bucket.encode() + b"\0"
+        low = base + prefix.encode()
+        if start_after:
+            low = max(low, base + start_after.encode() + b"\0")  # just after it
+        high = base + prefix.encode() + _OBJECT_END
+        entries, prefixes, last = [], [], ""
+        delimiter_bytes, skip = delimiter.encode(), len(base) + len(prefix.encode())
+        while len(entries) + len(prefixes) < max_keys:
+            advanced = False
+            for raw_key, value in self.disk.scan(low, high):
+                advanced = True
+                if delimiter_bytes:
+                    cut = raw_key.find(delimiter_bytes, skip)
+                    if cut >= 0:
+                        common = raw_key[len(base):cut + len(delimiter_bytes)].decode()
+                        prefixes.append(common)
+                        last = common
+                        low = base + common.encode() + _OBJECT_END  # past everything under it
+                        break
+                if value[:1] == _MARKER:
+                    low = raw_key + b"\0"
+                    continue
+                last = raw_key[len(base):].decode()
+                entries.append((last, value[1:]))
+                low = raw_key + b"\0"
+                if len(entries) + len(prefixes) >= max_keys:
+                    break
+            else:
+                return entries, prefixes, ""
+            if not advanced:
+                return entries, prefixes, ""
+        more = next(iter(self.disk.scan(low, high)), None) is not None
+        return entries, prefixes, last if more else ""
+
+    def begin_put(self, bucket: str, chunks: list[tuple[bytes, int]], seed: bytes) -> tuple[list[bool], dict[bytes, list[int]], pb.Bucket]:
+        """Which chunks exist already, and placements for the others (deterministic in the seed)."""
+        info = self.bucket(bucket)
+        exists, wanted = [], []
+        for chunk_id, length in chunks:
+            names.check_chunk_id(chunk_id)
+            known = self.chunk(chunk_id)
+            if known is not None and known.length != length:
+                raise Refused(pb.CHUNK_MISMATCH, f"chunk {chunk_id.hex()[:16]} is known with another length")
+            exists.append(known is not None)
+            if known is None and chunk_id not in wanted:
+                wanted.append(chunk_id)
+        placements = {}
+        if wanted:
+            usable = self.usable_nodes()
+            rng = random.Random(blake3.blake3(seed).digest())
+            width = info.profile.k + info.profile.m
+            try:
+                for chunk_id in wanted:
+                    placements[chunk_id] = place(usable, width, rng)
+            except NotEnoughNodes as error:
+                raise Refused(pb.NOT_ENOUGH_NODES, f"{error} (bucket profile {info.profile.k}+{info.profile.m})") from None
+        return exists, placements, info
+
+    def replace(self, nodes: list[int], failed: list[int], seed: bytes) -> list[int]:
+        """A new placement keeping the fragments that did not fail."""
+        if any(not 0 <= i < len(nodes) for i in failed):
+            raise Refused(pb.INVALID_ARGUMENT, f"fragment indexes {failed} outside 0..{len(nodes) - 1}")
+        usable = self.usable_nodes()
+        by_id = {c.id: c for c in usable}
+        failed_set = set(failed)
+        kept = [by_id[n] for i, n in enumerate(nodes) if i not in failed_set and n in by_id]
+        avoid = {n for n in nodes}
+        rng = random.Random(blake3.blake3(seed).digest())
+        try:
+            fresh = iter(place([c for c in usable if c.id not in avoid], len(failed_set), rng, kept))
+        except NotEnoughNodes as error:
+            raise Refused(pb.NOT_ENOUGH_NODES, str(error)) from None
+        return [next(fresh) if i in failed_set else n for i, n in enumerate(nodes)]
+
+    def usable_nodes(self):
+        """Placement candidates: nodes up, with a healthy disk that has room."""
+        usable = []
+        for node in self.nodes():
+            if node.state != pb.UP:
+                continue
+            free = sum(d.free_bytes for d in node.disks if d.healthy)
+            if any(d.healthy for d in node.disks) or not node.disks:
+                usable.append(candidate(node.id, dict(node.labels), free))
+        return usable
+
+    def garbage(self, before_ms: int, limit: int = 1000) -> list[bytes]:
+        """Chunks without references since before `before_ms` (the grace period is the caller's)."""
+        return [key[9:] for key, _ in _take(self.disk.scan(b"G", b"G" + _u64(before_ms)), limit)]
+
+    def counts(self) -> dict[str, int]:
+        """Chunk totals for status (a full scan: for tools and tests, not the hot path)."""
+        chunks = stored = referenced = 0
+        for _, value in self.disk.scan(b"C", b"D"):
+            chunk = pb.Chunk.FromString(value)
+            chunks += 1
+            stored += chunk.length
+            referenced += chunk.length * chunk.refs
+        return {"chunks": chunks, "chunk_bytes": stored, "referenced_bytes": referenced}
+
+
+def _take(items: Iterator, limit: int) -> list:
+    taken = []
+    for item in items:
+        if len(taken) >= limit:
+            break
+        taken.append(item)
+    return taken
