@@ -451,7 +451,9 @@ class MetaState:
         base = b"O" + bucket.encode() + b"\0"
         low = base + prefix.encode()
         if start_after:
-            low = max(low, base + start_after.encode() + b"\0")  # just after it
+            # just after it; after a common prefix, past everything under it
+            past = _OBJECT_END if delimiter and start_after.endswith(delimiter) else b"\0"
+            low = max(low, base + start_after.encode() + past)
         high = base + prefix.encode() + _OBJECT_END
         entries, prefixes, last = [], [], ""
         delimiter_bytes, skip = delimiter.encode(), len(base) + len(prefix.encode())

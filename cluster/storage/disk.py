@@ -15,6 +15,8 @@ import tempfile
 from typing import Iterator, Protocol
 
 _FILE_HEADER = struct.Struct(">HQ")  # name length, file length
+_CHECKPOINT_MAGIC = b"CairnCKP1"  # a packed RocksDB checkpoint
+_PAIRS_MAGIC = b"CairnKVS1"       # a logical dump: key and value pairs
 
 
 class Disk(Protocol):
@@ -82,7 +84,7 @@ class RocksDisk:
         try:
             target = os.path.join(parent, "db")
             Checkpoint(self._db).create_checkpoint(target)
-            parts = []
+            parts = [_CHECKPOINT_MAGIC]
             for name in sorted(os.listdir(target)):
                 with open(os.path.join(target, name), "rb") as f:
                     data = f.read()
@@ -93,13 +95,33 @@ class RocksDisk:
             shutil.rmtree(parent, ignore_errors=True)
 
     def import_state(self, data: bytes) -> None:
-        """Unpacks a checkpoint next to the database, syncs it, and swaps it in."""
+        """Unpacks a checkpoint (or loads a logical dump) next to the database, syncs it, and
+        swaps it in."""
         from rocksdict import Rdict
 
         staging = self.path + ".incoming"
         shutil.rmtree(staging, ignore_errors=True)
+        if data.startswith(_PAIRS_MAGIC):
+            loaded = RocksDisk(staging)
+            loaded.write(list(_unpack_pairs(data)), [], sync=True)
+            loaded.close()
+        elif data.startswith(_CHECKPOINT_MAGIC):
+            self._unpack_checkpoint(data, staging)
+        else:
+            raise ValueError("not a disk export: unknown header")
+        self._db.close()
+        old = self.path + ".old"
+        shutil.rmtree(old, ignore_errors=True)
+        os.rename(self.path, old)
+        os.rename(staging, self.path)
+        _fsync_dir(os.path.dirname(os.path.abspath(self.path)))
+        shutil.rmtree(old, ignore_errors=True)
+        self._db = Rdict(self.path, self._options)
+
+    @staticmethod
+    def _unpack_checkpoint(data: bytes, staging: str) -> None:
         os.makedirs(staging)
-        position = 0
+        position = len(_CHECKPOINT_MAGIC)
         while position < len(data):
             name_length, length = _FILE_HEADER.unpack_from(data, position)
             position += _FILE_HEADER.size
@@ -112,14 +134,6 @@ class RocksDisk:
                 f.flush()
                 os.fsync(f.fileno())
             position += length
-        self._db.close()
-        old = self.path + ".old"
-        shutil.rmtree(old, ignore_errors=True)
-        os.rename(self.path, old)
-        os.rename(staging, self.path)
-        _fsync_dir(os.path.dirname(os.path.abspath(self.path)))
-        shutil.rmtree(old, ignore_errors=True)
-        self._db = Rdict(self.path, self._options)
 
 
 class MemoryDisk:
@@ -158,18 +172,25 @@ class MemoryDisk:
         pass
 
     def export_state(self) -> bytes:
-        return b"".join(struct.pack(">II", len(k), len(self._data[k])) + k + self._data[k] for k in self._keys)
+        return _PAIRS_MAGIC + b"".join(struct.pack(">II", len(k), len(self._data[k])) + k + self._data[k]
+                                       for k in self._keys)
 
     def import_state(self, data: bytes) -> None:
-        self._data, position = {}, 0
-        while position < len(data):
-            key_length, value_length = struct.unpack_from(">II", data, position)
-            position += 8
-            key = data[position:position + key_length]
-            position += key_length
-            self._data[key] = data[position:position + value_length]
-            position += value_length
+        if not data.startswith(_PAIRS_MAGIC):
+            raise ValueError("a memory disk imports logical dumps only")
+        self._data = dict(_unpack_pairs(data))
         self._keys = sorted(self._data)
+
+
+def _unpack_pairs(data: bytes) -> Iterator[tuple[bytes, bytes]]:
+    position = len(_PAIRS_MAGIC)
+    while position < len(data):
+        key_length, value_length = struct.unpack_from(">II", data, position)
+        position += 8
+        if position + key_length + value_length > len(data):
+            raise ValueError("malformed disk export: truncated pair")
+        yield data[position:position + key_length], data[position + key_length:position + key_length + value_length]
+        position += key_length + value_length
 
 
 def _fsync_dir(path: str) -> None:

@@ -1,0 +1,77 @@
+"""Placement: distinct nodes, failure domains spread as evenly as the cluster allows, weighted by
+free space, deterministic in its seed, and replacements that keep the surviving fragments."""
+import random
+from collections import Counter
+
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from cluster.meta.placement import Candidate, NotEnoughNodes, place
+
+
+@st.composite
+def clusters(draw):
+    racks = draw(st.integers(1, 4))
+    hosts = draw(st.integers(1, 8))
+    nodes, next_id = [], 1
+    for h in range(hosts):
+        for _ in range(draw(st.integers(1, 3))):
+            nodes.append(Candidate(next_id, f"h{h}", f"r{h % racks}", "z", draw(st.integers(0, 1000))))
+            next_id += 1
+    return nodes
+
+
+@settings(max_examples=300, deadline=None)
+@given(nodes=clusters(), count=st.integers(1, 12), seed=st.integers(0, 2**32))
+def test_fragments_go_to_distinct_nodes_spread_over_hosts(nodes, count, seed):
+    if count > len(nodes):
+        with pytest.raises(NotEnoughNodes):
+            place(nodes, count, random.Random(seed))
+        return
+    chosen = place(nodes, count, random.Random(seed))
+    assert len(chosen) == len(set(chosen)) == count
+    by_id = {n.id: n for n in nodes}
+    per_host = Counter(by_id[i].host for i in chosen)
+    capacity = Counter(n.host for n in nodes)
+    # never two on a host while another host still had a node free: loads differ by at most one,
+    # except on hosts that ran out of nodes
+    for host, load in per_host.items():
+        for other in capacity:
+            if per_host.get(other, 0) < capacity[other]:
+                assert load <= per_host.get(other, 0) + 1, (host, other, per_host)
+    assert place(nodes, count, random.Random(seed)) == chosen  # deterministic in the seed
+
+
+@settings(max_examples=200, deadline=None)
+@given(nodes=clusters(), seed=st.integers(0, 2**32), data=st.data())
+def test_a_replacement_avoids_the_surviving_fragments(nodes, seed, data):
+    if len(nodes) < 4:
+        return
+    taken = data.draw(st.lists(st.sampled_from(nodes), min_size=1, max_size=len(nodes) - 2, unique=True))
+    count = data.draw(st.integers(1, len(nodes) - len(taken)))
+    chosen = place(nodes, count, random.Random(seed), taken)
+    assert not set(chosen) & {n.id for n in taken} and len(set(chosen)) == count
+
+
+def test_racks_are_spread_once_hosts_are():
+    nodes = [Candidate(i, f"h{i}", f"r{i % 3}", "z", 100) for i in range(12)]
+    for seed in range(50):
+        chosen = place(nodes, 6, random.Random(seed))
+        assert sorted(Counter(nodes[i].rack for i in chosen).values()) == [2, 2, 2]
+
+
+def test_free_space_weights_the_choice_and_full_nodes_fill_slowly():
+    nodes = [Candidate(1, "a", "", "", 900), Candidate(2, "b", "", "", 100), Candidate(3, "c", "", "", 0)]
+    rng = random.Random(7)
+    picks = Counter(place(nodes, 1, rng)[0] for _ in range(5000))
+    assert picks[3] == 0
+    assert 0.85 < picks[1] / 5000 < 0.95
+
+
+def test_balance_over_many_placements():
+    nodes = [Candidate(i, f"h{i}", "", "", 1000) for i in range(10)]
+    rng = random.Random(1)
+    load = Counter(i for _ in range(3000) for i in place(nodes, 6, rng))
+    mean = sum(load.values()) / len(nodes)
+    assert max(load.values()) < mean * 1.1 and min(load.values()) > mean * 0.9

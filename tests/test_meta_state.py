@@ -1,0 +1,342 @@
+"""The metadata state machine against a plain model (hypothesis stateful), and its refusals."""
+import os
+
+import blake3
+import pytest
+from hypothesis import settings
+from hypothesis import strategies as st
+from hypothesis.stateful import RuleBasedStateMachine, initialize, invariant, precondition, rule
+
+from cluster.meta.state import MetaState, bucket_key
+from cluster.proto import meta_pb2 as pb
+from cluster.storage.disk import MemoryDisk
+
+CHUNKS = {blake3.blake3(b"chunk-%d" % i).digest(): 100 + i for i in range(6)}
+CHUNK_IDS = sorted(CHUNKS)
+BUCKETS = ["alpha", "beta-1"]
+KEYS = ["a", "a/b", "a/c/d", "e.txt"]
+
+
+class Cluster:
+    """A MetaState fed commands as Raft would: increasing indexes, op ids, leader time."""
+
+    def __init__(self):
+        self.state = MetaState(MemoryDisk())
+        self.index = 0
+        self.last = None
+
+    def apply(self, op_id=None, **command):
+        self.index += 1
+        data = pb.MetaCommand(op_id=op_id or os.urandom(16), now_ms=1_000 + self.index, **command)
+        self.last = data.SerializeToString()
+        return pb.MetaResult.FromString(self.state.apply(self.index, self.last))
+
+    def replay_last(self):
+        self.index += 1
+        return pb.MetaResult.FromString(self.state.apply(self.index, self.last))
+
+    def put(self, bucket, key, chunk_ids):
+        refs = [pb.ChunkRef(id=c, length=CHUNKS[c]) for c in chunk_ids]
+        if not refs:
+            data = b""
+            manifest = pb.Manifest(head=pb.ObjectHead(size=0, blake3=blake3.blake3(data).digest()))
+            return self.apply(commit_put=pb.CommitPut(bucket=bucket, key=key, manifest=manifest))
+        try:
+            exists, placements, _ = self.state.begin_put(bucket, [(r.id, r.length) for r in refs], b"seed")
+        except Exception:  # noqa: BLE001 - the commit reports the same refusal
+            placements = {}
+        manifest = pb.Manifest(head=pb.ObjectHead(size=sum(r.length for r in refs), blake3=b"h" * 32), chunks=refs)
+        return self.apply(commit_put=pb.CommitPut(
+            bucket=bucket, key=key, manifest=manifest,
+            placements=[pb.Placement(chunk=c, nodes=n) for c, n in placements.items()]))
+
+
+def register_nodes(cluster, count=4):
+    for n in range(count):
+        node = pb.Node(address=f"10.0.0.{n}:7000", labels={"host": f"h{n}"},
+                       disks=[pb.Disk(path="/d", capacity_bytes=1 << 40, free_bytes=1 << 40, healthy=True)])
+        assert cluster.apply(register_node=pb.RegisterNode(node=node)).node_id == n + 1
+
+
+class MetaMachine(RuleBasedStateMachine):
+    @initialize()
+    def start(self):
+        self.cluster = Cluster()
+        register_nodes(self.cluster)
+        self.buckets = {}   # name -> versioning
+        self.objects = {}   # (bucket, key) -> [versions]; a version: tuple of chunk ids, or None (marker)
+        self.forgotten = set()
+
+    def refs(self):
+        counts = {}
+        for versions in self.objects.values():
+            for version in versions:
+                for chunk_id in version or ():
+                    counts[chunk_id] = counts.get(chunk_id, 0) + 1
+        return counts
+
+    @rule(name=st.sampled_from(BUCKETS), versioning=st.booleans())
+    def create_bucket(self, name, versioning):
+        result = self.cluster.apply(create_bucket=pb.CreateBucket(
+            name=name, profile=pb.ErasureProfile(k=2, m=1), inline_max_bytes=0, versioning=versioning))
+        if name in self.buckets:
+            assert result.code == pb.BUCKET_EXISTS
+        else:
+            assert result.code == pb.OK, result
+            self.buckets[name] = versioning
+
+    @rule(bucket=st.sampled_from(BUCKETS), key=st.sampled_from(KEYS),
+          chunks=st.lists(st.sampled_from(CHUNK_IDS), max_size=4))
+    def put(self, bucket, key, chunks):
+        result = self.cluster.put(bucket, key, chunks)
+        if bucket not in self.buckets:
+            assert result.code == pb.NO_SUCH_BUCKET
+            return
+        assert result.code == pb.OK, result
+        versions = self.objects.setdefault((bucket, key), [])
+        if not self.buckets[bucket]:
+            versions.clear()
+        versions.append(tuple(chunks))
+
+    @rule(bucket=st.sampled_from(BUCKETS), key=st.sampled_from(KEYS))
+    def delete(self, bucket, key):
+        result = self.cluster.apply(delete_object=pb.DeleteObject(bucket=bucket, key=key))
+        versions = self.objects.get((bucket, key))
+        if bucket not in self.buckets:
+            assert result.code == pb.NO_SUCH_BUCKET
+        elif not versions or versions[-1] is None:
+            assert result.code == pb.NO_SUCH_KEY
+        else:
+            assert result.code == pb.OK, result
+            if self.buckets[bucket]:
+                versions.append(None)
+            else:
+                del self.objects[(bucket, key)]
+
+    @rule(source=st.sampled_from(KEYS), destination=st.sampled_from(KEYS),
+          buckets=st.tuples(st.sampled_from(BUCKETS), st.sampled_from(BUCKETS)))
+    def copy(self, source, destination, buckets):
+        result = self.cluster.apply(copy_object=pb.CopyObject(
+            bucket=buckets[1], key=destination, source_bucket=buckets[0], source_key=source))
+        versions = self.objects.get((buckets[0], source))
+        if buckets[1] not in self.buckets or buckets[0] not in self.buckets:
+            assert result.code == pb.NO_SUCH_BUCKET
+        elif not versions or versions[-1] is None:
+            assert result.code == pb.NO_SUCH_KEY
+        else:
+            assert result.code == pb.OK, result
+            chunks = versions[-1]
+            target_versions = self.objects.setdefault((buckets[1], destination), [])
+            if not self.buckets[buckets[1]]:
+                target_versions.clear()
+            target_versions.append(chunks)
+
+    @rule(name=st.sampled_from(BUCKETS))
+    def delete_bucket(self, name):
+        result = self.cluster.apply(delete_bucket=pb.DeleteBucket(name=name))
+        if name not in self.buckets:
+            assert result.code == pb.NO_SUCH_BUCKET
+        elif any(b == name for b, _ in self.objects):
+            assert result.code == pb.BUCKET_NOT_EMPTY
+        else:
+            assert result.code == pb.OK
+            del self.buckets[name]
+
+    @rule()
+    def collect_garbage(self):
+        garbage = self.cluster.state.garbage(1 << 62)
+        assert self.cluster.apply(forget_chunks=pb.ForgetChunks(chunks=garbage)).code == pb.OK
+        self.forgotten |= set(garbage)
+
+    @precondition(lambda self: self.cluster.last is not None)
+    @rule()
+    def retry_the_last_command(self):
+        before = dict(self.cluster.state.disk.scan(b"B", b"O"))
+        self.cluster.replay_last()  # same op id: its remembered result, no second application
+        assert dict(self.cluster.state.disk.scan(b"B", b"O")) == before
+
+    @rule()
+    def snapshot_and_restore(self):
+        fresh = MetaState(MemoryDisk())
+        fresh.restore(self.cluster.state.snapshot())
+        assert fresh.applied == self.cluster.state.applied
+        self.cluster.state = fresh
+
+    @invariant()
+    def reference_counts_are_exact(self):
+        expected = self.refs()
+        stored = {}
+        for key, value in self.cluster.state.disk.scan(b"C", b"D"):
+            chunk = pb.Chunk.FromString(value)
+            stored[key[1:]] = chunk.refs
+            assert (chunk.state == pb.DELETING) == (chunk.refs == 0)
+        assert {c: n for c, n in stored.items() if n} == expected
+        garbage = set(self.cluster.state.garbage(1 << 62))
+        assert garbage == {c for c, n in stored.items() if n == 0}
+
+    @invariant()
+    def namespace_matches(self):
+        for name in BUCKETS:
+            if name not in self.buckets:
+                assert self.cluster.state.disk.get(bucket_key(name)) is None
+                continue
+            live = sorted(k for (b, k), v in self.objects.items() if b == name and v and v[-1] is not None)
+            entries, _, _ = self.cluster.state.list_objects(name, max_keys=1000)
+            assert [k for k, _ in entries] == live
+            bucket = self.cluster.state.bucket(name)
+            assert bucket.objects == len(live)
+            assert bucket.bytes == sum(sum(CHUNKS[c] for c in self.objects[(name, k)][-1]) for k in live)
+
+
+TestMetaMachine = MetaMachine.TestCase
+TestMetaMachine.settings = settings(max_examples=150, stateful_step_count=30, deadline=None)
+
+
+# ---- refusals change nothing
+
+@pytest.fixture
+def cluster():
+    c = Cluster()
+    register_nodes(c)
+    assert c.apply(create_bucket=pb.CreateBucket(name="data", profile=pb.ErasureProfile(k=2, m=1),
+                                                 inline_max_bytes=64)).code == pb.OK
+    return c
+
+
+def snapshot_of(cluster):
+    return dict(cluster.state.disk.scan(b"B", b"P"))  # the data, not the remembered results
+
+
+@pytest.mark.parametrize("name", ["ab", "A-bucket", "a..b", "192.168.0.1", "-ab", "ab-", "a" * 64, "xn--ab", "a_b"])
+def test_bad_bucket_names_are_refused(cluster, name):
+    result = cluster.apply(create_bucket=pb.CreateBucket(name=name, profile=pb.ErasureProfile(k=2, m=1)))
+    assert result.code == pb.INVALID_ARGUMENT and "bucket name" in result.message
+
+
+@pytest.mark.parametrize("key", ["", "a/../b", "./a", "a//b", "/a", "a\x00b", "é" * 513])
+def test_bad_keys_are_refused_and_change_nothing(cluster, key):
+    before = snapshot_of(cluster)
+    result = cluster.put("data", key, CHUNK_IDS[:1])
+    assert result.code == pb.INVALID_ARGUMENT
+    assert snapshot_of(cluster) == before
+
+
+def test_a_directory_marker_key_is_allowed(cluster):
+    assert cluster.put("data", "photos/", []).code == pb.OK
+
+
+def commit(cluster, chunks, placements, size=None, key="k"):
+    manifest = pb.Manifest(head=pb.ObjectHead(size=size if size is not None else sum(c.length for c in chunks),
+                                              blake3=b"h" * 32), chunks=chunks)
+    return cluster.apply(commit_put=pb.CommitPut(bucket="data", key=key, manifest=manifest, placements=placements))
+
+
+def test_bad_commits_are_refused_and_change_nothing(cluster):
+    chunk = CHUNK_IDS[0]
+    ref = pb.ChunkRef(id=chunk, length=CHUNKS[chunk])
+    good = pb.Placement(chunk=chunk, nodes=[1, 2, 3])
+    before = snapshot_of(cluster)
+    cases = [
+        (commit(cluster, [ref], []), pb.MISSING_CHUNKS),
+        (commit(cluster, [ref], [pb.Placement(chunk=chunk, nodes=[1, 1, 2])]), pb.BAD_PLACEMENT),
+        (commit(cluster, [ref], [pb.Placement(chunk=chunk, nodes=[1, 2, 99])]), pb.BAD_PLACEMENT),
+        (commit(cluster, [ref], [pb.Placement(chunk=chunk, nodes=[1, 2])]), pb.BAD_PLACEMENT),
+        (commit(cluster, [ref], [good], size=5), pb.INVALID_ARGUMENT),
+        (commit(cluster, [pb.ChunkRef(id=b"short", length=3)], []), pb.INVALID_ARGUMENT),
+        (commit(cluster, [ref, pb.ChunkRef(id=CHUNK_IDS[1], length=1)], [good]), pb.MISSING_CHUNKS),
+    ]
+    for result, code in cases:
+        assert result.code == code, result
+    assert cases[0][0].missing == [chunk]
+    assert snapshot_of(cluster) == before
+    assert commit(cluster, [ref], [good]).code == pb.OK
+    # now known: a commit claiming another length for it is refused
+    assert commit(cluster, [pb.ChunkRef(id=chunk, length=1)], [], key="other").code == pb.CHUNK_MISMATCH
+
+
+def test_inline_objects_are_checked(cluster):
+    data = b"tiny object"
+    good = pb.Manifest(head=pb.ObjectHead(size=len(data), blake3=blake3.blake3(data).digest()), inline_data=data)
+    assert cluster.apply(commit_put=pb.CommitPut(bucket="data", key="t", manifest=good)).code == pb.OK
+    assert cluster.state.get_object("data", "t").inline_data == data
+    bad = pb.Manifest(head=pb.ObjectHead(size=len(data), blake3=b"x" * 32), inline_data=data)
+    assert cluster.apply(commit_put=pb.CommitPut(bucket="data", key="u", manifest=bad)).code == pb.INVALID_ARGUMENT
+    big = b"z" * 65
+    too_big = pb.Manifest(head=pb.ObjectHead(size=65, blake3=blake3.blake3(big).digest()), inline_data=big)
+    assert cluster.apply(commit_put=pb.CommitPut(bucket="data", key="v", manifest=too_big)).code == pb.INVALID_ARGUMENT
+
+
+def test_quotas(cluster):
+    assert cluster.apply(create_bucket=pb.CreateBucket(name="small", profile=pb.ErasureProfile(k=2, m=1),
+                                                       quota_objects=1, quota_bytes=150)).code == pb.OK
+    assert cluster.put("small", "one", CHUNK_IDS[:1]).code == pb.OK
+    assert cluster.put("small", "two", CHUNK_IDS[1:2]).code == pb.QUOTA_EXCEEDED
+    assert cluster.put("small", "one", CHUNK_IDS[:2]).code == pb.QUOTA_EXCEEDED  # 100 + 101 bytes
+    assert cluster.put("small", "one", CHUNK_IDS[1:2]).code == pb.OK  # an overwrite within quota
+
+
+def test_a_retried_commit_applies_once(cluster):
+    op_id = os.urandom(16)
+    chunk = CHUNK_IDS[0]
+    placement = pb.Placement(chunk=chunk, nodes=[1, 2, 3])
+    manifest = pb.Manifest(head=pb.ObjectHead(size=CHUNKS[chunk], blake3=b"h" * 32),
+                           chunks=[pb.ChunkRef(id=chunk, length=CHUNKS[chunk])])
+    command = dict(commit_put=pb.CommitPut(bucket="data", key="k", manifest=manifest, placements=[placement]))
+    first = cluster.apply(op_id=op_id, **command)
+    second = cluster.apply(op_id=op_id, **command)
+    assert first == second and first.code == pb.OK
+    assert cluster.state.chunk(chunk).refs == 1
+
+
+def test_a_restart_skips_entries_already_applied(tmp_path):
+    from cluster.storage.disk import RocksDisk
+
+    disk = RocksDisk(str(tmp_path / "meta"))
+    state = MetaState(disk)
+    command = pb.MetaCommand(op_id=b"1" * 16, create_bucket=pb.CreateBucket(name="abc", profile=pb.ErasureProfile(k=1)))
+    assert pb.MetaResult.FromString(state.apply(1, command.SerializeToString())).code == pb.OK
+    disk.close()
+    state = MetaState(RocksDisk(str(tmp_path / "meta")))
+    assert state.applied == 1
+    assert state.apply(1, command.SerializeToString()) == b""
+    assert [b.name for b in state.buckets()] == ["abc"]
+    state.disk.close()
+
+
+def test_rocksdb_checkpoint_snapshots_round_trip(tmp_path, cluster):
+    from cluster.storage.disk import RocksDisk
+
+    assert cluster.put("data", "x/y", CHUNK_IDS[:3]).code == pb.OK
+    source = MetaState(RocksDisk(str(tmp_path / "a")))
+    source.restore(cluster.state.snapshot())
+    target = MetaState(RocksDisk(str(tmp_path / "b")))
+    target.restore(source.snapshot())  # a checkpoint of RocksDB, unpacked into another
+    assert target.applied == cluster.state.applied
+    assert [k for k, _ in target.list_objects("data")[0]] == ["x/y"]
+    assert target.chunk(CHUNK_IDS[0]).refs == 1
+    source.disk.close()
+    target.disk.close()
+
+
+def test_listing_with_delimiter_and_pages(cluster):
+    keys = ["a/1", "a/2", "b", "c/d/e", "c/f", "d"]
+    for key in keys:
+        assert cluster.put("data", key, []).code == pb.OK
+    entries, prefixes, next_key = cluster.state.list_objects("data", delimiter="/")
+    assert [k for k, _ in entries] == ["b", "d"] and prefixes == ["a/", "c/"] and next_key == ""
+    entries, prefixes, _ = cluster.state.list_objects("data", prefix="c/", delimiter="/")
+    assert [k for k, _ in entries] == ["c/f"] and prefixes == ["c/d/"]
+    seen, token = [], ""
+    while True:
+        entries, prefixes, token = cluster.state.list_objects("data", start_after=token, max_keys=2)
+        seen += [k for k, _ in entries]
+        if not token:
+            break
+    assert seen == keys
+    pages, token = [], ""
+    while True:
+        entries, prefixes, token = cluster.state.list_objects("data", delimiter="/", start_after=token, max_keys=1)
+        pages.append([k for k, _ in entries] + prefixes)
+        if not token:
+            break
+    assert pages == [["a/"], ["b"], ["c/"], ["d"]]
