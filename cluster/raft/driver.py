@@ -94,7 +94,8 @@ class RaftDriver:
 
     async def start(self) -> None:
         current = self.snapshots.current()
-        if current is not None:
+        # a durable state machine that is already past the snapshot keeps its own state
+        if current is not None and getattr(self.state_machine, "applied", 0) < current[0].index:
             self.state_machine.restore(current[1])
         loop = asyncio.get_running_loop()
         self._tasks = [loop.create_task(self._consensus_loop()), loop.create_task(self._apply_loop())]
