@@ -1,0 +1,217 @@
+"""The meta gRPC service: every operation is a MetaOp, answered by a MetaReply, either one per
+call (`Call`) or many multiplexed on a stream (`Pipeline`, see cluster/rpc/mux.py).
+
+Writes are MetaCommands proposed through Raft (the leader stamps its clock into them, so apply
+is deterministic). Reads run after a ReadIndex barrier (one per incoming batch) unless they ask
+for a stale answer. BeginPut and Replace are answered by the leader from its own state without a
+barrier: a stale answer is safe, because the commit re-checks everything. A follower answers
+NOT_LEADER with the leader's address.
+"""
+from __future__ import annotations
+
+import asyncio
+import logging
+import os
+import time
+
+from cluster.meta import names
+from cluster.meta.state import MetaState, Refused
+from cluster.proto import meta_pb2 as pb
+from cluster.proto import meta_pb2_grpc as pb_grpc
+from cluster.raft.core import NotLeader, ProposalDropped
+from cluster.raft.driver import ProposalOutcomeUnknown, RaftDriver
+from cluster.rpc.mux import MuxServer
+
+log = logging.getLogger("cairn.meta")
+
+OP_ID_BYTES_MAX = 64
+BEGIN_CHUNKS_MAX = 100_000
+CALL_SECONDS_MAX = 10.0
+READS = frozenset({"get_object", "list_objects", "list_buckets", "list_nodes"})
+CAPACITY_REPORT_FRACTION = 0.01  # a heartbeat goes through Raft when free space moved this much
+
+
+class MetaService(pb_grpc.MetaServicer):
+    def __init__(self, driver: RaftDriver, state: MetaState, address_of, clock=time.time):
+        self.driver, self.state = driver, state
+        self.address_of = address_of  # Raft node id -> client address
+        self.clock = clock
+        self.heard: dict[int, float] = {}  # data node -> when the leader last heard it (failure detection)
+        self._mux = MuxServer(pb.MetaReplies, "ops", "replies")
+
+    async def Call(self, op, context):
+        loop = asyncio.get_running_loop()
+        done = loop.create_future()
+        self._start([op], lambda reply: done.done() or done.set_result(reply))
+        try:
+            return await asyncio.wait_for(done, CALL_SECONDS_MAX)
+        except asyncio.TimeoutError:
+            return pb.MetaReply(tag=op.tag, code=pb.UNAVAILABLE, message=f"no answer in {CALL_SECONDS_MAX:.0f} s")
+
+    async def Pipeline(self, request_iterator, context):
+        await self._mux.serve(request_iterator, context, self._start)
+
+    # ---- dispatch
+
+    def _start(self, ops, reply) -> None:
+        reads = []
+        for op in ops:
+            kind = op.WhichOneof("op")
+            try:
+                if kind == "command":
+                    self._start_command(op, reply)
+                elif kind in READS:
+                    stale = kind in ("get_object", "list_objects") and getattr(op, kind).stale
+                    if stale:
+                        reply(self._read(op))  # this node's state as it is: no barrier
+                    else:
+                        reads.append(op)
+                elif kind in ("begin_put", "replace", "heartbeat"):
+                    self._check_leader()
+                    reply(getattr(self, f"_{kind}")(op))
+                else:
+                    reply(pb.MetaReply(tag=op.tag, code=pb.INVALID_ARGUMENT, message=f"unknown operation {kind!r}"))
+            except Exception as error:  # noqa: BLE001 - every failure becomes an answer
+                reply(self._failure(op, error))
+        if reads:
+            self._start_reads(reads, reply)
+
+    def _start_reads(self, reads, reply) -> None:
+        try:
+            barrier = self.driver.read_barrier_future()
+        except Exception as error:  # noqa: BLE001
+            for op in reads:
+                reply(self._failure(op, error))
+            return
+
+        def finish(done: asyncio.Future) -> None:
+            error = done.exception()
+            for op in reads:
+                reply(self._failure(op, error) if error else self._read(op))
+        barrier.add_done_callback(finish)
+
+    def _check_leader(self) -> None:
+        if not self.driver.is_leader:
+            raise NotLeader(self.driver.leader)
+
+    def _failure(self, op, error: Exception) -> pb.MetaReply:
+        if isinstance(error, NotLeader):
+            return pb.MetaReply(tag=op.tag, code=pb.NOT_LEADER, message="not the leader",
+                                leader_address=self.address_of(error.leader))
+        if isinstance(error, Refused):
+            return pb.MetaReply(tag=op.tag, code=error.code, message=str(error))
+        if isinstance(error, names.InvalidName):
+            return pb.MetaReply(tag=op.tag, code=pb.INVALID_ARGUMENT, message=str(error))
+        if isinstance(error, (ProposalDropped, ProposalOutcomeUnknown, asyncio.TimeoutError)):
+            return pb.MetaReply(tag=op.tag, code=pb.UNAVAILABLE, message=f"{type(error).__name__}: {error}; retry")
+        log.exception("meta operation failed", exc_info=error)
+        return pb.MetaReply(tag=op.tag, code=pb.UNAVAILABLE, message=f"internal error: {error!r}")
+
+    # ---- writes
+
+    def _start_command(self, op, reply) -> None:
+        command = op.command
+        if len(command.op_id) > OP_ID_BYTES_MAX:
+            raise Refused(pb.INVALID_ARGUMENT, f"an op id is at most {OP_ID_BYTES_MAX} bytes")
+        if not command.WhichOneof("command"):
+            raise Refused(pb.INVALID_ARGUMENT, "an empty command")
+        if not command.op_id:
+            command.op_id = os.urandom(16)  # no retry protection asked for; still remembered once
+        command.now_ms = int(self.clock() * 1000)
+        future = self.driver.submit(command.SerializeToString())
+        tag = op.tag
+
+        def finish(done: asyncio.Future) -> None:
+            error = done.exception()
+            if error is not None:
+                reply(self._failure(op, error))
+                return
+            result = pb.MetaResult.FromString(done.result())
+            reply(pb.MetaReply(tag=tag, code=result.code, message=result.message, result=result))
+        future.add_done_callback(finish)
+
+    def _heartbeat(self, op) -> pb.MetaReply:
+        beat = op.heartbeat
+        node = self.state.node(beat.id)
+        if node is None:
+            raise Refused(pb.UNKNOWN_NODE, f"no data node {beat.id}: register first")
+        self.heard[beat.id] = self.clock()
+        if _moved(node.disks, beat.disks) or node.state in (pb.SUSPECT, pb.DEAD):
+            state = pb.UP if node.state in (pb.SUSPECT, pb.DEAD) else node.state
+            command = pb.MetaCommand(op_id=os.urandom(16), now_ms=int(self.clock() * 1000),
+                                     node_report=pb.NodeReport(id=beat.id, disks=beat.disks, state=state))
+            self.driver.submit(command.SerializeToString())  # fire and forget: the next beat repeats it
+        return pb.MetaReply(tag=op.tag)
+
+    # ---- leader-local answers
+
+    def _begin_put(self, op) -> pb.MetaReply:
+        request = op.begin_put
+        if len(request.chunks) > BEGIN_CHUNKS_MAX:
+            raise Refused(pb.INVALID_ARGUMENT, f"{len(request.chunks)} chunks in one BeginPut; at most "
+                                               f"{BEGIN_CHUNKS_MAX} (split the request)")
+        exists, placements, bucket = self.state.begin_put(
+            request.bucket, [(c.id, c.length) for c in request.chunks], request.seed)
+        return pb.MetaReply(tag=op.tag, begin_put=pb.BeginPutReply(
+            exists=exists, placements=[pb.Placement(chunk=c, nodes=n) for c, n in placements.items()],
+            profile=bucket.profile, inline_max_bytes=bucket.inline_max_bytes))
+
+    def _replace(self, op) -> pb.MetaReply:
+        request = op.replace
+        nodes = self.state.replace(list(request.nodes), list(request.failed), request.seed)
+        return pb.MetaReply(tag=op.tag, replace=pb.ReplaceReply(nodes=nodes))
+
+    # ---- reads
+
+    def _read(self, op) -> pb.MetaReply:
+        try:
+            return getattr(self, f"_read_{op.WhichOneof('op')}")(op)
+        except Exception as error:  # noqa: BLE001
+            return self._failure(op, error)
+
+    def _read_get_object(self, op) -> pb.MetaReply:
+        request = op.get_object
+        manifest = self.state.get_object(request.bucket, request.key, request.version)
+        reply = pb.GetObjectReply(manifest=manifest)
+        if request.with_chunks:
+            seen, node_ids = set(), set()
+            for ref in manifest.chunks:
+                if ref.id in seen:
+                    continue
+                seen.add(ref.id)
+                chunk = self.state.chunk(ref.id)
+                if chunk is None:
+                    raise Refused(pb.MISSING_CHUNKS, f"chunk {ref.id.hex()[:16]} has no record", [ref.id])
+                reply.chunk_ids.append(ref.id)
+                reply.chunks.append(chunk)
+                node_ids.update(chunk.nodes)
+            reply.nodes.extend(n for n in (self.state.node(i) for i in sorted(node_ids)) if n is not None)
+        return pb.MetaReply(tag=op.tag, get_object=reply)
+
+    def _read_list_objects(self, op) -> pb.MetaReply:
+        request = op.list_objects
+        entries, prefixes, next_key = self.state.list_objects(
+            request.bucket, request.prefix, request.delimiter, request.start_after, request.max_keys)
+        reply = pb.ListObjectsReply(common_prefixes=prefixes, next=next_key)
+        for key, head in entries:
+            entry = reply.entries.add(key=key)
+            entry.head.MergeFromString(head)
+        return pb.MetaReply(tag=op.tag, list_objects=reply)
+
+    def _read_list_buckets(self, op) -> pb.MetaReply:
+        return pb.MetaReply(tag=op.tag, list_buckets=pb.ListBucketsReply(buckets=self.state.buckets()))
+
+    def _read_list_nodes(self, op) -> pb.MetaReply:
+        return pb.MetaReply(tag=op.tag, list_nodes=pb.ListNodesReply(nodes=self.state.nodes()))
+
+
+def _moved(old, new) -> bool:
+    """Whether a heartbeat's disks differ enough from the record to be worth a Raft entry."""
+    if len(old) != len(new):
+        return True
+    for a, b in zip(old, new):
+        if a.path != b.path or a.healthy != b.healthy or a.capacity_bytes != b.capacity_bytes:
+            return True
+        if abs(a.free_bytes - b.free_bytes) > CAPACITY_REPORT_FRACTION * max(a.capacity_bytes, 1):
+            return True
+    return False
