@@ -19,7 +19,7 @@ class NotEnoughNodes(Exception):
     pass
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, eq=False)  # identity equality: list.remove stays cheap
 class Candidate:
     id: int
     host: str
@@ -47,14 +47,15 @@ def place(nodes: list[Candidate], count: int, rng: random.Random, taken: list[Ca
         _count(n, hosts, racks, zones)
     chosen = []
     for _ in range(count):
-        best, ties = None, []
+        best, ties, total = None, [], 0
         for n in free:
             load = (hosts.get(n.host, 0), racks.get(n.rack, 0), zones.get(n.zone, 0))
             if best is None or load < best:
-                best, ties = load, [n]
+                best, ties, total = load, [n], n.free
             elif load == best:
                 ties.append(n)
-        pick = _weighted(ties, rng)
+                total += n.free
+        pick = _weighted(ties, total, rng)
         chosen.append(pick.id)
         free.remove(pick)
         _count(pick, hosts, racks, zones)
@@ -67,8 +68,9 @@ def _count(n: Candidate, hosts: dict, racks: dict, zones: dict) -> None:
     zones[n.zone] = zones.get(n.zone, 0) + 1
 
 
-def _weighted(ties: list[Candidate], rng: random.Random) -> Candidate:
-    total = sum(n.free for n in ties)
+def _weighted(ties: list[Candidate], total: int, rng: random.Random) -> Candidate:
+    if len(ties) == 1:
+        return ties[0]
     if total <= 0:
         return ties[rng.randrange(len(ties))]
     point = rng.random() * total

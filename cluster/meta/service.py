@@ -3,9 +3,9 @@ call (`Call`) or many multiplexed on a stream (`Pipeline`, see cluster/rpc/mux.p
 
 Writes are MetaCommands proposed through Raft (the leader stamps its clock into them, so apply
 is deterministic). Reads run after a ReadIndex barrier (one per incoming batch) unless they ask
-for a stale answer. BeginPut and Replace are answered by the leader from its own state without a
-barrier: a stale answer is safe, because the commit re-checks everything. A follower answers
-NOT_LEADER with the leader's address.
+for a stale answer. BeginPut and Replace are answered by any node that follows a leader, from its own state and
+without a barrier: a stale answer is safe, because the commit re-checks everything (clients spread
+them over the nodes). For everything else a follower answers NOT_LEADER with the leader's address.
 """
 from __future__ import annotations
 
@@ -66,9 +66,15 @@ class MetaService(pb_grpc.MetaServicer):
                         reply(self._read(op))  # this node's state as it is: no barrier
                     else:
                         reads.append(op)
-                elif kind in ("begin_put", "replace", "heartbeat"):
-                    self._check_leader()
+                elif kind in ("begin_put", "replace"):
+                    # any node that follows a leader answers from its own state: spreads the
+                    # load, and is safe because the commit, on the leader, checks everything
+                    if not self.driver.leader:
+                        raise NotLeader(0)
                     reply(getattr(self, f"_{kind}")(op))
+                elif kind == "heartbeat":
+                    self._check_leader()
+                    reply(self._heartbeat(op))
                 else:
                     reply(pb.MetaReply(tag=op.tag, code=pb.INVALID_ARGUMENT, message=f"unknown operation {kind!r}"))
             except Exception as error:  # noqa: BLE001 - every failure becomes an answer

@@ -34,7 +34,8 @@ from cluster.proto import meta_pb2 as pb
 from cluster.storage.disk import SnapshotDisk
 
 RESULTS_TTL_MS = 24 * 3600 * 1000
-RESULTS_PRUNED_PER_APPLY = 16
+RESULTS_PRUNE_EVERY = 64  # applies between prunings, each of up to RESULTS_PRUNED_PER_APPLY
+RESULTS_PRUNED_PER_APPLY = 256
 CHUNK_BYTES_MAX = 64 << 20
 LIST_KEYS_MAX = 10_000
 _U64 = struct.Struct(">Q")
@@ -107,7 +108,14 @@ class MetaState:
 
     def __init__(self, disk: SnapshotDisk):
         self.disk = disk
+        self._load()
+
+    def _load(self) -> None:
+        """In-memory caches of what the disk holds (rebuilt at start and after a restore)."""
         self.applied = self._load_u64(b"A")
+        self._clock = self._load_u64(b"T")
+        self._applies = 0
+        self._nodes_cache: tuple[list, set] | None = None  # (placement candidates, node ids)
 
     def _load_u64(self, key: bytes) -> int:
         raw = self.disk.get(key)
@@ -126,11 +134,13 @@ class MetaState:
         result = self._apply_command(batch, index, command) if command is not None else \
             pb.MetaResult(code=pb.INVALID_ARGUMENT, message="undecodable command")
         encoded = result.SerializeToString()
-        if command is not None and command.op_id:
+        if command is not None and command.op_id and batch.get(b"R" + command.op_id) is None:
             self._remember(batch, command.op_id, encoded)
         batch.put(b"A", _u64(index))
         batch.commit()
         self.applied = index
+        if command is not None and command.WhichOneof("command") in ("register_node", "node_report"):
+            self._nodes_cache = None
         return encoded
 
     def snapshot(self) -> bytes:
@@ -138,7 +148,7 @@ class MetaState:
 
     def restore(self, data: bytes) -> None:
         self.disk.import_state(data)
-        self.applied = self._load_u64(b"A")
+        self._load()
 
     # ---- commands
 
@@ -147,29 +157,34 @@ class MetaState:
             known = batch.get(b"R" + command.op_id)
             if known is not None:
                 return pb.MetaResult.FromString(known)
-        now = max(self._load_u64(b"T"), command.now_ms)
+        now = self._clock = max(self._clock, command.now_ms)
         batch.put(b"T", _u64(now))
         kind = command.WhichOneof("command")
         handler = getattr(self, f"_do_{kind}", None) if kind else None
         if handler is None:
             return pb.MetaResult(code=pb.INVALID_ARGUMENT, message=f"unknown command {kind!r}")
-        scratch = Batch(self.disk)
-        scratch.puts, scratch.deletes = dict(batch.puts), set(batch.deletes)
+        scratch = Batch(self.disk)  # the command's own writes, kept only if it succeeds
         try:
             result = handler(scratch, index, now, getattr(command, kind))
         except Refused as refused:
             return pb.MetaResult(code=refused.code, message=str(refused), missing=refused.missing)
         except names.InvalidName as error:
             return pb.MetaResult(code=pb.INVALID_ARGUMENT, message=str(error))
-        batch.puts, batch.deletes = scratch.puts, scratch.deletes  # all or nothing
+        for key in scratch.deletes:
+            batch.delete(key)
+        for key, value in scratch.puts.items():
+            batch.put(key, value)
         return result
 
     def _remember(self, batch: Batch, op_id: bytes, result: bytes) -> None:
         if len(op_id) > 64:
             return  # refused as INVALID_ARGUMENT by the service; never stored
-        now = _U64.unpack(batch.get(b"T"))[0]
+        now = self._clock
         batch.put(b"R" + op_id, result)
         batch.put(b"Q" + _u64(now) + op_id, b"")
+        self._applies += 1
+        if self._applies % RESULTS_PRUNE_EVERY:
+            return  # a scan per entry costs more than the rest of a commit
         expired = _u64(max(0, now - RESULTS_TTL_MS))
         for key, _ in _take(self.disk.scan(b"Q", b"Q" + expired), RESULTS_PRUNED_PER_APPLY):
             batch.delete(key)
@@ -320,7 +335,7 @@ class MetaState:
             if p.chunk not in counts:
                 raise Refused(pb.BAD_PLACEMENT, f"a placement for chunk {p.chunk.hex()[:16]} the manifest lacks")
             placed[p.chunk] = list(p.nodes)
-        missing, known_nodes = [], None
+        missing = []
         for chunk_id, count in counts.items():
             raw = batch.get(chunk_key(chunk_id))
             if raw is not None:
@@ -332,9 +347,7 @@ class MetaState:
             if nodes is None:
                 missing.append(chunk_id)
                 continue
-            if known_nodes is None:
-                known_nodes = {_U64.unpack(key[1:])[0] for key, _ in self.disk.scan(b"N", b"O")}
-            self._check_placement(chunk_id, nodes, profile, known_nodes)
+            self._check_placement(chunk_id, nodes, profile, self._nodes()[1])
             chunk = pb.Chunk(length=lengths[chunk_id], refs=count, state=pb.HOT, profile=profile, nodes=nodes)
             batch.put(chunk_key(chunk_id), chunk.SerializeToString())
         if missing:
@@ -526,14 +539,20 @@ class MetaState:
 
     def usable_nodes(self):
         """Placement candidates: nodes up, with a healthy disk that has room."""
-        usable = []
-        for node in self.nodes():
-            if node.state != pb.UP:
-                continue
-            free = sum(d.free_bytes for d in node.disks if d.healthy)
-            if any(d.healthy for d in node.disks) or not node.disks:
-                usable.append(candidate(node.id, dict(node.labels), free))
-        return usable
+        return self._nodes()[0]
+
+    def _nodes(self) -> tuple[list, set]:
+        if self._nodes_cache is None:
+            usable, ids = [], set()
+            for node in self.nodes():
+                ids.add(node.id)
+                if node.state != pb.UP:
+                    continue
+                free = sum(d.free_bytes for d in node.disks if d.healthy)
+                if any(d.healthy for d in node.disks) or not node.disks:
+                    usable.append(candidate(node.id, dict(node.labels), free))
+            self._nodes_cache = (usable, ids)
+        return self._nodes_cache
 
     def garbage(self, before_ms: int, limit: int = 1000) -> list[bytes]:
         """Chunks without references since before `before_ms` (the grace period is the caller's)."""

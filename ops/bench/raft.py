@@ -93,16 +93,26 @@ def run_point(system: str, cluster, op: str, clients: int, seconds: float, warmu
     procs = max(1, min(procs, clients))
     shares = [clients // procs + (1 if j < clients % procs else 0) for j in range(procs)]
     leader = cluster.leader() if (system == "cairn" or etcd_clients == "leader") else ""
+    loads, base = [], client_base
+    for j, share in enumerate(shares):
+        latencies = os.path.join(work, f"lat-{system}-{op}-{clients}-{j}.npy")
+        argv = [sys.executable, str(BENCH / "raft_load.py"), "--system", system, "--op", op,
+                "--targets", ",".join(cluster.endpoints), "--leader", leader or "", "--clients", str(share),
+                "--warmup", str(warmup), "--duration", str(seconds), "--latencies", latencies,
+                "--etcd-stubs", stubs, "--client-base", str(base), "--seed", str(base)]
+        base += share
+        loads.append((argv, latencies))
+    result = run_loads(system, cluster, loads, seconds, warmup)
+    result["clients_used"] = base - client_base
+    return result
+
+
+def run_loads(system: str, cluster, loads: list[tuple[list[str], str]], seconds: float, warmup: float) -> dict:
+    """Starts load-generator processes (argv, latencies file), starts them together, measures
+    the cluster's CPU in the window, and gathers their results."""
     started: list[tuple[subprocess.Popen, str]] = []
-    base = client_base
     try:
-        for j, share in enumerate(shares):
-            latencies = os.path.join(work, f"lat-{system}-{op}-{clients}-{j}.npy")
-            argv = [sys.executable, str(BENCH / "raft_load.py"), "--system", system, "--op", op,
-                    "--targets", ",".join(cluster.endpoints), "--leader", leader or "", "--clients", str(share),
-                    "--warmup", str(warmup), "--duration", str(seconds), "--latencies", latencies,
-                    "--etcd-stubs", stubs, "--client-base", str(base), "--seed", str(base)]
-            base += share
+        for argv, latencies in loads:
             proc = subprocess.Popen(argv, stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
                                     text=True, start_new_session=True, cwd=str(ROOT))
             _children.append(proc)
@@ -140,8 +150,7 @@ def run_point(system: str, cluster, op: str, clients: int, seconds: float, warmu
             "p99_ms": float(np.percentile(lat, 99)) if len(lat) else float("nan"),
             "retries": sum(r["retries"] for r in results), "stalled": sum(r["stalled"] for r in results),
             "loadgen_cores": loadgen,
-            "cluster_cores": sum(member_cores), "busiest_member_cores": max(member_cores),
-            "clients_used": base - client_base}
+            "cluster_cores": sum(member_cores), "busiest_member_cores": max(member_cores)}
 
 
 def _read_line(proc: subprocess.Popen, timeout: float) -> str:

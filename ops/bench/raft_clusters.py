@@ -235,3 +235,47 @@ class CairnCluster(Cluster):
         finally:
             for channel in channels.values():
                 channel.close()
+
+
+class CairnMetaCluster(CairnCluster):
+    """Three `python -m cluster.meta.server` nodes (fsync on), with a bucket and six registered
+    data nodes (records only: the benchmark measures the metadata path)."""
+
+    name = "cairn-meta"
+    BUCKET = "bench"
+
+    def start(self) -> None:
+        peers = ",".join(f"{i + 1}={a}" for i, a in enumerate(self.endpoints))
+        env = dict(os.environ, PYTHONPATH=str(ROOT) + os.pathsep + os.environ.get("PYTHONPATH", ""))
+        for i, address in enumerate(self.endpoints):
+            self._spawn([sys.executable, "-m", "cluster.meta.server", "--id", str(i + 1),
+                         "--data", os.path.join(self.directory, f"m{i + 1}"), "--listen", address,
+                         "--peers", peers], f"meta-{i + 1}.log", cwd=str(ROOT), env=env)
+        import asyncio
+
+        asyncio.run(self._set_up())
+
+    async def _set_up(self) -> None:
+        from cluster.client.meta import ClusterUnavailable, MetaClient
+        from cluster.proto import meta_pb2 as pb
+
+        client = MetaClient(self.endpoints, timeout=START_SECONDS)
+        try:
+            reply = await client.command(create_bucket=pb.CreateBucket(
+                name=self.BUCKET, profile=pb.ErasureProfile(k=4, m=2), inline_max_bytes=4096))
+            if reply.code not in (pb.OK, pb.BUCKET_EXISTS):
+                raise self.fail(f"creating the bench bucket failed: {reply.message}")
+            for n in range(6):
+                node = pb.Node(address=f"127.0.0.1:{20000 + n}", labels={"host": f"h{n}"},
+                               disks=[pb.Disk(path="/d", capacity_bytes=1 << 42, free_bytes=1 << 42, healthy=True)])
+                reply = await client.command(register_node=pb.RegisterNode(node=node))
+                if reply.code != pb.OK:
+                    raise self.fail(f"registering a data node failed: {reply.message}")
+            self.leader_address = client.leader
+        except ClusterUnavailable as error:
+            raise self.fail(f"cairn meta had no leader: {error}") from None
+        finally:
+            await client.close()
+
+    def leader(self) -> str:
+        return self.leader_address

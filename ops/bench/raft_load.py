@@ -186,7 +186,12 @@ async def cpu_in_window(begin: float, end: float) -> float:
 
 
 async def run(args) -> dict:
-    load = Load(args)
+    return await drive(Load(args), args)
+
+
+async def drive(load, args) -> dict:
+    """The measurement protocol any load (connect, client, close; done, in_flight, retries) runs
+    under: the start handshake, the window, the drain, and the JSON result."""
     try:
         await load.connect(10.0)
         if args.start == 0:  # handshake: say ready, read the start time from stdin
