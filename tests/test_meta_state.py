@@ -26,14 +26,19 @@ class Cluster:
         self.last = None
 
     def apply(self, op_id=None, **command):
+        return self.apply_entry(pb.MetaCommand(op_id=op_id or os.urandom(16), **command))[0]
+
+    def apply_entry(self, *commands):
+        """One Raft entry carrying `commands`; their results."""
         self.index += 1
-        data = pb.MetaCommand(op_id=op_id or os.urandom(16), now_ms=1_000 + self.index, **command)
-        self.last = data.SerializeToString()
-        return pb.MetaResult.FromString(self.state.apply(self.index, self.last))
+        for command in commands:
+            command.now_ms = 1_000 + self.index
+        self.last = pb.MetaEntry(commands=commands).SerializeToString()
+        return list(pb.MetaResults.FromString(self.state.apply(self.index, self.last)).results)
 
     def replay_last(self):
         self.index += 1
-        return pb.MetaResult.FromString(self.state.apply(self.index, self.last))
+        return pb.MetaResults.FromString(self.state.apply(self.index, self.last)).results
 
     def put(self, bucket, key, chunk_ids):
         refs = [pb.ChunkRef(id=c, length=CHUNKS[c]) for c in chunk_ids]
@@ -294,11 +299,12 @@ def test_a_restart_skips_entries_already_applied(tmp_path):
     disk = RocksDisk(str(tmp_path / "meta"))
     state = MetaState(disk)
     command = pb.MetaCommand(op_id=b"1" * 16, create_bucket=pb.CreateBucket(name="abc", profile=pb.ErasureProfile(k=1)))
-    assert pb.MetaResult.FromString(state.apply(1, command.SerializeToString())).code == pb.OK
+    entry = pb.MetaEntry(commands=[command]).SerializeToString()
+    assert pb.MetaResults.FromString(state.apply(1, entry)).results[0].code == pb.OK
     disk.close()
     state = MetaState(RocksDisk(str(tmp_path / "meta")))
     assert state.applied == 1
-    assert state.apply(1, command.SerializeToString()) == b""
+    assert state.apply(1, entry) == b""
     assert [b.name for b in state.buckets()] == ["abc"]
     state.disk.close()
 
@@ -340,3 +346,24 @@ def test_listing_with_delimiter_and_pages(cluster):
         if not token:
             break
     assert pages == [["a/"], ["b"], ["c/"], ["d"]]
+
+
+def test_commands_in_one_entry_see_each_other(cluster):
+    chunk = CHUNK_IDS[0]
+    manifest = pb.Manifest(head=pb.ObjectHead(size=CHUNKS[chunk], blake3=b"h" * 32),
+                           chunks=[pb.ChunkRef(id=chunk, length=CHUNKS[chunk])])
+    node = pb.Node(address="10.9.9.9:7000")
+    results = cluster.apply_entry(
+        pb.MetaCommand(op_id=b"a" * 16, create_bucket=pb.CreateBucket(name="fresh", profile=pb.ErasureProfile(k=2, m=1))),
+        pb.MetaCommand(op_id=b"b" * 16, commit_put=pb.CommitPut(bucket="fresh", key="x", manifest=manifest,
+                                                                placements=[pb.Placement(chunk=chunk, nodes=[1, 2, 3])])),
+        pb.MetaCommand(op_id=b"c" * 16, commit_put=pb.CommitPut(bucket="fresh", key="x", manifest=manifest)),
+        pb.MetaCommand(op_id=b"d" * 16, delete_bucket=pb.DeleteBucket(name="fresh")),
+        pb.MetaCommand(op_id=b"e" * 16, register_node=pb.RegisterNode(node=node)),
+        pb.MetaCommand(op_id=b"f" * 16, register_node=pb.RegisterNode(node=node)),
+        pb.MetaCommand(op_id=b"g" * 16, commit_put=pb.CommitPut(bucket="fresh", key="bad/../key", manifest=manifest)))
+    assert [r.code for r in results] == [pb.OK, pb.OK, pb.OK, pb.BUCKET_NOT_EMPTY, pb.OK, pb.OK, pb.INVALID_ARGUMENT]
+    assert results[1].head.version != results[2].head.version  # one entry, distinct versions
+    assert results[4].node_id == results[5].node_id == 5  # the same address registers once
+    assert cluster.state.chunk(chunk).refs == 1  # the overwrite dropped the first version's reference
+    assert cluster.state.bucket("fresh").objects == 1

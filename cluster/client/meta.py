@@ -42,7 +42,6 @@ class MetaClient:
         self._channels: dict[str, grpc.aio.Channel] = {}
         self._muxes: dict[str, StreamMux] = {}
         self.retries = 0  # attempts beyond the first, for diagnostics
-        self._turn = self._rng.randrange(len(self.addresses))
 
     def _mux(self, address: str) -> StreamMux:
         mux = self._muxes.get(address)
@@ -62,21 +61,6 @@ class MetaClient:
     async def command(self, **command) -> pb.MetaReply:
         """Proposes a command (one field of MetaCommand) under a fresh op id."""
         return await self.call(pb.MetaOp(command=pb.MetaCommand(op_id=os.urandom(16), **command)))
-
-    async def call_anywhere(self, op: pb.MetaOp) -> pb.MetaReply:
-        """For operations any node answers (BeginPut, Replace, stale reads): the next node in
-        turn, so they spread over the cluster. Anything but OK goes again to the leader: the
-        node may lag (a bucket or data node it has not heard of yet)."""
-        self._turn = (self._turn + 1) % len(self.addresses)
-        address = self.addresses[self._turn]
-        try:
-            reply = await self._mux(address).call(op, CALL_SECONDS)
-            if reply.code == pb.OK:
-                return reply
-        except (StreamBroken, asyncio.TimeoutError, grpc.aio.AioRpcError):
-            pass
-        self.retries += 1
-        return await self.call(op)
 
     async def call(self, op: pb.MetaOp) -> pb.MetaReply:
         deadline = time.monotonic() + self.timeout

@@ -3,9 +3,10 @@ call (`Call`) or many multiplexed on a stream (`Pipeline`, see cluster/rpc/mux.p
 
 Writes are MetaCommands proposed through Raft (the leader stamps its clock into them, so apply
 is deterministic). Reads run after a ReadIndex barrier (one per incoming batch) unless they ask
-for a stale answer. BeginPut and Replace are answered by any node that follows a leader, from its own state and
-without a barrier: a stale answer is safe, because the commit re-checks everything (clients spread
-them over the nodes). For everything else a follower answers NOT_LEADER with the leader's address.
+for a stale answer. BeginPut and Replace are answered by the leader from its own state without a barrier: a stale
+answer would be safe, because the commit re-checks everything. (Followers could answer them too;
+measured, that slowed puts: a follower busy with them acknowledges appends later.) A follower
+answers NOT_LEADER with the leader's address.
 """
 from __future__ import annotations
 
@@ -13,6 +14,7 @@ import asyncio
 import logging
 import os
 import time
+from typing import Callable
 
 from cluster.meta import names
 from cluster.meta.state import MetaState, Refused
@@ -29,6 +31,59 @@ BEGIN_CHUNKS_MAX = 100_000
 CALL_SECONDS_MAX = 10.0
 READS = frozenset({"get_object", "list_objects", "list_buckets", "list_nodes"})
 CAPACITY_REPORT_FRACTION = 0.01  # a heartbeat goes through Raft when free space moved this much
+ENTRY_COMMANDS_MAX = 256
+ENTRY_BYTES_MAX = 4 << 20
+
+
+class CommandBatcher:
+    """Packs the commands that arrive in one turn of the event loop, from any number of clients,
+    into one Raft entry (a MetaEntry): one append, one checksum, one apply write for all of
+    them. Each caller gets its own result, or the error that stopped the entry."""
+
+    def __init__(self, driver: RaftDriver):
+        self.driver = driver
+        self._waiting: list[tuple[pb.MetaCommand, Callable]] = []
+        self._scheduled = False
+
+    def submit(self, command: pb.MetaCommand, done: Callable) -> None:
+        """done(result, None) once applied, or done(None, error)."""
+        self._waiting.append((command, done))
+        if not self._scheduled:
+            self._scheduled = True
+            asyncio.get_running_loop().call_soon(self._flush)
+
+    def _flush(self) -> None:
+        self._scheduled = False
+        while self._waiting:
+            taken, size = [], 0
+            while self._waiting and len(taken) < ENTRY_COMMANDS_MAX:
+                size += self._waiting[0][0].ByteSize()
+                if taken and size > ENTRY_BYTES_MAX:
+                    break
+                taken.append(self._waiting.pop(0))
+            self._propose(taken)
+
+    def _propose(self, taken: list) -> None:
+        entry = pb.MetaEntry(commands=[command for command, _ in taken])
+        try:
+            future = self.driver.submit(entry.SerializeToString())
+        except Exception as error:  # noqa: BLE001 - NotLeader, a full queue: every caller hears it
+            for _, done in taken:
+                done(None, error)
+            return
+
+        def finish(applied: asyncio.Future) -> None:
+            error = applied.exception()
+            results = None if error else pb.MetaResults.FromString(applied.result()).results
+            for position, (_, done) in enumerate(taken):
+                if error is not None:
+                    done(None, error)
+                elif position < len(results):
+                    done(results[position], None)
+                else:
+                    done(None, ProposalOutcomeUnknown("the entry was applied on a node that had already "
+                                                      "applied it; retry with the same op id"))
+        future.add_done_callback(finish)
 
 
 class MetaService(pb_grpc.MetaServicer):
@@ -38,6 +93,7 @@ class MetaService(pb_grpc.MetaServicer):
         self.clock = clock
         self.heard: dict[int, float] = {}  # data node -> when the leader last heard it (failure detection)
         self._mux = MuxServer(pb.MetaReplies, "ops", "replies")
+        self._batcher = CommandBatcher(driver)
 
     async def Call(self, op, context):
         loop = asyncio.get_running_loop()
@@ -66,15 +122,9 @@ class MetaService(pb_grpc.MetaServicer):
                         reply(self._read(op))  # this node's state as it is: no barrier
                     else:
                         reads.append(op)
-                elif kind in ("begin_put", "replace"):
-                    # any node that follows a leader answers from its own state: spreads the
-                    # load, and is safe because the commit, on the leader, checks everything
-                    if not self.driver.leader:
-                        raise NotLeader(0)
-                    reply(getattr(self, f"_{kind}")(op))
-                elif kind == "heartbeat":
+                elif kind in ("begin_put", "replace", "heartbeat"):
                     self._check_leader()
-                    reply(self._heartbeat(op))
+                    reply(getattr(self, f"_{kind}")(op))
                 else:
                     reply(pb.MetaReply(tag=op.tag, code=pb.INVALID_ARGUMENT, message=f"unknown operation {kind!r}"))
             except Exception as error:  # noqa: BLE001 - every failure becomes an answer
@@ -124,17 +174,14 @@ class MetaService(pb_grpc.MetaServicer):
         if not command.op_id:
             command.op_id = os.urandom(16)  # no retry protection asked for; still remembered once
         command.now_ms = int(self.clock() * 1000)
-        future = self.driver.submit(command.SerializeToString())
         tag = op.tag
 
-        def finish(done: asyncio.Future) -> None:
-            error = done.exception()
+        def finish(result: pb.MetaResult | None, error: Exception | None) -> None:
             if error is not None:
                 reply(self._failure(op, error))
-                return
-            result = pb.MetaResult.FromString(done.result())
-            reply(pb.MetaReply(tag=tag, code=result.code, message=result.message, result=result))
-        future.add_done_callback(finish)
+            else:
+                reply(pb.MetaReply(tag=tag, code=result.code, message=result.message, result=result))
+        self._batcher.submit(command, finish)
 
     def _heartbeat(self, op) -> pb.MetaReply:
         beat = op.heartbeat
@@ -146,7 +193,7 @@ class MetaService(pb_grpc.MetaServicer):
             state = pb.UP if node.state in (pb.SUSPECT, pb.DEAD) else node.state
             command = pb.MetaCommand(op_id=os.urandom(16), now_ms=int(self.clock() * 1000),
                                      node_report=pb.NodeReport(id=beat.id, disks=beat.disks, state=state))
-            self.driver.submit(command.SerializeToString())  # fire and forget: the next beat repeats it
+            self._batcher.submit(command, lambda result, error: None)  # the next beat repeats it if lost
         return pb.MetaReply(tag=op.tag)
 
     # ---- leader-local answers

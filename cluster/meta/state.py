@@ -2,8 +2,9 @@
 
 Deterministic: `apply` depends only on the state and the command (time comes in the command, from
 the proposing leader, and is made monotonic here), so every replica computes the same state.
-Each applied entry is one atomic disk write that includes the last-applied index, so a restart
-skips entries already applied. A command that fails validation changes nothing (its write holds
+An entry carries a MetaEntry: the commands that reached the leader together. Each applied entry
+is one atomic disk write that includes the last-applied index, so a restart skips entries
+already applied. A command that fails validation changes nothing (its write holds
 only the applied index and its remembered result).
 
 Key layout (bytes; bucket names and keys never contain NUL, UTF-8 never contains 0xFF):
@@ -34,6 +35,7 @@ from cluster.proto import meta_pb2 as pb
 from cluster.storage.disk import SnapshotDisk
 
 RESULTS_TTL_MS = 24 * 3600 * 1000
+COMMANDS_PER_ENTRY_MAX = 1 << 16  # versions are (index << 16) | position
 RESULTS_PRUNE_EVERY = 64  # applies between prunings, each of up to RESULTS_PRUNED_PER_APPLY
 RESULTS_PRUNED_PER_APPLY = 256
 CHUNK_BYTES_MAX = 64 << 20
@@ -76,10 +78,11 @@ def node_key(node_id: int) -> bytes:
 
 
 class Batch:
-    """The writes of one entry, with reads that see them (read-your-writes within the entry)."""
+    """Writes not yet on disk, with reads that see them. An entry's batch collects its commands'
+    writes; each command writes into a child batch first, merged only if the command succeeds."""
 
-    def __init__(self, disk: SnapshotDisk):
-        self.disk = disk
+    def __init__(self, disk: SnapshotDisk, parent: "Batch | None" = None):
+        self.disk, self.parent = disk, parent
         self.puts: dict[bytes, bytes] = {}
         self.deletes: set[bytes] = set()
 
@@ -88,7 +91,40 @@ class Batch:
             return self.puts[key]
         if key in self.deletes:
             return None
-        return self.disk.get(key)
+        return self.parent.get(key) if self.parent is not None else self.disk.get(key)
+
+    def _layers(self) -> list["Batch"]:
+        layers, layer = [], self
+        while layer is not None:
+            layers.append(layer)
+            layer = layer.parent
+        return layers[::-1]  # oldest first
+
+    def _pending(self, start: bytes, end: bytes) -> dict[bytes, bytes | None]:
+        """Unwritten changes to keys in [start, end): value, or None for a delete."""
+        pending: dict[bytes, bytes | None] = {}
+        for layer in self._layers():
+            for key in layer.deletes:
+                if start <= key < end:
+                    pending[key] = None
+            for key, value in layer.puts.items():
+                if start <= key < end:
+                    pending[key] = value
+        return pending
+
+    def items(self, start: bytes, end: bytes) -> list[tuple[bytes, bytes]]:
+        """Every item in [start, end) as it will be: for small ranges (the node registry)."""
+        pending = self._pending(start, end)
+        merged = {k: v for k, v in self.disk.scan(start, end) if k not in pending}
+        merged.update({k: v for k, v in pending.items() if v is not None})
+        return sorted(merged.items())
+
+    def any_in(self, start: bytes, end: bytes) -> bool:
+        """Whether [start, end) will hold any key; reads the disk only up to the first one."""
+        pending = self._pending(start, end)
+        if any(v is not None for v in pending.values()):
+            return True
+        return any(key not in pending for key, _ in self.disk.scan(start, end))
 
     def put(self, key: bytes, value: bytes) -> None:
         self.deletes.discard(key)
@@ -124,24 +160,33 @@ class MetaState:
     # ---- the state machine interface
 
     def apply(self, index: int, data: bytes) -> bytes:
+        """Applies a MetaEntry (commands in order, one disk write for all of them); returns
+        the encoded MetaResults."""
         if index <= self.applied:
             return b""  # applied before a restart; nobody waits for this result
         batch = Batch(self.disk)
+        results = pb.MetaResults()
         try:
-            command = pb.MetaCommand.FromString(data)
+            entry = pb.MetaEntry.FromString(data)
         except Exception:  # noqa: BLE001 - a garbled entry is refused, like any bad command
-            command = None
-        result = self._apply_command(batch, index, command) if command is not None else \
-            pb.MetaResult(code=pb.INVALID_ARGUMENT, message="undecodable command")
-        encoded = result.SerializeToString()
-        if command is not None and command.op_id and batch.get(b"R" + command.op_id) is None:
-            self._remember(batch, command.op_id, encoded)
+            entry = None
+            results.results.add(code=pb.INVALID_ARGUMENT, message="undecodable entry")
+        if entry is not None and len(entry.commands) > COMMANDS_PER_ENTRY_MAX:
+            entry = None
+            results.results.add(code=pb.INVALID_ARGUMENT, message="too many commands in one entry")
+        nodes_changed = False
+        for position, command in enumerate(entry.commands if entry is not None else ()):
+            result = self._apply_command(batch, (index << 16) | position, command)
+            if command.op_id and batch.get(b"R" + command.op_id) is None:
+                self._remember(batch, command.op_id, result.SerializeToString())
+            results.results.append(result)
+            nodes_changed |= command.WhichOneof("command") in ("register_node", "node_report")
         batch.put(b"A", _u64(index))
         batch.commit()
         self.applied = index
-        if command is not None and command.WhichOneof("command") in ("register_node", "node_report"):
+        if nodes_changed:
             self._nodes_cache = None
-        return encoded
+        return results.SerializeToString()
 
     def snapshot(self) -> bytes:
         return self.disk.export_state()
@@ -152,7 +197,7 @@ class MetaState:
 
     # ---- commands
 
-    def _apply_command(self, batch: Batch, index: int, command: pb.MetaCommand) -> pb.MetaResult:
+    def _apply_command(self, batch: Batch, version: int, command: pb.MetaCommand) -> pb.MetaResult:
         if command.op_id:
             known = batch.get(b"R" + command.op_id)
             if known is not None:
@@ -163,9 +208,9 @@ class MetaState:
         handler = getattr(self, f"_do_{kind}", None) if kind else None
         if handler is None:
             return pb.MetaResult(code=pb.INVALID_ARGUMENT, message=f"unknown command {kind!r}")
-        scratch = Batch(self.disk)  # the command's own writes, kept only if it succeeds
+        scratch = Batch(self.disk, batch)  # the command's own writes, kept only if it succeeds
         try:
-            result = handler(scratch, index, now, getattr(command, kind))
+            result = handler(scratch, version, now, getattr(command, kind))
         except Refused as refused:
             return pb.MetaResult(code=refused.code, message=str(refused), missing=refused.missing)
         except names.InvalidName as error:
@@ -190,7 +235,7 @@ class MetaState:
             batch.delete(key)
             batch.delete(b"R" + key[9:])
 
-    def _do_create_bucket(self, batch: Batch, index: int, now: int, c: pb.CreateBucket) -> pb.MetaResult:
+    def _do_create_bucket(self, batch: Batch, version: int, now: int, c: pb.CreateBucket) -> pb.MetaResult:
         names.check_bucket(c.name)
         k, m = names.check_profile(c.profile.k, c.profile.m)
         if batch.get(bucket_key(c.name)) is not None:
@@ -201,34 +246,34 @@ class MetaState:
         batch.put(bucket_key(c.name), bucket.SerializeToString())
         return pb.MetaResult()
 
-    def _do_delete_bucket(self, batch: Batch, index: int, now: int, c: pb.DeleteBucket) -> pb.MetaResult:
+    def _do_delete_bucket(self, batch: Batch, version: int, now: int, c: pb.DeleteBucket) -> pb.MetaResult:
         self._bucket(batch, c.name)
         prefix = b"M" + c.name.encode() + b"\0"
-        if next(iter(self.disk.scan(prefix, prefix + _OBJECT_END)), None) is not None:
+        if batch.any_in(prefix, prefix + _OBJECT_END):
             raise Refused(pb.BUCKET_NOT_EMPTY, f"bucket {c.name!r} still holds objects or versions")
         batch.delete(bucket_key(c.name))
         return pb.MetaResult()
 
-    def _do_commit_put(self, batch: Batch, index: int, now: int, c: pb.CommitPut) -> pb.MetaResult:
+    def _do_commit_put(self, batch: Batch, version: int, now: int, c: pb.CommitPut) -> pb.MetaResult:
         bucket = self._bucket(batch, c.bucket)
         names.check_key(c.key)
         manifest = pb.Manifest()
         manifest.CopyFrom(c.manifest)
         self._check_manifest(bucket, manifest)
         self._add_references(batch, now, manifest, c.placements, bucket.profile)
-        manifest.head.version, manifest.head.modified_ms, manifest.head.delete_marker = index, now, False
+        manifest.head.version, manifest.head.modified_ms, manifest.head.delete_marker = version, now, False
         manifest.profile.CopyFrom(bucket.profile)
         self._install(batch, bucket, c.bucket, c.key, manifest, now)
         return pb.MetaResult(head=manifest.head)
 
-    def _do_delete_object(self, batch: Batch, index: int, now: int, c: pb.DeleteObject) -> pb.MetaResult:
+    def _do_delete_object(self, batch: Batch, version: int, now: int, c: pb.DeleteObject) -> pb.MetaResult:
         bucket = self._bucket(batch, c.bucket)
         names.check_key(c.key)
         current = self._head(batch, c.bucket, c.key)
         if current is None or current.delete_marker:
             raise Refused(pb.NO_SUCH_KEY, f"no object {c.key!r} in bucket {c.bucket!r}")
         if bucket.versioning:
-            marker = pb.Manifest(head=pb.ObjectHead(version=index, modified_ms=now, delete_marker=True))
+            marker = pb.Manifest(head=pb.ObjectHead(version=version, modified_ms=now, delete_marker=True))
             self._install(batch, bucket, c.bucket, c.key, marker, now)
             return pb.MetaResult(head=marker.head)
         self._drop_version(batch, now, c.bucket, c.key, current.version)
@@ -236,7 +281,7 @@ class MetaState:
         self._count(batch, bucket, -1, -current.size)
         return pb.MetaResult()
 
-    def _do_copy_object(self, batch: Batch, index: int, now: int, c: pb.CopyObject) -> pb.MetaResult:
+    def _do_copy_object(self, batch: Batch, version: int, now: int, c: pb.CopyObject) -> pb.MetaResult:
         bucket = self._bucket(batch, c.bucket)
         names.check_key(c.key)
         source = self.get_object(c.source_bucket, c.source_key, 0, batch=batch)
@@ -244,17 +289,17 @@ class MetaState:
         manifest.CopyFrom(source)
         for chunk_id, count in Counter(ref.id for ref in manifest.chunks).items():
             self._reference(batch, chunk_id, count)
-        manifest.head.version, manifest.head.modified_ms = index, now
+        manifest.head.version, manifest.head.modified_ms = version, now
         self._install(batch, bucket, c.bucket, c.key, manifest, now)
         return pb.MetaResult(head=manifest.head)
 
-    def _do_register_node(self, batch: Batch, index: int, now: int, c: pb.RegisterNode) -> pb.MetaResult:
+    def _do_register_node(self, batch: Batch, version: int, now: int, c: pb.RegisterNode) -> pb.MetaResult:
         node = pb.Node()
         node.CopyFrom(c.node)
         if not node.address:
             raise Refused(pb.INVALID_ARGUMENT, "a data node registers with its address")
         if node.id == 0:
-            for key, value in self.disk.scan(b"N", b"O"):
+            for key, value in batch.items(b"N", b"O"):
                 if pb.Node.FromString(value).address == node.address:
                     node.id = _U64.unpack(key[1:])[0]  # the same node registering again
                     break
@@ -269,7 +314,7 @@ class MetaState:
         batch.put(node_key(node.id), node.SerializeToString())
         return pb.MetaResult(node_id=node.id)
 
-    def _do_node_report(self, batch: Batch, index: int, now: int, c: pb.NodeReport) -> pb.MetaResult:
+    def _do_node_report(self, batch: Batch, version: int, now: int, c: pb.NodeReport) -> pb.MetaResult:
         raw = batch.get(node_key(c.id))
         if raw is None:
             raise Refused(pb.UNKNOWN_NODE, f"no data node {c.id}")
@@ -280,7 +325,7 @@ class MetaState:
         batch.put(node_key(c.id), node.SerializeToString())
         return pb.MetaResult(node_id=c.id)
 
-    def _do_forget_chunks(self, batch: Batch, index: int, now: int, c: pb.ForgetChunks) -> pb.MetaResult:
+    def _do_forget_chunks(self, batch: Batch, version: int, now: int, c: pb.ForgetChunks) -> pb.MetaResult:
         for chunk_id in c.chunks:
             raw = batch.get(chunk_key(chunk_id))
             if raw is None:

@@ -326,12 +326,15 @@ class RaftDriver:
                 self.applied_index = self._last_snapshot_index = item.index
                 self._fail_pending_through(item.index)
             else:
-                self._apply(item)
+                await self._apply(item)
                 await self._maybe_snapshot()
             self._release_reads()
 
-    def _apply(self, entries: tuple[Entry, ...]) -> None:
+    async def _apply(self, entries: tuple[Entry, ...]) -> None:
         for entry in entries:
+            # before each entry the consensus task gets a turn: a follower's ack (and a leader's
+            # next append) does not wait behind the whole batch's apply
+            await asyncio.sleep(0)
             if entry.index <= self.applied_index:
                 continue  # covered by a snapshot installed meanwhile
             result = self.state_machine.apply(entry.index, entry.data) if entry.kind == EntryKind.NORMAL else b""

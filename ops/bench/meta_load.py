@@ -49,7 +49,7 @@ class MetaLoad:
     async def put(self, rng: random.Random, key: str) -> None:
         chunks = [pb.ChunkRef(id=rng.randbytes(32), length=CHUNK_BYTES) for _ in range(CHUNKS_PER_OBJECT)]
         seed = rng.randbytes(16)
-        begin = await self.meta.call_anywhere(pb.MetaOp(begin_put=pb.BeginPut(bucket=self.args.bucket, chunks=chunks,
+        begin = await self.meta.call(pb.MetaOp(begin_put=pb.BeginPut(bucket=self.args.bucket, chunks=chunks,
                                                                        seed=seed)))
         if begin.code != pb.OK:
             raise GiveUp(f"BeginPut failed: {pb.Code.Name(begin.code)} {begin.message}")
