@@ -1,0 +1,380 @@
+"""The fragment store of one disk: append-only segment files, an index, group commit.
+
+Segments (`seg-00000001` ...) hold records: a 52-byte header (magic, kind, fragment index, chunk
+id, length, CRC32C of the bytes, CRC32C of the header), then the bytes. A tombstone is a record of
+kind DELETE with no bytes. The index (an ordered Disk: RocksDB in production) maps (chunk id,
+fragment index) to (segment, offset, length, crc), and holds `P`, the position in the segments up
+to which it is complete.
+
+A put appends its record, then waits until a group commit has made it durable: one thread at a
+time syncs the active segment and then writes the index entries of every record appended before
+the sync (with the new `P`), and wakes all their writers. So concurrent writers share one fsync,
+and an acknowledged fragment is on stable storage with its index entry. The index write itself is
+not synced: after a crash, recovery re-reads the segments from `P` on and re-indexes what it finds.
+A torn record at the tail of the last segment is cut off; a damaged record elsewhere is reported.
+Losing the whole index is the same with `P` at the start.
+
+Reads check the header and the CRC32C of the bytes and raise FragmentCorrupt on a mismatch: a
+corrupt byte is never returned. Compaction copies the live records of sparse segments to the
+active one and deletes the old file; reads that raced with it retry on the new location.
+"""
+from __future__ import annotations
+
+import errno
+import struct
+import threading
+from dataclasses import dataclass
+from typing import Iterator
+
+from cluster.codec.crc import crc32c
+from cluster.storage.disk import Disk
+from cluster.storage.files import Files
+
+MAGIC = b"CFG1"
+KIND_PUT, KIND_DELETE = 1, 2
+_HEADER = struct.Struct(">4sBBH32sII")  # magic, kind, index, reserved, chunk id, length, crc of bytes
+HEADER_BYTES = _HEADER.size + 4          # and the header's own CRC32C
+_LOCATION = struct.Struct(">IQII")       # segment, offset, length, crc
+_POSITION = struct.Struct(">IQ")         # segment, offset
+CHUNK_ID_BYTES = 32
+FRAGMENT_INDEX_MAX = 254                 # k + m <= 255
+FRAGMENT_BYTES_MAX = 64 << 20
+SEGMENT_BYTES_MAX = 256 << 20
+
+
+class StoreError(Exception):
+    pass
+
+
+class FragmentNotFound(StoreError):
+    pass
+
+
+class FragmentCorrupt(StoreError):
+    """The bytes on disk do not match their CRC32C (or the record's header is damaged)."""
+
+
+class BadFragment(StoreError, ValueError):
+    """The request is malformed: a wrong id length, an index out of range, a bad CRC, too big."""
+
+
+class DiskFull(StoreError):
+    pass
+
+
+class DiskFailed(StoreError):
+    """The disk returned an I/O error: the store is out of service."""
+
+
+@dataclass(frozen=True)
+class Location:
+    segment: int
+    offset: int
+    length: int
+    crc: int
+
+    def encode(self) -> bytes:
+        return _LOCATION.pack(self.segment, self.offset, self.length, self.crc)
+
+    @staticmethod
+    def decode(raw: bytes) -> "Location":
+        return Location(*_LOCATION.unpack(raw))
+
+    @property
+    def record_bytes(self) -> int:
+        return HEADER_BYTES + self.length
+
+
+def fragment_key(chunk_id: bytes, index: int) -> bytes:
+    return b"F" + chunk_id + bytes([index])
+
+
+def encode_header(kind: int, chunk_id: bytes, index: int, length: int, crc: int) -> bytes:
+    head = _HEADER.pack(MAGIC, kind, index, 0, chunk_id, length, crc)
+    return head + struct.pack(">I", crc32c(head))
+
+
+def decode_header(raw: bytes) -> tuple[int, bytes, int, int, int] | None:
+    """(kind, chunk id, index, length, crc), or None if this is not an intact header."""
+    if len(raw) < HEADER_BYTES:
+        return None
+    magic, kind, index, _, chunk_id, length, crc = _HEADER.unpack_from(raw)
+    (header_crc,) = struct.unpack_from(">I", raw, _HEADER.size)
+    if magic != MAGIC or header_crc != crc32c(raw[:_HEADER.size]) or kind not in (KIND_PUT, KIND_DELETE):
+        return None
+    return kind, chunk_id, index, length, crc
+
+
+def check_fragment_id(chunk_id: bytes, index: int) -> None:
+    if not isinstance(chunk_id, (bytes, bytearray)) or len(chunk_id) != CHUNK_ID_BYTES:
+        raise BadFragment(f"a chunk id is {CHUNK_ID_BYTES} bytes")
+    if not isinstance(index, int) or not 0 <= index <= FRAGMENT_INDEX_MAX:
+        raise BadFragment(f"fragment index {index!r} outside 0..{FRAGMENT_INDEX_MAX}")
+
+
+def segment_name(number: int) -> str:
+    return f"seg-{number:08d}"
+
+
+class FragmentStore:
+    def __init__(self, files: Files, index: Disk, segment_bytes_max: int = SEGMENT_BYTES_MAX):
+        self.files, self.index = files, index
+        self.segment_bytes_max = segment_bytes_max
+        self.failed: Exception | None = None
+        self._lock = threading.RLock()          # appends, the active segment, the pending list
+        self._synced = threading.Condition()     # group commit
+        self._syncing = False
+        self._appended = 0                       # records appended (a ticket per record)
+        self._durable = 0                        # records whose sync and index write are done
+        self._pending: list[tuple[bytes, bytes | None]] = []  # index writes waiting for the sync
+        self._handles: dict[int, int] = {}
+        self._live: dict[int, int] = {}          # segment -> bytes of records still referenced
+        self.recovered = {"records": 0, "torn_bytes": 0, "damaged_segments": []}
+        self._open()
+
+    # ---- start-up
+
+    def _open(self) -> None:
+        numbers = sorted(int(n[4:]) for n in self.files.list() if n.startswith("seg-") and n[4:].isdigit())
+        for number in numbers:
+            self._handles[number] = self.files.open(segment_name(number))
+        if not numbers:
+            numbers = [1]
+            self._handles[1] = self.files.open(segment_name(1))
+        self.active = numbers[-1]
+        raw = self.index.get(b"P")
+        segment, offset = _POSITION.unpack(raw) if raw else (numbers[0], 0)
+        for number in numbers:
+            if number >= segment:
+                self._replay(number, offset if number == segment else 0, last=number == self.active)
+        for key, value in self.index.scan(b"F", b"G"):
+            location = Location.decode(value)
+            self._live[location.segment] = self._live.get(location.segment, 0) + location.record_bytes
+        self._write_position()
+
+    def _replay(self, number: int, offset: int, last: bool) -> None:
+        """Re-indexes the records of a segment from `offset`; cuts a torn tail of the last one."""
+        handle, end = self._handles[number], self.files.size(self._handles[number])
+        changes: dict[bytes, bytes | None] = {}  # the last word on each key: a location or a delete
+        while offset < end:
+            header = decode_header(self.files.read(handle, offset, min(HEADER_BYTES, end - offset)))
+            if header is None or offset + HEADER_BYTES + header[3] > end:
+                break
+            kind, chunk_id, index, length, crc = header
+            key = fragment_key(chunk_id, index)
+            changes[key] = Location(number, offset, length, crc).encode() if kind == KIND_PUT else None
+            offset += HEADER_BYTES + length
+            self.recovered["records"] += 1
+        if offset < end:
+            if last:
+                self.recovered["torn_bytes"] += end - offset
+                self.files.truncate(handle, offset)  # a write cut short by a crash
+            else:
+                self.recovered["damaged_segments"].append(number)  # the scrubber will find the rest
+        self.index.write([(k, v) for k, v in changes.items() if v is not None],
+                         [(k, k + b"\0") for k, v in changes.items() if v is None], sync=False)
+
+    def _write_position(self) -> None:
+        end = self.files.size(self._handles[self.active])
+        self.index.write([(b"P", _POSITION.pack(self.active, end))], [], sync=True)
+
+    def close(self) -> None:
+        with self._lock:
+            for handle in self._handles.values():
+                self.files.close(handle)
+            self._handles.clear()
+        self.index.close()
+
+    # ---- writes
+
+    def put(self, chunk_id: bytes, index: int, data, crc: int | None = None) -> None:
+        """Stores a fragment (replacing one with the same id) and returns once it is durable."""
+        check_fragment_id(chunk_id, index)
+        if len(data) > FRAGMENT_BYTES_MAX:
+            raise BadFragment(f"a fragment of {len(data)} bytes; at most {FRAGMENT_BYTES_MAX}")
+        actual = crc32c(data)
+        if crc is not None and crc != actual:
+            raise BadFragment(f"CRC32C mismatch: the bytes have {actual:#010x}, the request says {crc:#010x}")
+        self._wait(self._append(KIND_PUT, chunk_id, index, data, actual))
+
+    def delete(self, chunk_id: bytes, index: int) -> bool:
+        """Removes a fragment (a tombstone record, durable on return); False if it was absent."""
+        check_fragment_id(chunk_id, index)
+        if self.index.get(fragment_key(chunk_id, index)) is None:
+            return False
+        self._wait(self._append(KIND_DELETE, chunk_id, index, b"", 0))
+        return True
+
+    def _append(self, kind: int, chunk_id: bytes, index: int, data, crc: int, expect: Location | None = None):
+        with self._lock:
+            if self.failed is not None:
+                raise DiskFailed(f"disk out of service: {self.failed}")
+            key = fragment_key(chunk_id, index)
+            if expect is not None and self.index.get(key) != expect.encode():
+                return None  # compaction: the record was replaced or deleted meanwhile
+            if self.files.size(self._handles[self.active]) >= self.segment_bytes_max:
+                self._roll()
+            handle = self._handles[self.active]
+            start = self.files.size(handle)
+            record = encode_header(kind, chunk_id, index, len(data), crc)
+            try:
+                self.files.append(handle, record + bytes(data) if len(data) < 65536 else record)
+                if len(data) >= 65536:
+                    self.files.append(handle, data)
+            except OSError as error:
+                self._undo(handle, start, error)
+            old = self.index.get(key)
+            if old is not None:
+                self._forget(Location.decode(old))
+            if kind == KIND_PUT:
+                location = Location(self.active, start, len(data), crc)
+                self._live[self.active] = self._live.get(self.active, 0) + location.record_bytes
+                self._pending.append((key, location.encode()))
+            else:
+                self._pending.append((key, None))
+            self._appended += 1
+            return self._appended
+
+    def _undo(self, handle: int, start: int, error: OSError) -> None:
+        try:
+            self.files.truncate(handle, start)  # no partial record stays behind
+        except OSError as second:
+            self.failed = second
+            raise DiskFailed(f"disk failed: {second}") from error
+        if error.errno == errno.ENOSPC:
+            raise DiskFull("the disk is full") from error
+        self.failed = error
+        raise DiskFailed(f"disk failed: {error}") from error
+
+    def _forget(self, location: Location) -> None:
+        self._live[location.segment] = self._live.get(location.segment, 0) - location.record_bytes
+
+    def _roll(self) -> None:
+        self.files.sync(self._handles[self.active])
+        self.active += 1
+        self._handles[self.active] = self.files.open(segment_name(self.active))
+
+    def _wait(self, ticket: int | None) -> None:
+        """Returns once record `ticket` is durable: syncs itself or waits for the thread that does."""
+        if ticket is None:
+            return
+        while True:
+            with self._synced:
+                while self._durable < ticket and self._syncing:
+                    self._synced.wait()
+                if self.failed is not None:  # never acknowledge across a failed sync
+                    raise DiskFailed(f"disk failed: {self.failed}")
+                if self._durable >= ticket:
+                    return
+                self._syncing = True
+            self._sync_once()
+
+    def _sync_once(self) -> None:
+        with self._lock:
+            batch, self._pending = self._pending, []
+            upto, active = self._appended, self.active
+            handle, end = self._handles[active], self.files.size(self._handles[active])
+        error = None
+        try:
+            self.files.sync(handle)
+            last = dict(batch)  # in order: the last word on each key wins
+            puts = [(k, v) for k, v in last.items() if v is not None] + [(b"P", _POSITION.pack(active, end))]
+            self.index.write(puts, [(k, k + b"\0") for k, v in last.items() if v is None], sync=False)
+        except OSError as failure:
+            error = failure
+            self.failed = failure
+        finally:
+            with self._synced:
+                self._syncing = False
+                self._durable = max(self._durable, upto)
+                self._synced.notify_all()
+        if error is not None:
+            raise DiskFailed(f"disk failed while syncing: {error}") from error
+
+    # ---- reads
+
+    def location(self, chunk_id: bytes, index: int) -> Location | None:
+        raw = self.index.get(fragment_key(chunk_id, index))
+        return Location.decode(raw) if raw is not None else None
+
+    def has(self, chunk_id: bytes, index: int) -> bool:
+        check_fragment_id(chunk_id, index)
+        return self.location(chunk_id, index) is not None
+
+    def get(self, chunk_id: bytes, index: int, offset: int = 0, length: int | None = None) -> bytes:
+        """The fragment's bytes (or a range of them), checked against its CRC32C."""
+        check_fragment_id(chunk_id, index)
+        for attempt in range(2):
+            location = self.location(chunk_id, index)
+            if location is None:
+                raise FragmentNotFound(f"no fragment {index} of chunk {chunk_id.hex()[:16]}")
+            try:
+                data = self._read_record(location, chunk_id, index)
+                break
+            except (OSError, EOFError, KeyError):
+                if attempt:  # compaction moved it between the lookup and the read, twice: a real failure
+                    raise
+        if offset < 0 or (length is not None and length < 0) or offset > len(data):
+            raise BadFragment(f"range {offset}+{length} outside a fragment of {len(data)} bytes")
+        return data[offset:] if length is None else data[offset:offset + length]
+
+    def _read_record(self, location: Location, chunk_id: bytes, index: int) -> bytes:
+        raw = self.files.read(self._handles[location.segment], location.offset, location.record_bytes)
+        header = decode_header(raw[:HEADER_BYTES])
+        if header is None or header[0] != KIND_PUT or header[1] != chunk_id or header[2] != index \
+                or header[3] != location.length:
+            raise FragmentCorrupt(f"fragment {index} of chunk {chunk_id.hex()[:16]}: damaged record header "
+                                  f"in segment {location.segment} at {location.offset}")
+        data = raw[HEADER_BYTES:]
+        if crc32c(data) != header[4]:
+            raise FragmentCorrupt(f"fragment {index} of chunk {chunk_id.hex()[:16]}: CRC32C mismatch in "
+                                  f"segment {location.segment} at {location.offset}")
+        return data
+
+    def fragments(self, start: bytes = b"", end: bytes = b"\xff" * CHUNK_ID_BYTES) -> Iterator[tuple[bytes, int, Location]]:
+        """Every (chunk id, index, location) with start <= chunk id < end, in order."""
+        for key, value in self.index.scan(b"F" + start, b"F" + end):
+            yield key[1:1 + CHUNK_ID_BYTES], key[1 + CHUNK_ID_BYTES], Location.decode(value)
+
+    # ---- space
+
+    def used_bytes(self) -> int:
+        with self._lock:
+            return sum(self.files.size(h) for h in self._handles.values())
+
+    def live_fraction(self, segment: int) -> float:
+        size = self.files.size(self._handles[segment])
+        return self._live.get(segment, 0) / size if size else 1.0
+
+    def compact(self, threshold: float = 0.5) -> int:
+        """Rewrites every closed segment whose live fraction is below `threshold` (oldest first)
+        and deletes it; returns the bytes reclaimed. Reads and writes go on meanwhile."""
+        reclaimed = 0
+        for number in sorted(list(self._handles)):
+            if number != self.active and self.live_fraction(number) < threshold:
+                reclaimed += self._compact_segment(number, oldest=number == min(self._handles))
+        return reclaimed
+
+    def _compact_segment(self, number: int, oldest: bool) -> int:
+        handle, end, offset, last = self._handles[number], self.files.size(self._handles[number]), 0, 0
+        while offset < end:
+            raw = self.files.read(handle, offset, min(HEADER_BYTES, end - offset))
+            header = decode_header(raw)
+            if header is None:
+                raise FragmentCorrupt(f"segment {number}: damaged record at {offset}; not compacting it")
+            kind, chunk_id, index, length, crc = header
+            if kind == KIND_PUT:
+                here = Location(number, offset, length, crc)
+                if self.index.get(fragment_key(chunk_id, index)) == here.encode():
+                    data = self._read_record(here, chunk_id, index)
+                    last = self._append(KIND_PUT, chunk_id, index, data, crc, expect=here) or last
+            elif not oldest and self.index.get(fragment_key(chunk_id, index)) is None:
+                # an older segment may still hold the put this deletes: keep the tombstone
+                last = self._append(KIND_DELETE, chunk_id, index, b"", 0) or last
+            offset += HEADER_BYTES + length
+        self._wait(last or None)
+        with self._lock:
+            self.files.close(self._handles.pop(number))
+            self._live.pop(number, None)
+        self.files.delete(segment_name(number))
+        return end
