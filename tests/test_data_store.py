@@ -1,0 +1,297 @@
+"""The fragment store: reads, writes, bad input, group commit, torn tails, a lost index,
+corruption and the scrubber, a full disk, compaction under load, and kill -9 crash safety."""
+import errno
+import os
+import random
+import signal
+import subprocess
+import sys
+import threading
+import time
+
+import pytest
+
+from cluster.codec.crc import crc32c
+from cluster.data.scrubber import Scrubber
+from cluster.data.store import (HEADER_BYTES, BadFragment, DiskFull, FragmentCorrupt, FragmentNotFound,
+                                FragmentStore, segment_name)
+from cluster.storage.disk import RocksDisk
+from cluster.storage.files import LocalFiles
+
+
+def cid(n: int) -> bytes:
+    return n.to_bytes(4, "big") * 8
+
+
+def content(n: int, index: int, size: int = 3000) -> bytes:
+    return random.Random(n * 1000 + index).randbytes(size)
+
+
+def open_store(path, files=None, segment_bytes_max=1 << 20):
+    return FragmentStore(files or LocalFiles(str(path / "segments")), RocksDisk(str(path / "index")),
+                         segment_bytes_max=segment_bytes_max)
+
+
+@pytest.fixture
+def store(tmp_path):
+    s = open_store(tmp_path)
+    yield s
+    s.close()
+
+
+def test_put_get_range_overwrite_delete(store):
+    store.put(cid(1), 0, b"hello fragment")
+    assert store.get(cid(1), 0) == b"hello fragment"
+    assert store.get(cid(1), 0, offset=6, length=4) == b"frag"
+    store.put(cid(1), 0, b"replaced")
+    assert store.get(cid(1), 0) == b"replaced"
+    assert store.has(cid(1), 0) and not store.has(cid(1), 1)
+    assert store.delete(cid(1), 0) and not store.delete(cid(1), 0)
+    with pytest.raises(FragmentNotFound):
+        store.get(cid(1), 0)
+
+
+def test_bad_input_is_refused_and_stores_nothing(store):
+    with pytest.raises(BadFragment):
+        store.put(b"short", 0, b"x")
+    with pytest.raises(BadFragment):
+        store.put(cid(1), 255, b"x")
+    with pytest.raises(BadFragment, match="CRC32C mismatch"):
+        store.put(cid(1), 0, b"data", crc=crc32c(b"other"))
+    with pytest.raises(BadFragment):
+        store.put(cid(1), 0, b"x" * ((64 << 20) + 1))
+    store.put(cid(2), 0, b"abc")
+    with pytest.raises(BadFragment):
+        store.get(cid(2), 0, offset=10)
+    assert list(store.fragments()) == [(cid(2), 0, store.location(cid(2), 0))]
+
+
+class CountingFiles(LocalFiles):
+    syncs = 0
+
+    def sync(self, handle):
+        CountingFiles.syncs += 1
+        time.sleep(0.002)  # a disk that takes its time, so writers pile up
+        super().sync(handle)
+
+
+def test_concurrent_writers_share_fsyncs(tmp_path):
+    s = open_store(tmp_path, CountingFiles(str(tmp_path / "segments")))
+    CountingFiles.syncs = 0
+
+    def writer(w):
+        for i in range(25):
+            s.put(cid(w * 100 + i), 0, content(w, i, 500))
+    threads = [threading.Thread(target=writer, args=(w,)) for w in range(16)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert CountingFiles.syncs < 16 * 25 / 3
+    for w in range(16):
+        for i in range(25):
+            assert s.get(cid(w * 100 + i), 0) == content(w, i, 500)
+    s.close()
+
+
+def test_a_torn_tail_is_cut_and_the_rest_survives(tmp_path):
+    s = open_store(tmp_path)
+    for n in range(5):
+        s.put(cid(n), 1, content(n, 1))
+    s.close()
+    path = tmp_path / "segments" / segment_name(1)
+    with open(path, "ab") as f:
+        f.write(b"CFG1" + b"\x01" * 30)  # half a header: power went out mid-append
+    s = open_store(tmp_path)
+    assert s.recovered["torn_bytes"] == 34
+    assert all(s.get(cid(n), 1) == content(n, 1) for n in range(5))
+    s.put(cid(9), 0, b"after")  # appends continue where the good records end
+    assert s.get(cid(9), 0) == b"after"
+    s.close()
+
+
+def test_a_lost_index_is_rebuilt_from_the_segments(tmp_path):
+    s = open_store(tmp_path, segment_bytes_max=8000)
+    for n in range(20):
+        s.put(cid(n), 0, content(n, 0))
+    for n in range(0, 20, 3):
+        s.delete(cid(n), 0)
+    s.put(cid(1), 0, b"newer")
+    s.close()
+    import shutil
+    shutil.rmtree(tmp_path / "index")
+    s = open_store(tmp_path, segment_bytes_max=8000)
+    assert s.get(cid(1), 0) == b"newer"
+    for n in range(2, 20):
+        if n % 3 == 0:
+            assert not s.has(cid(n), 0)  # the tombstones were replayed too
+        else:
+            assert s.get(cid(n), 0) == content(n, 0)
+    s.close()
+
+
+def test_an_index_behind_the_segments_catches_up(tmp_path):
+    s = open_store(tmp_path)
+    s.put(cid(1), 0, b"one")
+    s.close()
+    index = RocksDisk(str(tmp_path / "index"))
+    stale = dict(index.scan(b"", b"\xff"))
+    index.close()
+    s = open_store(tmp_path)
+    s.put(cid(2), 0, b"two")
+    s.delete(cid(1), 0)
+    s.close()
+    index = RocksDisk(str(tmp_path / "index"))  # roll the index back: it lost its last writes
+    index.write(list(stale.items()), [(b"", b"\xff")], sync=True)
+    index.close()
+    s = open_store(tmp_path)
+    assert s.get(cid(2), 0) == b"two" and not s.has(cid(1), 0)
+    s.close()
+
+
+def test_corruption_is_detected_on_read_and_by_the_scrubber(tmp_path):
+    s = open_store(tmp_path, segment_bytes_max=20000)
+    for n in range(30):
+        s.put(cid(n), 2, content(n, 2))
+    s.close()
+    rng = random.Random(5)
+    damaged = set()
+    s = open_store(tmp_path, segment_bytes_max=20000)
+    for n in rng.sample(range(30), 8):
+        location = s.location(cid(n), 2)
+        path = tmp_path / "segments" / segment_name(location.segment)
+        with open(path, "r+b") as f:
+            at = location.offset + rng.randrange(location.record_bytes)
+            f.seek(at)
+            byte = f.read(1)
+            f.seek(at)
+            f.write(bytes([byte[0] ^ (1 << rng.randrange(8))]))
+        damaged.add(n)
+    for n in range(30):
+        if n in damaged:
+            with pytest.raises(FragmentCorrupt):
+                s.get(cid(n), 2)
+        else:
+            assert s.get(cid(n), 2) == content(n, 2)
+    reports = []
+    clock = [0.0]
+    result = Scrubber(s, lambda c, i, why: reports.append(c), bytes_per_second=30_000,
+                      clock=lambda: clock[0], sleep=lambda t: clock.__setitem__(0, clock[0] + t)).run_pass()
+    assert {int.from_bytes(c[:4], "big") for c in reports} == damaged
+    assert result.fragments == 30
+    assert clock[0] >= result.bytes / 30_000 * 0.99  # it kept to its rate
+    s.close()
+
+
+class FullFiles(LocalFiles):
+    limit = 1 << 40
+
+    def append(self, handle, data):
+        if self.size(handle) + len(data) > self.limit:
+            half = bytes(data)[: max(0, (self.limit - self.size(handle)))]
+            if half:
+                super().append(handle, half)  # the disk took part of it, then ran out
+            raise OSError(errno.ENOSPC, "No space left on device")
+        return super().append(handle, data)
+
+
+def test_a_full_disk_refuses_the_write_and_keeps_what_is_stored(tmp_path):
+    files = FullFiles(str(tmp_path / "segments"))
+    s = open_store(tmp_path, files)
+    s.put(cid(1), 0, content(1, 0))
+    files.limit = files.size(s._handles[s.active]) + 1000
+    with pytest.raises(DiskFull):
+        s.put(cid(2), 0, content(2, 0))
+    assert not s.has(cid(2), 0) and s.get(cid(1), 0) == content(1, 0)
+    files.limit = 1 << 40  # space freed
+    s.put(cid(3), 0, content(3, 0))
+    s.close()
+    s = open_store(tmp_path)
+    assert s.recovered["torn_bytes"] == 0  # the partial record was cut at once
+    assert s.get(cid(1), 0) == content(1, 0) and s.get(cid(3), 0) == content(3, 0)
+    s.close()
+
+
+def test_compaction_under_concurrent_reads_and_writes(tmp_path):
+    s = open_store(tmp_path, segment_bytes_max=30_000)
+    for n in range(60):
+        s.put(cid(n), 0, content(n, 0))
+    for n in range(60):
+        if n % 4:
+            s.delete(cid(n), 0)
+    before = s.used_bytes()
+    stop, errors = threading.Event(), []
+
+    def reader():
+        while not stop.is_set():
+            for n in range(0, 60, 4):
+                try:
+                    assert s.get(cid(n), 0) == content(n, 0)
+                except Exception as error:  # noqa: BLE001
+                    errors.append(error)
+
+    def writer():
+        for n in range(100, 140):
+            s.put(cid(n), 0, content(n, 0))
+    threads = [threading.Thread(target=reader), threading.Thread(target=writer)]
+    for t in threads:
+        t.start()
+    reclaimed = s.compact(threshold=0.5)
+    threads[1].join()
+    stop.set()
+    threads[0].join()
+    assert not errors, errors[:3]
+    assert reclaimed > 0 and s.used_bytes() < before + 40 * (HEADER_BYTES + 3000)
+    s.close()
+    s = open_store(tmp_path, segment_bytes_max=30_000)  # and it all survives a restart
+    for n in list(range(0, 60, 4)) + list(range(100, 140)):
+        assert s.get(cid(n), 0) == content(n, 0)
+    for n in range(60):
+        if n % 4:
+            assert not s.has(cid(n), 0)  # no deleted fragment came back
+    s.close()
+
+
+WRITER = r"""
+import random, sys
+sys.path.insert(0, {root!r})
+from cluster.data.store import FragmentStore
+from cluster.storage.disk import RocksDisk
+from cluster.storage.files import LocalFiles
+s = FragmentStore(LocalFiles({segments!r}), RocksDisk({index!r}), segment_bytes_max=200_000)
+n = {start}
+while True:
+    data = random.Random(n).randbytes(random.Random(n).randrange(1, 20_000))
+    s.put(n.to_bytes(4, "big") * 8, n % 6, data)
+    print(n, flush=True)
+    n += 1
+"""
+
+
+def test_kill_9_never_loses_an_acknowledged_fragment(tmp_path):
+    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    acknowledged, start, rng = [], 0, random.Random(3)
+    for round_number in range(6):
+        code = WRITER.format(root=root, segments=str(tmp_path / "segments"), index=str(tmp_path / "index"),
+                             start=start)
+        proc = subprocess.Popen([sys.executable, "-c", code], stdout=subprocess.PIPE, text=True)
+        deadline = time.monotonic() + rng.uniform(0.3, 1.2) + 2.0  # start-up, then a while of writing
+        lines = []
+        while time.monotonic() < deadline:
+            line = proc.stdout.readline()
+            if not line:
+                break
+            lines.append(int(line))
+        proc.send_signal(signal.SIGKILL)
+        proc.wait()
+        acknowledged += lines
+        start = (lines[-1] + 1 if lines else start) + 1_000  # skip ids that may be half-written
+    s = open_store(tmp_path, segment_bytes_max=200_000)
+    assert len(acknowledged) > 100
+    for n in acknowledged:
+        rng_n = random.Random(n)
+        assert s.get(n.to_bytes(4, "big") * 8, n % 6) == rng_n.randbytes(random.Random(n).randrange(1, 20_000))
+    for chunk_id, index, _ in s.fragments():  # whatever else is there is whole
+        n = int.from_bytes(chunk_id[:4], "big")
+        assert s.get(chunk_id, index) == random.Random(n).randbytes(random.Random(n).randrange(1, 20_000))
+    s.close()
