@@ -1,0 +1,122 @@
+"""A data node's disks: one fragment store each, new fragments to the one with the most free
+space, reads from whichever holds the fragment, and a disk that fails I/O taken out of service
+(reported in `status`) while the others keep serving."""
+from __future__ import annotations
+
+import logging
+import os
+import threading
+from dataclasses import dataclass
+
+from cluster.data.store import DiskFailed, DiskFull, FragmentNotFound, FragmentStore, check_fragment_id
+from cluster.storage.disk import RocksDisk
+from cluster.storage.files import Files, LocalFiles
+
+log = logging.getLogger("cairn.data")
+
+
+@dataclass
+class DiskState:
+    path: str
+    files: Files
+    store: FragmentStore | None
+    error: str = ""
+
+
+class DiskSet:
+    def __init__(self, paths: list[str]):
+        if not paths:
+            raise ValueError("a data node needs at least one disk directory")
+        self.disks: list[DiskState] = []
+        self._lock = threading.Lock()
+        for path in paths:
+            files = LocalFiles(os.path.join(path, "segments"))
+            try:
+                store = FragmentStore(files, RocksDisk(os.path.join(path, "index")))
+                if store.recovered["torn_bytes"] or store.recovered["damaged_segments"]:
+                    log.warning("disk %s: recovered %s", path, store.recovered)
+                self.disks.append(DiskState(path, files, store))
+            except (OSError, Exception) as error:  # noqa: BLE001 - a disk that cannot open is out, not fatal
+                log.error("disk %s is out of service: %s", path, error)
+                self.disks.append(DiskState(path, files, None, f"{type(error).__name__}: {error}"))
+        if not self.healthy():
+            raise OSError(f"no usable disk among {paths}")
+
+    def healthy(self) -> list[DiskState]:
+        return [d for d in self.disks if d.store is not None and d.store.failed is None]
+
+    def _retire(self, disk: DiskState, error: Exception) -> None:
+        with self._lock:
+            if not disk.error:
+                disk.error = f"{type(error).__name__}: {error}"
+                log.error("disk %s is out of service: %s", disk.path, error)
+
+    def put(self, chunk_id: bytes, index: int, data, crc: int | None = None) -> None:
+        check_fragment_id(chunk_id, index)
+        existing = self.find(chunk_id, index)
+        candidates = [existing] if existing is not None else \
+            sorted(self.healthy(), key=lambda d: d.files.free_bytes(), reverse=True)
+        last: Exception | None = None
+        for disk in candidates:
+            try:
+                disk.store.put(chunk_id, index, data, crc)
+                return
+            except DiskFull as error:
+                last = error
+            except DiskFailed as error:
+                self._retire(disk, error)
+                last = error
+        raise last if last is not None else DiskFull("no disk in service")
+
+    def find(self, chunk_id: bytes, index: int) -> DiskState | None:
+        for disk in self.healthy():
+            if disk.store.location(chunk_id, index) is not None:
+                return disk
+        return None
+
+    def get(self, chunk_id: bytes, index: int, offset: int = 0, length: int | None = None) -> bytes:
+        check_fragment_id(chunk_id, index)
+        disk = self.find(chunk_id, index)
+        if disk is None:
+            raise FragmentNotFound(f"no fragment {index} of chunk {chunk_id.hex()[:16]} on this node")
+        try:
+            return disk.store.get(chunk_id, index, offset, length)
+        except OSError as error:
+            self._retire(disk, error)
+            disk.store.failed = error
+            raise DiskFailed(f"disk {disk.path} failed reading: {error}") from error
+
+    def has(self, chunk_id: bytes, index: int) -> bool:
+        check_fragment_id(chunk_id, index)
+        return self.find(chunk_id, index) is not None
+
+    def delete(self, chunk_id: bytes, index: int) -> bool:
+        check_fragment_id(chunk_id, index)
+        disk = self.find(chunk_id, index)
+        return disk.store.delete(chunk_id, index) if disk is not None else False
+
+    def fragments(self, start: bytes, end: bytes):
+        """(chunk id, index) in [start, end) over every healthy disk, in order."""
+        import heapq
+
+        streams = [((c, i) for c, i, _ in d.store.fragments(start, end)) for d in self.healthy()]
+        return heapq.merge(*streams)
+
+    def status(self) -> list[dict]:
+        out = []
+        for disk in self.disks:
+            healthy = disk.store is not None and disk.store.failed is None and not disk.error
+            try:
+                capacity, free = disk.files.capacity_bytes(), disk.files.free_bytes()
+            except OSError:
+                capacity = free = 0
+                healthy = False
+            used = disk.store.used_bytes() if disk.store is not None else 0
+            out.append({"path": disk.path, "capacity_bytes": capacity, "free_bytes": free, "used_bytes": used,
+                        "healthy": healthy, "error": disk.error or (str(disk.store.failed) if disk.store and disk.store.failed else "")})
+        return out
+
+    def close(self) -> None:
+        for disk in self.disks:
+            if disk.store is not None:
+                disk.store.close()

@@ -1,0 +1,290 @@
+"""A data node process: fragments on its disks, served on the ZeroMQ data plane (put, get) and
+a gRPC control API (has, delete, list, status); it registers with the metadata leader, heartbeats
+its disks, and scrubs them.
+
+    python -m cluster.data.server --disks /d1,/d2 --listen 127.0.0.1:7201 --data-listen 127.0.0.1:7301 \
+        --meta 127.0.0.1:7101,127.0.0.1:7102,127.0.0.1:7103 [--label host=a --label rack=r1]
+
+Store calls block (fsync), so they run on a thread pool; concurrent puts share fsyncs (the
+store's group commit). The node's id, given by the leader at the first registration, is kept in
+the first disk's `node-id` file.
+"""
+from __future__ import annotations
+
+import argparse
+import asyncio
+import concurrent.futures
+import logging
+import os
+import signal
+import threading
+
+import grpc
+import zmq
+import zmq.asyncio
+
+from cluster.client.meta import ClusterUnavailable, MetaClient
+from cluster.data import wire
+from cluster.data.disks import DiskSet
+from cluster.data.scrubber import DEFAULT_BYTES_PER_SECOND, Scrubber
+from cluster.data.store import BadFragment, DiskFailed, DiskFull, FragmentCorrupt, FragmentNotFound
+from cluster.proto import data_pb2 as pb
+from cluster.proto import data_pb2_grpc as pb_grpc
+from cluster.proto import meta_pb2 as meta_pb
+
+log = logging.getLogger("cairn.data")
+
+HEARTBEAT_SECONDS = 2.0
+SCRUB_PAUSE_SECONDS = 3600.0
+LIST_ENTRIES_MAX = 10_000
+IDS_PER_CALL_MAX = 10_000
+WORKERS = 16
+GRPC_OPTIONS = [("grpc.max_receive_message_length", 16 << 20), ("grpc.max_send_message_length", 16 << 20)]
+
+
+def _status_of(error: Exception) -> int:
+    if isinstance(error, FragmentNotFound):
+        return wire.NOT_FOUND
+    if isinstance(error, FragmentCorrupt):
+        return wire.CORRUPT
+    if isinstance(error, (BadFragment, ValueError)):
+        return wire.BAD_REQUEST
+    if isinstance(error, DiskFull):
+        return wire.DISK_FULL
+    return wire.UNAVAILABLE
+
+
+class DataPlane:
+    """The ZeroMQ ROUTER: reads requests while fewer than IN_FLIGHT_MAX are being served."""
+
+    def __init__(self, disks: DiskSet, listen: str, pool: concurrent.futures.Executor):
+        self.disks, self.pool = disks, pool
+        self.context = zmq.asyncio.Context()
+        self.socket = self.context.socket(zmq.ROUTER)
+        self.socket.setsockopt(zmq.MAXMSGSIZE, wire.MESSAGE_BYTES_MAX)
+        self.socket.setsockopt(zmq.LINGER, 0)
+        self.socket.bind(f"tcp://{listen}")
+        self._slots = asyncio.Semaphore(wire.IN_FLIGHT_MAX)
+        self._tasks: set[asyncio.Task] = set()
+
+    async def serve(self) -> None:
+        loop = asyncio.get_running_loop()
+        while True:
+            frames = await self.socket.recv_multipart(copy=False)
+            await self._slots.acquire()
+            task = loop.create_task(self._handle(frames))
+            self._tasks.add(task)
+            task.add_done_callback(self._tasks.discard)
+
+    async def _handle(self, frames) -> None:
+        try:
+            if len(frames) < 4 or len(frames[1]) != 8:
+                return  # not a request: nothing to answer to
+            identity, request_id, op = frames[0], frames[1], frames[2].bytes
+            try:
+                payload = await asyncio.get_running_loop().run_in_executor(self.pool, self._serve, op, frames[3:])
+                reply = [identity, request_id, bytes([wire.OK]), b"", *([payload] if payload is not None else [])]
+            except Exception as error:  # noqa: BLE001 - every failure is an answer
+                if not isinstance(error, (FragmentNotFound, BadFragment, ValueError)):
+                    log.warning("data plane: %s", error)
+                reply = [identity, request_id, bytes([_status_of(error)]), str(error).encode()[:1024]]
+            await self.socket.send_multipart(reply, copy=False)
+        finally:
+            self._slots.release()
+
+    def _serve(self, op: bytes, frames):
+        if op == wire.OP_PUT:
+            if len(frames) != 2:
+                raise ValueError("a PUT carries a header and the bytes")
+            chunk_id, index, crc = wire.decode_put(frames[0].bytes)
+            self.disks.put(chunk_id, index, frames[1].buffer, crc)
+            return None
+        if op == wire.OP_GET:
+            chunk_id, index, offset, length = wire.decode_get(frames[0].bytes)
+            return self.disks.get(chunk_id, index, offset, length)
+        raise ValueError(f"unknown operation {op!r}")
+
+    def close(self) -> None:
+        self.socket.close(0)
+        self.context.term()
+
+
+class ControlService(pb_grpc.DataServicer):
+    def __init__(self, node: "DataNode"):
+        self.node = node
+
+    async def _run(self, work):
+        return await asyncio.get_running_loop().run_in_executor(self.node.pool, work)
+
+    @staticmethod
+    def _ids(request, context):
+        if len(request.fragments) > IDS_PER_CALL_MAX:
+            raise ValueError(f"at most {IDS_PER_CALL_MAX} fragments per call")
+        return [(f.chunk, f.index) for f in request.fragments]
+
+    async def Has(self, request, context):
+        try:
+            ids = self._ids(request, context)
+            present = await self._run(lambda: [self.node.disks.has(c, i) for c, i in ids])
+        except (BadFragment, ValueError) as error:
+            await context.abort(grpc.StatusCode.INVALID_ARGUMENT, str(error))
+        return pb.HasReply(present=present)
+
+    async def Delete(self, request, context):
+        try:
+            ids = self._ids(request, context)
+            deleted = await self._run(lambda: [self.node.disks.delete(c, i) for c, i in ids])
+        except (BadFragment, ValueError) as error:
+            await context.abort(grpc.StatusCode.INVALID_ARGUMENT, str(error))
+        except DiskFailed as error:
+            await context.abort(grpc.StatusCode.UNAVAILABLE, str(error))
+        return pb.DeleteReply(deleted=deleted)
+
+    async def List(self, request, context):
+        limit = min(request.max_entries or LIST_ENTRIES_MAX, LIST_ENTRIES_MAX)
+        end = request.end or b"\xff" * 32
+
+        def page():
+            out = []
+            for chunk, index in self.node.disks.fragments(request.start, end):
+                if len(out) == limit:
+                    return out, chunk
+                out.append(pb.FragmentId(chunk=chunk, index=index))
+            return out, b""
+        fragments, next_start = await self._run(page)
+        return pb.ListReply(fragments=fragments, next=next_start)
+
+    async def Status(self, request, context):
+        disks = await self._run(self.node.disks.status)
+        count = await self._run(lambda: sum(1 for _ in self.node.disks.fragments(b"", b"\xff" * 32)))
+        return pb.StatusReply(node_id=self.node.node_id, disks=[pb.DiskStatus(**d) for d in disks],
+                              fragments=count, data_address=self.node.data_address)
+
+
+class DataNode:
+    def __init__(self, disk_paths: list[str], address: str, data_address: str, meta: list[str],
+                 labels: dict[str, str], scrub_bytes_per_second: float = DEFAULT_BYTES_PER_SECOND):
+        self.disks = DiskSet(disk_paths)
+        self.address, self.data_address, self.labels = address, data_address, labels
+        self.meta = MetaClient(meta) if meta else None
+        self.pool = concurrent.futures.ThreadPoolExecutor(WORKERS, thread_name_prefix="data-io")
+        self.node_id = self._load_id(disk_paths[0])
+        self._id_path = os.path.join(disk_paths[0], "node-id")
+        self.scrub_bytes_per_second = scrub_bytes_per_second
+        self.bad_fragments: list[tuple[bytes, int, str]] = []
+
+    @staticmethod
+    def _load_id(path: str) -> int:
+        try:
+            with open(os.path.join(path, "node-id")) as f:
+                return int(f.read().strip())
+        except (OSError, ValueError):
+            return 0
+
+    def _disk_records(self) -> list:
+        return [meta_pb.Disk(path=d["path"], capacity_bytes=d["capacity_bytes"], free_bytes=d["free_bytes"],
+                             healthy=d["healthy"]) for d in self.disks.status()]
+
+    async def register(self) -> None:
+        node = meta_pb.Node(id=self.node_id, address=self.address, data_address=self.data_address,
+                            labels=self.labels, disks=self._disk_records())
+        reply = await self.meta.command(register_node=meta_pb.RegisterNode(node=node))
+        if reply.code != meta_pb.OK:
+            raise RuntimeError(f"registration refused: {reply.message}")
+        if reply.result.node_id != self.node_id:
+            self.node_id = reply.result.node_id
+            with open(self._id_path + ".tmp", "w") as f:
+                f.write(str(self.node_id))
+                f.flush()
+                os.fsync(f.fileno())
+            os.replace(self._id_path + ".tmp", self._id_path)
+        log.info("registered as data node %d", self.node_id)
+
+    async def heartbeat_loop(self) -> None:
+        while True:
+            try:
+                if self.node_id == 0:
+                    await self.register()
+                disks = await asyncio.get_running_loop().run_in_executor(self.pool, self._disk_records)
+                reply = await self.meta.call(meta_pb.MetaOp(heartbeat=meta_pb.Heartbeat(id=self.node_id, disks=disks)))
+                if reply.code == meta_pb.UNKNOWN_NODE:
+                    self.node_id = 0  # the cluster forgot us (a new cluster): register again
+            except (ClusterUnavailable, RuntimeError) as error:
+                log.warning("heartbeat: %s", error)
+            await asyncio.sleep(HEARTBEAT_SECONDS)
+
+    def scrub_forever(self, stop: threading.Event) -> None:
+        def report(chunk_id: bytes, index: int, reason: str) -> None:
+            log.error("scrub: fragment %d of chunk %s is bad: %s", index, chunk_id.hex()[:16], reason)
+            self.bad_fragments.append((chunk_id, index, reason))
+            del self.bad_fragments[:-10_000]
+        while not stop.is_set():
+            for disk in self.disks.healthy():
+                Scrubber(disk.store, report, self.scrub_bytes_per_second,
+                         sleep=lambda seconds: stop.wait(seconds)).run_pass(stop.is_set)
+            stop.wait(SCRUB_PAUSE_SECONDS)
+
+    async def serve(self, stop: asyncio.Event) -> None:
+        server = grpc.aio.server(options=GRPC_OPTIONS)
+        pb_grpc.add_DataServicer_to_server(ControlService(self), server)
+        if server.add_insecure_port(self.address) == 0:
+            raise OSError(f"cannot listen on {self.address}")
+        plane = DataPlane(self.disks, self.data_address, self.pool)
+        await server.start()
+        loop = asyncio.get_running_loop()
+        tasks = [loop.create_task(plane.serve())]
+        if self.meta is not None:
+            tasks.append(loop.create_task(self.heartbeat_loop()))
+        scrub_stop = threading.Event()
+        scrubber = threading.Thread(target=self.scrub_forever, args=(scrub_stop,), daemon=True, name="scrubber")
+        scrubber.start()
+        log.info("data node serving control on %s, fragments on %s", self.address, self.data_address)
+        await stop.wait()
+        scrub_stop.set()
+        for task in tasks:
+            task.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)
+        await server.stop(1)
+        plane.close()
+        if self.meta is not None:
+            await self.meta.close()
+        scrubber.join(5)
+        self.pool.shutdown()
+        self.disks.close()
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(description="Run one Cairn data node.")
+    parser.add_argument("--disks", required=True, help="comma-separated disk directories (created if missing)")
+    parser.add_argument("--listen", required=True, help="HOST:PORT of the gRPC control API")
+    parser.add_argument("--data-listen", required=True, help="HOST:PORT of the ZeroMQ fragment data plane")
+    parser.add_argument("--meta", default="", help="comma-separated meta addresses (none: run alone)")
+    parser.add_argument("--label", action="append", default=[], help="failure domain, KEY=VALUE (host, rack, zone)")
+    parser.add_argument("--scrub-mb-per-s", type=float, default=DEFAULT_BYTES_PER_SECOND / 1e6)
+    args = parser.parse_args(argv)
+    labels = {}
+    for item in args.label:
+        key, _, value = item.partition("=")
+        if not key or not value:
+            parser.error(f"bad label {item!r}: KEY=VALUE")
+        labels[key] = value
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(levelname)s %(message)s")
+    try:
+        import uvloop
+
+        uvloop.install()
+    except ImportError:
+        pass
+
+    async def run() -> None:
+        stop = asyncio.Event()
+        for signum in (signal.SIGINT, signal.SIGTERM):
+            asyncio.get_running_loop().add_signal_handler(signum, stop.set)
+        node = DataNode(args.disks.split(","), args.listen, args.data_listen,
+                        [a for a in args.meta.split(",") if a], labels, args.scrub_mb_per_s * 1e6)
+        await node.serve(stop)
+    asyncio.run(run())
+
+
+if __name__ == "__main__":
+    main()

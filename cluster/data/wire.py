@@ -1,0 +1,125 @@
+"""The fragment data plane on ZeroMQ: a ROUTER on the data node, a DEALER per client and node.
+
+A request is a multipart message [request id (8 bytes), op (1 byte), fragment header, payload?];
+the reply is [request id, status (1 byte), text or CRC32C (4 bytes), payload?]. The header is the
+chunk id (32 bytes), the fragment index (1 byte), then for PUT the CRC32C of the payload (4 bytes)
+and for GET the offset and length (8 bytes each; length 2^64-1 for "to the end"). Frames move
+without copies (zmq copy=False), every message has a size limit (the socket's MAXMSGSIZE and the
+checks here), and each side bounds what it has in flight.
+"""
+from __future__ import annotations
+
+import asyncio
+import itertools
+import struct
+
+import zmq
+import zmq.asyncio
+
+from cluster.data.store import FRAGMENT_BYTES_MAX
+
+OP_PUT, OP_GET = b"P", b"G"
+OK, NOT_FOUND, CORRUPT, BAD_REQUEST, DISK_FULL, UNAVAILABLE = range(6)
+STATUS_NAMES = ["OK", "NOT_FOUND", "CORRUPT", "BAD_REQUEST", "DISK_FULL", "UNAVAILABLE"]
+_ID = struct.Struct(">Q")
+_PUT = struct.Struct(">32sBI")
+_GET = struct.Struct(">32sBQQ")
+TO_THE_END = (1 << 64) - 1
+MESSAGE_BYTES_MAX = FRAGMENT_BYTES_MAX + 1024
+IN_FLIGHT_MAX = 64
+CALL_SECONDS = 30.0
+
+
+class DataError(Exception):
+    def __init__(self, status: int, message: str):
+        super().__init__(f"{STATUS_NAMES[status] if status < len(STATUS_NAMES) else status}: {message}")
+        self.status = status
+
+
+def _check(chunk_id: bytes, index: int) -> None:
+    if len(chunk_id) != 32 or not 0 <= index <= 254:
+        raise ValueError(f"a fragment is named by a 32-byte chunk id and an index 0..254, "
+                         f"got {len(chunk_id)} bytes and {index}")
+
+
+def encode_put(chunk_id: bytes, index: int, crc: int) -> bytes:
+    _check(chunk_id, index)
+    return _PUT.pack(chunk_id, index, crc)
+
+
+def decode_put(header: bytes) -> tuple[bytes, int, int]:
+    if len(header) != _PUT.size:
+        raise ValueError(f"a PUT header is {_PUT.size} bytes")
+    return _PUT.unpack(header)
+
+
+def encode_get(chunk_id: bytes, index: int, offset: int = 0, length: int | None = None) -> bytes:
+    _check(chunk_id, index)
+    return _GET.pack(chunk_id, index, offset, TO_THE_END if length is None else length)
+
+
+def decode_get(header: bytes) -> tuple[bytes, int, int, int | None]:
+    if len(header) != _GET.size:
+        raise ValueError(f"a GET header is {_GET.size} bytes")
+    chunk_id, index, offset, length = _GET.unpack(header)
+    return chunk_id, index, offset, None if length == TO_THE_END else length
+
+
+class DataClient:
+    """One DEALER connection to a data node; any number of concurrent calls, matched by id."""
+
+    def __init__(self, address: str, context: zmq.asyncio.Context | None = None, in_flight_max: int = IN_FLIGHT_MAX):
+        self.address = address
+        self._context = context or zmq.asyncio.Context.instance()
+        self._socket = self._context.socket(zmq.DEALER)
+        self._socket.setsockopt(zmq.MAXMSGSIZE, MESSAGE_BYTES_MAX)
+        self._socket.setsockopt(zmq.LINGER, 0)
+        self._socket.connect(f"tcp://{address}")
+        self._ids = itertools.count(1)
+        self._pending: dict[int, asyncio.Future] = {}
+        self._slots = asyncio.Semaphore(in_flight_max)
+        self._reader: asyncio.Task | None = None
+
+    async def put(self, chunk_id: bytes, index: int, data, crc: int, timeout: float = CALL_SECONDS) -> None:
+        await self._call([OP_PUT, encode_put(chunk_id, index, crc), data], timeout)
+
+    async def get(self, chunk_id: bytes, index: int, offset: int = 0, length: int | None = None,
+                  timeout: float = CALL_SECONDS):
+        """The bytes (a zero-copy buffer), verified by the node against the fragment's CRC32C."""
+        frames = await self._call([OP_GET, encode_get(chunk_id, index, offset, length)], timeout)
+        return frames[3].buffer if len(frames) > 3 else b""
+
+    async def _call(self, frames: list, timeout: float) -> list:
+        async with self._slots:
+            if self._reader is None:
+                self._reader = asyncio.get_running_loop().create_task(self._read())
+            request_id = next(self._ids)
+            future = asyncio.get_running_loop().create_future()
+            self._pending[request_id] = future
+            try:
+                await self._socket.send_multipart([_ID.pack(request_id), *frames], copy=False)
+                reply = await asyncio.wait_for(future, timeout)
+            finally:
+                self._pending.pop(request_id, None)
+        status = reply[1].bytes[0]
+        if status != OK:
+            raise DataError(status, reply[2].bytes.decode(errors="replace"))
+        return reply
+
+    async def _read(self) -> None:
+        while True:
+            frames = await self._socket.recv_multipart(copy=False)
+            if len(frames) < 3 or len(frames[0]) != 8:
+                continue  # not ours: ignore
+            future = self._pending.get(_ID.unpack(frames[0].bytes)[0])
+            if future is not None and not future.done():
+                future.set_result(frames)
+
+    async def close(self) -> None:
+        if self._reader is not None:
+            self._reader.cancel()
+            await asyncio.gather(self._reader, return_exceptions=True)
+        for future in self._pending.values():
+            if not future.done():
+                future.set_exception(DataError(UNAVAILABLE, "client closed"))
+        self._socket.close(0)

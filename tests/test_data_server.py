@@ -1,0 +1,125 @@
+"""A real data node process with three real meta nodes: it registers and heartbeats, moves
+fragments over the ZeroMQ data plane, refuses bad input with clear errors, answers the gRPC
+control API, and keeps its id across a restart."""
+import asyncio
+import os
+import signal
+import subprocess
+import sys
+
+import grpc
+import pytest
+
+from cluster.codec.crc import crc32c
+from cluster.data import wire
+from cluster.data.wire import DataClient, DataError
+from cluster.proto import data_pb2 as pb
+from cluster.proto import data_pb2_grpc as pb_grpc
+from cluster.proto import meta_pb2 as meta_pb
+from tests.test_meta_server import MetaCluster
+from tests.test_raft_server import free_ports
+
+
+@pytest.fixture
+def meta(tmp_path):
+    c = MetaCluster(tmp_path)
+    for node_id in (1, 2, 3):
+        c.start(node_id)
+    yield c
+    c.stop_all()
+
+
+def start_data_node(tmp_path, meta, ports, name="d1"):
+    log = open(tmp_path / f"{name}.log", "ab")
+    disks = ",".join(str(tmp_path / name / f"disk{i}") for i in range(2))
+    return subprocess.Popen(
+        [sys.executable, "-m", "cluster.data.server", "--disks", disks, "--listen", f"127.0.0.1:{ports[0]}",
+         "--data-listen", f"127.0.0.1:{ports[1]}", "--meta", ",".join(meta.addresses.values()),
+         "--label", "host=alpha", "--label", "rack=r1"],
+        stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
+
+
+def stop(proc):
+    os.killpg(proc.pid, signal.SIGTERM)
+    proc.wait(15)
+
+
+async def registered_nodes(meta, count, timeout=30):
+    client = meta.client()
+    try:
+        for _ in range(int(timeout / 0.2)):
+            reply = await client.call(meta_pb.MetaOp(list_nodes=meta_pb.ListNodes()))
+            if len(reply.list_nodes.nodes) >= count and all(n.disks for n in reply.list_nodes.nodes):
+                return list(reply.list_nodes.nodes)
+            await asyncio.sleep(0.2)
+        raise AssertionError("the data node did not register")
+    finally:
+        await client.close()
+
+
+def test_a_data_node_end_to_end(tmp_path, meta):
+    ports = free_ports(2)
+    proc = start_data_node(tmp_path, meta, ports)
+    try:
+        async def main():
+            nodes = await registered_nodes(meta, 1)
+            assert nodes[0].data_address == f"127.0.0.1:{ports[1]}" and nodes[0].labels["host"] == "alpha"
+            assert len(nodes[0].disks) == 2 and all(d.healthy and d.capacity_bytes for d in nodes[0].disks)
+            client = DataClient(f"127.0.0.1:{ports[1]}")
+            chunk = os.urandom(32)
+            blobs = {i: os.urandom(100_000 + i) for i in range(6)}
+            await asyncio.gather(*(client.put(chunk, i, b, crc32c(b)) for i, b in blobs.items()))
+            for i, b in blobs.items():
+                assert bytes(await client.get(chunk, i)) == b
+            assert bytes(await client.get(chunk, 2, offset=10, length=5)) == blobs[2][10:15]
+            with pytest.raises(DataError) as missing:
+                await client.get(chunk, 7)
+            assert missing.value.status == wire.NOT_FOUND
+            with pytest.raises(DataError) as bad_crc:
+                await client.put(chunk, 7, b"data", crc32c(b"other"))
+            assert bad_crc.value.status == wire.BAD_REQUEST and "CRC32C" in str(bad_crc.value)
+            with pytest.raises(ValueError):
+                await client.put(b"short", 0, b"data", crc32c(b"data"))
+            with pytest.raises(DataError) as malformed:  # what a broken client might send
+                await client._call([wire.OP_PUT, b"too short a header", b"data"], 5.0)
+            assert malformed.value.status == wire.BAD_REQUEST
+            with pytest.raises(DataError) as unknown:
+                await client._call([b"X", b"header"], 5.0)
+            assert unknown.value.status == wire.BAD_REQUEST
+            await client.close()
+
+            async with grpc.aio.insecure_channel(f"127.0.0.1:{ports[0]}") as channel:
+                control = pb_grpc.DataStub(channel)
+                has = await control.Has(pb.HasRequest(fragments=[pb.FragmentId(chunk=chunk, index=i) for i in (0, 7)]))
+                assert list(has.present) == [True, False]
+                listed = await control.List(pb.ListRequest(max_entries=4))
+                assert len(listed.fragments) == 4 and listed.next == chunk
+                rest = await control.List(pb.ListRequest(start=listed.next, max_entries=100))
+                assert len(rest.fragments) == 6  # the page boundary fell inside one chunk: it repeats
+                deleted = await control.Delete(pb.DeleteRequest(fragments=[pb.FragmentId(chunk=chunk, index=0)]))
+                assert list(deleted.deleted) == [True]
+                status = await control.Status(pb.StatusRequest())
+                assert status.fragments == 5 and status.node_id == nodes[0].id
+                with pytest.raises(grpc.aio.AioRpcError) as refused:
+                    await control.Has(pb.HasRequest(fragments=[pb.FragmentId(chunk=b"x", index=0)]))
+                assert refused.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+            return nodes[0].id
+        node_id = asyncio.run(main())
+        stop(proc)
+        proc = start_data_node(tmp_path, meta, ports)  # restarts with its id, its fragments intact
+
+        async def again():
+            nodes = await registered_nodes(meta, 1)
+            assert [n.id for n in nodes] == [node_id]
+            async with grpc.aio.insecure_channel(f"127.0.0.1:{ports[0]}") as channel:
+                for _ in range(100):
+                    try:
+                        status = await pb_grpc.DataStub(channel).Status(pb.StatusRequest(), timeout=2)
+                        break
+                    except grpc.aio.AioRpcError:
+                        await asyncio.sleep(0.1)
+                assert status.fragments == 5
+        asyncio.run(again())
+    finally:
+        if proc.poll() is None:
+            stop(proc)
