@@ -295,3 +295,38 @@ def test_kill_9_never_loses_an_acknowledged_fragment(tmp_path):
         n = int.from_bytes(chunk_id[:4], "big")
         assert s.get(chunk_id, index) == random.Random(n).randbytes(random.Random(n).randrange(1, 20_000))
     s.close()
+
+
+def test_callbacks_from_the_syncer_cover_many_appends_per_fsync(tmp_path):
+    s = open_store(tmp_path, CountingFiles(str(tmp_path / "segments")))
+    CountingFiles.syncs = 0
+    done, lock = [], threading.Lock()
+    finished = threading.Event()
+
+    def callback(error):
+        with lock:
+            done.append(error)
+            if len(done) == 200:
+                finished.set()
+    for n in range(200):
+        s.when_durable(s.submit(cid(n), 0, content(n, 0, 200)), callback)
+    assert finished.wait(30) and done == [None] * 200
+    assert CountingFiles.syncs < 50
+    s.close()
+    s = open_store(tmp_path)
+    assert all(s.get(cid(n), 0) == content(n, 0, 200) for n in range(200))
+    s.close()
+
+
+def test_a_striped_disk_spreads_fragments_and_lists_them_in_order(tmp_path):
+    from cluster.data.store import StripedStore
+
+    stripes = [open_store(tmp_path / f"s{k}") for k in range(3)]
+    striped = StripedStore(stripes)
+    for n in range(30):
+        striped.put(cid(n), n % 4, content(n, n % 4, 100))
+    assert all(len(list(s.fragments())) > 0 for s in stripes)
+    listed = [(c, i) for c, i, _ in striped.fragments()]
+    assert listed == sorted((cid(n), n % 4) for n in range(30))
+    assert striped.get(cid(7), 3) == content(7, 3, 100) and striped.delete(cid(7), 3) and not striped.has(cid(7), 3)
+    striped.close()

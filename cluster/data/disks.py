@@ -6,33 +6,41 @@ from __future__ import annotations
 import logging
 import os
 import threading
+import time
 from dataclasses import dataclass
 
-from cluster.data.store import DiskFailed, DiskFull, FragmentNotFound, FragmentStore, check_fragment_id
+from cluster.data.store import (DiskFailed, DiskFull, FragmentNotFound, FragmentStore, StripedStore,
+                                check_fragment_id)
 from cluster.storage.disk import RocksDisk
 from cluster.storage.files import Files, LocalFiles
 
 log = logging.getLogger("cairn.data")
+FREE_SPACE_SECONDS = 1.0
+STRIPES = 4  # fragment stores per disk, syncing in parallel
 
 
 @dataclass
 class DiskState:
     path: str
     files: Files
-    store: FragmentStore | None
+    store: StripedStore | None
     error: str = ""
+    free: int = 0
+    free_checked: float = -1e9
 
 
 class DiskSet:
-    def __init__(self, paths: list[str]):
+    def __init__(self, paths: list[str], stripes: int = STRIPES):
         if not paths:
             raise ValueError("a data node needs at least one disk directory")
         self.disks: list[DiskState] = []
         self._lock = threading.Lock()
         for path in paths:
-            files = LocalFiles(os.path.join(path, "segments"))
+            files = LocalFiles(path)  # for the disk's free space and capacity
             try:
-                store = FragmentStore(files, RocksDisk(os.path.join(path, "index")))
+                store = StripedStore([FragmentStore(LocalFiles(os.path.join(path, f"stripe-{k}", "segments")),
+                                                    RocksDisk(os.path.join(path, f"stripe-{k}", "index")))
+                                      for k in range(stripes)])
                 if store.recovered["torn_bytes"] or store.recovered["damaged_segments"]:
                     log.warning("disk %s: recovered %s", path, store.recovered)
                 self.disks.append(DiskState(path, files, store))
@@ -52,21 +60,36 @@ class DiskSet:
                 log.error("disk %s is out of service: %s", disk.path, error)
 
     def put(self, chunk_id: bytes, index: int, data, crc: int | None = None) -> None:
+        """Stores a fragment and returns once it is durable."""
+        store, ticket = self.submit(chunk_id, index, data, crc)
+        store._wait(ticket)
+
+    def submit(self, chunk_id: bytes, index: int, data, crc: int | None = None):
+        """Appends a fragment to the disk that holds it already or has the most free space
+        (another if that one is full or fails); returns (stripe, ticket) for `when_durable`."""
         check_fragment_id(chunk_id, index)
         existing = self.find(chunk_id, index)
-        candidates = [existing] if existing is not None else \
-            sorted(self.healthy(), key=lambda d: d.files.free_bytes(), reverse=True)
+        candidates = [existing] if existing is not None else self._by_free_space()
         last: Exception | None = None
         for disk in candidates:
             try:
-                disk.store.put(chunk_id, index, data, crc)
-                return
+                return disk.store.submit(chunk_id, index, data, crc)
             except DiskFull as error:
                 last = error
             except DiskFailed as error:
                 self._retire(disk, error)
                 last = error
         raise last if last is not None else DiskFull("no disk in service")
+
+    def _by_free_space(self) -> list[DiskState]:
+        healthy = self.healthy()
+        if len(healthy) < 2:
+            return healthy
+        now = time.monotonic()
+        for disk in healthy:  # statvfs once a second per disk, not once per fragment
+            if now - disk.free_checked > FREE_SPACE_SECONDS:
+                disk.free, disk.free_checked = disk.files.free_bytes(), now
+        return sorted(healthy, key=lambda d: d.free, reverse=True)
 
     def find(self, chunk_id: bytes, index: int) -> DiskState | None:
         for disk in self.healthy():
@@ -76,15 +99,16 @@ class DiskSet:
 
     def get(self, chunk_id: bytes, index: int, offset: int = 0, length: int | None = None) -> bytes:
         check_fragment_id(chunk_id, index)
-        disk = self.find(chunk_id, index)
-        if disk is None:
-            raise FragmentNotFound(f"no fragment {index} of chunk {chunk_id.hex()[:16]} on this node")
-        try:
-            return disk.store.get(chunk_id, index, offset, length)
-        except OSError as error:
-            self._retire(disk, error)
-            disk.store.failed = error
-            raise DiskFailed(f"disk {disk.path} failed reading: {error}") from error
+        for disk in self.healthy():  # one index lookup per disk: the store's own
+            try:
+                return disk.store.get(chunk_id, index, offset, length)
+            except FragmentNotFound:
+                continue
+            except OSError as error:
+                self._retire(disk, error)
+                disk.store.failed = error
+                raise DiskFailed(f"disk {disk.path} failed reading: {error}") from error
+        raise FragmentNotFound(f"no fragment {index} of chunk {chunk_id.hex()[:16]} on this node")
 
     def has(self, chunk_id: bytes, index: int) -> bool:
         check_fragment_id(chunk_id, index)

@@ -82,7 +82,10 @@ class DataPlane:
                 return  # not a request: nothing to answer to
             identity, request_id, op = frames[0], frames[1], frames[2].bytes
             try:
-                payload = await asyncio.get_running_loop().run_in_executor(self.pool, self._serve, op, frames[3:])
+                if op == wire.OP_PUT:
+                    payload = await self._put(frames[3:])
+                else:
+                    payload = await asyncio.get_running_loop().run_in_executor(self.pool, self._serve, op, frames[3:])
                 reply = [identity, request_id, bytes([wire.OK]), b"", *([payload] if payload is not None else [])]
             except Exception as error:  # noqa: BLE001 - every failure is an answer
                 if not isinstance(error, (FragmentNotFound, BadFragment, ValueError)):
@@ -92,13 +95,24 @@ class DataPlane:
         finally:
             self._slots.release()
 
+    async def _put(self, frames) -> None:
+        """Appends on the event loop (a buffered write), then waits, without holding a thread,
+        for the group commit that makes it durable."""
+        if len(frames) != 2:
+            raise ValueError("a PUT carries a header and the bytes")
+        chunk_id, index, crc = wire.decode_put(frames[0].bytes)
+        store, ticket = self.disks.submit(chunk_id, index, frames[1].buffer, crc)
+        loop = asyncio.get_running_loop()
+        durable = loop.create_future()
+
+        def settle(error):
+            if not durable.done():
+                durable.set_exception(error) if error else durable.set_result(None)
+        store.when_durable(ticket, lambda error: loop.call_soon_threadsafe(settle, error))
+        await durable
+        return None
+
     def _serve(self, op: bytes, frames):
-        if op == wire.OP_PUT:
-            if len(frames) != 2:
-                raise ValueError("a PUT carries a header and the bytes")
-            chunk_id, index, crc = wire.decode_put(frames[0].bytes)
-            self.disks.put(chunk_id, index, frames[1].buffer, crc)
-            return None
         if op == wire.OP_GET:
             chunk_id, index, offset, length = wire.decode_get(frames[0].bytes)
             return self.disks.get(chunk_id, index, offset, length)

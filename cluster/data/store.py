@@ -127,6 +127,9 @@ class FragmentStore:
         self._appended = 0                       # records appended (a ticket per record)
         self._durable = 0                        # records whose sync and index write are done
         self._pending: list[tuple[bytes, bytes | None]] = []  # index writes waiting for the sync
+        self._callbacks: list[tuple[int, object]] = []  # when_durable callers: (ticket, callback)
+        self._syncer: threading.Thread | None = None
+        self._stopping = False
         self._handles: dict[int, int] = {}
         self._live: dict[int, int] = {}          # segment -> bytes of records still referenced
         self.recovered = {"records": 0, "torn_bytes": 0, "damaged_segments": []}
@@ -179,6 +182,11 @@ class FragmentStore:
         self.index.write([(b"P", _POSITION.pack(self.active, end))], [], sync=True)
 
     def close(self) -> None:
+        with self._synced:
+            self._stopping = True
+            self._synced.notify_all()
+        if self._syncer is not None:
+            self._syncer.join(10)
         with self._lock:
             for handle in self._handles.values():
                 self.files.close(handle)
@@ -189,13 +197,55 @@ class FragmentStore:
 
     def put(self, chunk_id: bytes, index: int, data, crc: int | None = None) -> None:
         """Stores a fragment (replacing one with the same id) and returns once it is durable."""
+        self._wait(self.submit(chunk_id, index, data, crc))
+
+    def submit(self, chunk_id: bytes, index: int, data, crc: int | None = None) -> int:
+        """Appends a fragment and returns its ticket at once: it is durable (and may be
+        acknowledged) only after `when_durable` calls back, or `put` returns."""
         check_fragment_id(chunk_id, index)
         if len(data) > FRAGMENT_BYTES_MAX:
             raise BadFragment(f"a fragment of {len(data)} bytes; at most {FRAGMENT_BYTES_MAX}")
         actual = crc32c(data)
         if crc is not None and crc != actual:
             raise BadFragment(f"CRC32C mismatch: the bytes have {actual:#010x}, the request says {crc:#010x}")
-        self._wait(self._append(KIND_PUT, chunk_id, index, data, actual))
+        return self._append(KIND_PUT, chunk_id, index, data, actual)
+
+    def when_durable(self, ticket: int, callback) -> None:
+        """Calls callback(None) once record `ticket` is durable, or callback(error) if the disk
+        failed first; from the store's syncer thread (or at once)."""
+        with self._synced:
+            if self.failed is None and self._durable < ticket:
+                self._callbacks.append((ticket, callback))
+                self._synced.notify_all()
+                self._start_syncer()
+                return
+        callback(DiskFailed(f"disk failed: {self.failed}") if self.failed is not None else None)
+
+    def _start_syncer(self) -> None:
+        if self._syncer is None:
+            self._syncer = threading.Thread(target=self._sync_forever, daemon=True, name="fragment-sync")
+            self._syncer.start()
+
+    def _sync_forever(self) -> None:
+        """Group commit for `when_durable` callers: syncs whenever something waits, and calls
+        back everyone it covered."""
+        while True:
+            with self._synced:
+                while not self._stopping and (not self._callbacks or self._syncing):
+                    self._synced.wait()
+                if self._stopping:
+                    return
+                self._syncing = True
+            error = None
+            try:
+                self._sync_once()
+            except DiskFailed as failure:
+                error = failure
+            with self._synced:
+                done = [(t, c) for t, c in self._callbacks if error is not None or t <= self._durable]
+                self._callbacks = [(t, c) for t, c in self._callbacks if error is None and t > self._durable]
+            for _, callback in done:
+                callback(error)
 
     def delete(self, chunk_id: bytes, index: int) -> bool:
         """Removes a fragment (a tombstone record, durable on return); False if it was absent."""
@@ -301,7 +351,7 @@ class FragmentStore:
         check_fragment_id(chunk_id, index)
         return self.location(chunk_id, index) is not None
 
-    def get(self, chunk_id: bytes, index: int, offset: int = 0, length: int | None = None) -> bytes:
+    def get(self, chunk_id: bytes, index: int, offset: int = 0, length: int | None = None) -> memoryview:
         """The fragment's bytes (or a range of them), checked against its CRC32C."""
         check_fragment_id(chunk_id, index)
         for attempt in range(2):
@@ -318,14 +368,14 @@ class FragmentStore:
             raise BadFragment(f"range {offset}+{length} outside a fragment of {len(data)} bytes")
         return data[offset:] if length is None else data[offset:offset + length]
 
-    def _read_record(self, location: Location, chunk_id: bytes, index: int) -> bytes:
+    def _read_record(self, location: Location, chunk_id: bytes, index: int) -> memoryview:
         raw = self.files.read(self._handles[location.segment], location.offset, location.record_bytes)
         header = decode_header(raw[:HEADER_BYTES])
         if header is None or header[0] != KIND_PUT or header[1] != chunk_id or header[2] != index \
                 or header[3] != location.length:
             raise FragmentCorrupt(f"fragment {index} of chunk {chunk_id.hex()[:16]}: damaged record header "
                                   f"in segment {location.segment} at {location.offset}")
-        data = raw[HEADER_BYTES:]
+        data = memoryview(raw)[HEADER_BYTES:]  # no copy of the bytes
         if crc32c(data) != header[4]:
             raise FragmentCorrupt(f"fragment {index} of chunk {chunk_id.hex()[:16]}: CRC32C mismatch in "
                                   f"segment {location.segment} at {location.offset}")
@@ -378,3 +428,68 @@ class FragmentStore:
             self._live.pop(number, None)
         self.files.delete(segment_name(number))
         return end
+
+
+class StripedStore:
+    """Several fragment stores on one disk, a fragment's stripe fixed by its id. One file's
+    fsyncs run one after another; stripes let a disk flush several segments at once (measured
+    on this kind of machine: 4 files synced in parallel took twice the bytes per second of one).
+    Each stripe keeps its own segments, index and group commit."""
+
+    def __init__(self, stores: list[FragmentStore]):
+        if not stores:
+            raise ValueError("at least one stripe")
+        self.stores = stores
+
+    def _stripe(self, chunk_id: bytes, index: int) -> FragmentStore:
+        check_fragment_id(chunk_id, index)
+        return self.stores[crc32c(bytes(chunk_id) + bytes([index])) % len(self.stores)]
+
+    @property
+    def failed(self) -> Exception | None:
+        return next((s.failed for s in self.stores if s.failed is not None), None)
+
+    @failed.setter
+    def failed(self, error: Exception) -> None:
+        for store in self.stores:
+            store.failed = error
+
+    @property
+    def recovered(self) -> dict:
+        return {"records": sum(s.recovered["records"] for s in self.stores),
+                "torn_bytes": sum(s.recovered["torn_bytes"] for s in self.stores),
+                "damaged_segments": [d for s in self.stores for d in s.recovered["damaged_segments"]]}
+
+    def put(self, chunk_id: bytes, index: int, data, crc: int | None = None) -> None:
+        self._stripe(chunk_id, index).put(chunk_id, index, data, crc)
+
+    def submit(self, chunk_id: bytes, index: int, data, crc: int | None = None) -> tuple[FragmentStore, int]:
+        stripe = self._stripe(chunk_id, index)
+        return stripe, stripe.submit(chunk_id, index, data, crc)
+
+    def get(self, chunk_id: bytes, index: int, offset: int = 0, length: int | None = None) -> bytes:
+        return self._stripe(chunk_id, index).get(chunk_id, index, offset, length)
+
+    def delete(self, chunk_id: bytes, index: int) -> bool:
+        return self._stripe(chunk_id, index).delete(chunk_id, index)
+
+    def has(self, chunk_id: bytes, index: int) -> bool:
+        return self._stripe(chunk_id, index).has(chunk_id, index)
+
+    def location(self, chunk_id: bytes, index: int) -> Location | None:
+        return self._stripe(chunk_id, index).location(chunk_id, index)
+
+    def fragments(self, start: bytes = b"", end: bytes = b"\xff" * CHUNK_ID_BYTES):
+        import heapq
+
+        return heapq.merge(*(s.fragments(start, end) for s in self.stores), key=lambda f: (f[0], f[1]))
+
+    def used_bytes(self) -> int:
+        return sum(s.used_bytes() for s in self.stores)
+
+    def compact(self, threshold: float = 0.5) -> int:
+        return sum(s.compact(threshold) for s in self.stores)
+
+    def close(self) -> None:
+        for store in self.stores:
+            store.close()
