@@ -29,13 +29,13 @@ def meta(tmp_path):
     c.stop_all()
 
 
-def start_data_node(tmp_path, meta, ports, name="d1"):
+def start_data_node(tmp_path, meta, ports, name="d1", extra=()):
     log = open(tmp_path / f"{name}.log", "ab")
     disks = ",".join(str(tmp_path / name / f"disk{i}") for i in range(2))
     return subprocess.Popen(
         [sys.executable, "-m", "cluster.data.server", "--disks", disks, "--listen", f"127.0.0.1:{ports[0]}",
          "--data-listen", f"127.0.0.1:{ports[1]}", "--meta", ",".join(meta.addresses.values()),
-         "--label", "host=alpha", "--label", "rack=r1"],
+         "--label", "host=alpha", "--label", "rack=r1", *extra],
         stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
 
 
@@ -123,3 +123,42 @@ def test_a_data_node_end_to_end(tmp_path, meta):
     finally:
         if proc.poll() is None:
             stop(proc)
+
+
+def test_orphans_are_deleted_after_the_grace_period_and_committed_fragments_stay(tmp_path, meta):
+    ports = free_ports(2)
+    proc = start_data_node(tmp_path, meta, ports, extra=("--orphan-grace-seconds", "1",
+                                                         "--orphan-interval-seconds", "0.3"))
+    try:
+        async def main():
+            me = (await registered_nodes(meta, 1))[0].id
+            client = meta.client()
+            await client.command(create_bucket=meta_pb.CreateBucket(name="orphans", profile=meta_pb.ErasureProfile(k=2, m=1)))
+            others = []
+            for n in range(2):
+                reply = await client.command(register_node=meta_pb.RegisterNode(node=meta_pb.Node(address=f"10.1.1.{n}:1")))
+                others.append(reply.result.node_id)
+            data = DataClient(f"127.0.0.1:{ports[1]}")
+            committed, orphan = os.urandom(32), os.urandom(32)
+            for chunk, index in ((committed, 0), (committed, 1), (orphan, 0)):
+                await data.put(chunk, index, b"fragment", crc32c(b"fragment"))
+            manifest = meta_pb.Manifest(head=meta_pb.ObjectHead(size=100, blake3=b"h" * 32),
+                                        chunks=[meta_pb.ChunkRef(id=committed, length=100)])
+            reply = await client.command(commit_put=meta_pb.CommitPut(
+                bucket="orphans", key="k", manifest=manifest,
+                placements=[meta_pb.Placement(chunk=committed, nodes=[me, *others])]))
+            assert reply.code == meta_pb.OK, reply
+            await client.close()
+            async with grpc.aio.insecure_channel(f"127.0.0.1:{ports[0]}") as channel:
+                control = pb_grpc.DataStub(channel)
+                ids = [pb.FragmentId(chunk=c, index=i) for c, i in ((committed, 0), (committed, 1), (orphan, 0))]
+                for _ in range(100):
+                    present = list((await control.Has(pb.HasRequest(fragments=ids))).present)
+                    if present == [True, False, False]:
+                        break
+                    await asyncio.sleep(0.1)
+                assert present == [True, False, False]  # (committed, 1) belongs to another node
+            await data.close()
+        asyncio.run(main())
+    finally:
+        stop(proc)

@@ -367,3 +367,13 @@ def test_commands_in_one_entry_see_each_other(cluster):
     assert results[4].node_id == results[5].node_id == 5  # the same address registers once
     assert cluster.state.chunk(chunk).refs == 1  # the overwrite dropped the first version's reference
     assert cluster.state.bucket("fresh").objects == 1
+
+
+def test_damage_reports_are_kept_only_for_the_node_the_placement_names(cluster):
+    chunk = CHUNK_IDS[0]
+    assert commit(cluster, [pb.ChunkRef(id=chunk, length=CHUNKS[chunk])], [pb.Placement(chunk=chunk, nodes=[1, 2, 3])]).code == pb.OK
+    report = pb.ReportDamage(damage=[pb.Damage(chunk=chunk, index=1, node=2, reason="crc mismatch"),
+                                     pb.Damage(chunk=chunk, index=1, node=3, reason="stale report"),
+                                     pb.Damage(chunk=CHUNK_IDS[5], index=0, node=1, reason="unknown chunk")])
+    assert cluster.apply(report_damage=report).code == pb.OK
+    assert [(d.index, d.node, d.reason) for d in cluster.state.damage()] == [(1, 2, "crc mismatch")]

@@ -18,6 +18,7 @@ import logging
 import os
 import signal
 import threading
+import time
 
 import grpc
 import zmq
@@ -26,6 +27,7 @@ import zmq.asyncio
 from cluster.client.meta import ClusterUnavailable, MetaClient
 from cluster.data import wire
 from cluster.data.disks import DiskSet
+from cluster.data.orphans import DEFAULT_GRACE_SECONDS, OrphanCollector
 from cluster.data.scrubber import DEFAULT_BYTES_PER_SECOND, Scrubber
 from cluster.data.store import BadFragment, DiskFailed, DiskFull, FragmentCorrupt, FragmentNotFound
 from cluster.proto import data_pb2 as pb
@@ -177,7 +179,8 @@ class ControlService(pb_grpc.DataServicer):
 
 class DataNode:
     def __init__(self, disk_paths: list[str], address: str, data_address: str, meta: list[str],
-                 labels: dict[str, str], scrub_bytes_per_second: float = DEFAULT_BYTES_PER_SECOND):
+                 labels: dict[str, str], scrub_bytes_per_second: float = DEFAULT_BYTES_PER_SECOND,
+                 orphan_grace_seconds: float = DEFAULT_GRACE_SECONDS, orphan_interval_seconds: float = 600.0):
         self.disks = DiskSet(disk_paths)
         self.address, self.data_address, self.labels = address, data_address, labels
         self.meta = MetaClient(meta) if meta else None
@@ -185,6 +188,7 @@ class DataNode:
         self.node_id = self._load_id(disk_paths[0])
         self._id_path = os.path.join(disk_paths[0], "node-id")
         self.scrub_bytes_per_second = scrub_bytes_per_second
+        self.orphan_grace_seconds, self.orphan_interval_seconds = orphan_grace_seconds, orphan_interval_seconds
         self.bad_fragments: list[tuple[bytes, int, str]] = []
 
     @staticmethod
@@ -223,9 +227,48 @@ class DataNode:
                 reply = await self.meta.call(meta_pb.MetaOp(heartbeat=meta_pb.Heartbeat(id=self.node_id, disks=disks)))
                 if reply.code == meta_pb.UNKNOWN_NODE:
                     self.node_id = 0  # the cluster forgot us (a new cluster): register again
+                await self.report_damage()
             except (ClusterUnavailable, RuntimeError) as error:
                 log.warning("heartbeat: %s", error)
             await asyncio.sleep(HEARTBEAT_SECONDS)
+
+    async def report_damage(self) -> None:
+        """Sends what the scrubber found to the leader (repair acts on it); keeps it if that fails."""
+        if not self.bad_fragments or not self.node_id:
+            return
+        taken = self.bad_fragments[:1000]
+        damage = [meta_pb.Damage(chunk=c, index=i, node=self.node_id, reason=r) for c, i, r in taken]
+        reply = await self.meta.command(report_damage=meta_pb.ReportDamage(damage=damage))
+        if reply.code == meta_pb.OK:
+            del self.bad_fragments[:len(taken)]
+
+    async def orphan_loop(self, grace_seconds: float, interval_seconds: float) -> None:
+        loop = asyncio.get_running_loop()
+
+        async def placements(ids):
+            reply = await self.meta.call(meta_pb.MetaOp(get_chunks=meta_pb.GetChunks(ids=ids)))
+            if reply.code != meta_pb.OK:
+                raise RuntimeError(f"GetChunks: {reply.message}")
+            return {i: (list(c.nodes) if found else None)
+                    for i, found, c in zip(ids, reply.get_chunks.found, reply.get_chunks.chunks)}
+
+        async def delete(fragments):
+            await loop.run_in_executor(self.pool, lambda: [self.disks.delete(c, i) for c, i in fragments])
+            log.info("deleted %d orphan fragments", len(fragments))
+        listing = []
+
+        def list_fragments():
+            return listing
+        collector = OrphanCollector(lambda: self.node_id, list_fragments, placements, delete, time.monotonic,
+                                    grace_seconds)
+        while True:
+            await asyncio.sleep(interval_seconds)
+            try:
+                listing[:] = await loop.run_in_executor(
+                    self.pool, lambda: list(self.disks.fragments(b"", b"\xff" * 32)))
+                await collector.run_pass()
+            except (ClusterUnavailable, RuntimeError) as error:
+                log.warning("orphan pass: %s", error)
 
     def scrub_forever(self, stop: threading.Event) -> None:
         def report(chunk_id: bytes, index: int, reason: str) -> None:
@@ -249,6 +292,7 @@ class DataNode:
         tasks = [loop.create_task(plane.serve())]
         if self.meta is not None:
             tasks.append(loop.create_task(self.heartbeat_loop()))
+            tasks.append(loop.create_task(self.orphan_loop(self.orphan_grace_seconds, self.orphan_interval_seconds)))
         scrub_stop = threading.Event()
         scrubber = threading.Thread(target=self.scrub_forever, args=(scrub_stop,), daemon=True, name="scrubber")
         scrubber.start()
@@ -275,6 +319,9 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--meta", default="", help="comma-separated meta addresses (none: run alone)")
     parser.add_argument("--label", action="append", default=[], help="failure domain, KEY=VALUE (host, rack, zone)")
     parser.add_argument("--scrub-mb-per-s", type=float, default=DEFAULT_BYTES_PER_SECOND / 1e6)
+    parser.add_argument("--orphan-grace-seconds", type=float, default=DEFAULT_GRACE_SECONDS,
+                        help="delete a fragment no committed chunk places here after this long")
+    parser.add_argument("--orphan-interval-seconds", type=float, default=600.0)
     args = parser.parse_args(argv)
     labels = {}
     for item in args.label:
@@ -295,7 +342,8 @@ def main(argv: list[str] | None = None) -> None:
         for signum in (signal.SIGINT, signal.SIGTERM):
             asyncio.get_running_loop().add_signal_handler(signum, stop.set)
         node = DataNode(args.disks.split(","), args.listen, args.data_listen,
-                        [a for a in args.meta.split(",") if a], labels, args.scrub_mb_per_s * 1e6)
+                        [a for a in args.meta.split(",") if a], labels, args.scrub_mb_per_s * 1e6,
+                        args.orphan_grace_seconds, args.orphan_interval_seconds)
         await node.serve(stop)
     asyncio.run(run())
 

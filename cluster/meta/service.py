@@ -29,7 +29,8 @@ log = logging.getLogger("cairn.meta")
 OP_ID_BYTES_MAX = 64
 BEGIN_CHUNKS_MAX = 100_000
 CALL_SECONDS_MAX = 10.0
-READS = frozenset({"get_object", "list_objects", "list_buckets", "list_nodes"})
+READS = frozenset({"get_object", "list_objects", "list_buckets", "list_nodes", "get_chunks"})
+GET_CHUNKS_MAX = 10_000
 CAPACITY_REPORT_FRACTION = 0.01  # a heartbeat goes through Raft when free space moved this much
 ENTRY_COMMANDS_MAX = 256
 ENTRY_BYTES_MAX = 4 << 20
@@ -117,7 +118,7 @@ class MetaService(pb_grpc.MetaServicer):
                 if kind == "command":
                     self._start_command(op, reply)
                 elif kind in READS:
-                    stale = kind in ("get_object", "list_objects") and getattr(op, kind).stale
+                    stale = kind in ("get_object", "list_objects", "get_chunks") and getattr(op, kind).stale
                     if stale:
                         reply(self._read(op))  # this node's state as it is: no barrier
                     else:
@@ -250,6 +251,17 @@ class MetaService(pb_grpc.MetaServicer):
             entry = reply.entries.add(key=key)
             entry.head.MergeFromString(head)
         return pb.MetaReply(tag=op.tag, list_objects=reply)
+
+    def _read_get_chunks(self, op) -> pb.MetaReply:
+        ids = op.get_chunks.ids
+        if len(ids) > GET_CHUNKS_MAX:
+            raise Refused(pb.INVALID_ARGUMENT, f"{len(ids)} chunk ids in one GetChunks; at most {GET_CHUNKS_MAX}")
+        reply = pb.GetChunksReply()
+        for chunk_id in ids:
+            chunk = self.state.chunk(names.check_chunk_id(chunk_id))
+            reply.found.append(chunk is not None)
+            reply.chunks.append(chunk or pb.Chunk())
+        return pb.MetaReply(tag=op.tag, get_chunks=reply)
 
     def _read_list_buckets(self, op) -> pb.MetaReply:
         return pb.MetaReply(tag=op.tag, list_buckets=pb.ListBucketsReply(buckets=self.state.buckets()))

@@ -17,6 +17,7 @@ Key layout (bytes; bucket names and keys never contain NUL, UTF-8 never contains
     C<chunk id>                Chunk
     G<ms><chunk id>            a chunk without references since ms (the garbage queue)
     N<node id>                 Node
+    D<chunk id><index>         Damage: a fragment reported bad or missing by its node
     R<op id>                   MetaResult of an applied command (retries get it back)
     Q<ms><op id>               when that result was stored (results expire after RESULTS_TTL_MS)
 """
@@ -336,6 +337,20 @@ class MetaState:
                 batch.delete(b"G" + _u64(chunk.unreferenced_ms) + chunk_id)
         return pb.MetaResult()
 
+    def _do_report_damage(self, batch: Batch, version: int, now: int, c: pb.ReportDamage) -> pb.MetaResult:
+        """Records damaged or missing fragments that the chunk's placement puts on the reporting
+        node (other reports are stale: the fragment has moved). Repair reads them."""
+        for damage in c.damage:
+            names.check_chunk_id(damage.chunk)
+            raw = batch.get(chunk_key(damage.chunk))
+            if raw is None:
+                continue
+            chunk = pb.Chunk.FromString(raw)
+            if damage.index < len(chunk.nodes) and chunk.nodes[damage.index] == damage.node:
+                record = pb.Damage(chunk=damage.chunk, index=damage.index, node=damage.node, reason=damage.reason[:256])
+                batch.put(b"D" + damage.chunk + bytes([damage.index]), record.SerializeToString())
+        return pb.MetaResult()
+
     # ---- pieces of commands
 
     def _bucket(self, batch: Batch, name: str) -> pb.Bucket:
@@ -492,6 +507,9 @@ class MetaState:
     def chunk(self, chunk_id: bytes) -> pb.Chunk | None:
         raw = self.disk.get(chunk_key(chunk_id))
         return pb.Chunk.FromString(raw) if raw is not None else None
+
+    def damage(self, limit: int = 10_000) -> list[pb.Damage]:
+        return [pb.Damage.FromString(v) for _, v in _take(self.disk.scan(b"D", b"E"), limit)]
 
     def node(self, node_id: int) -> pb.Node | None:
         raw = self.disk.get(node_key(node_id))

@@ -1,0 +1,85 @@
+"""Deletes fragments no committed chunk places on this node, once a grace period has passed.
+
+A fragment is referenced when its chunk exists in the metadata and the chunk's placement names
+this node for its index. Anything else is an orphan: written for a put that never committed, or
+left behind when a placement moved. A put in flight looks like an orphan too, until its commit;
+so an orphan is only deleted once it has been seen unreferenced for `grace_seconds` (longer than
+any put takes) and the leader confirms it again, linearizably, just before the delete.
+
+The collector is logic over injected callables (list the node's fragments, ask the metadata,
+delete, the clock), so tests and the simulator drive the same code.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Awaitable, Callable, Iterable
+
+DEFAULT_GRACE_SECONDS = 3600.0
+QUERY_BATCH = 1000
+CANDIDATES_MAX = 1_000_000  # memory bound: past it, new candidates wait for the next pass
+
+
+@dataclass
+class PassResult:
+    fragments: int = 0
+    unreferenced: int = 0
+    deleted: int = 0
+
+
+class OrphanCollector:
+    def __init__(self, node_id: Callable[[], int],
+                 list_fragments: Callable[[], Iterable[tuple[bytes, int]]],
+                 placements: Callable[[list[bytes]], Awaitable[dict[bytes, list[int] | None]]],
+                 delete: Callable[[list[tuple[bytes, int]]], Awaitable[None]],
+                 clock: Callable[[], float], grace_seconds: float = DEFAULT_GRACE_SECONDS):
+        """`placements(ids)` answers, per chunk id, the node of each fragment index, or None
+        for a chunk the metadata does not know."""
+        if grace_seconds <= 0:
+            raise ValueError("the orphan grace period must be positive")
+        self.node_id, self.list_fragments, self.placements = node_id, list_fragments, placements
+        self.delete, self.clock, self.grace_seconds = delete, clock, grace_seconds
+        self.first_seen: dict[tuple[bytes, int], float] = {}
+
+    async def run_pass(self) -> PassResult:
+        result, now, me = PassResult(), self.clock(), self.node_id()
+        if not me:
+            return result  # not registered yet: nothing can be judged
+        seen_now: set[tuple[bytes, int]] = set()
+        batch: list[tuple[bytes, int]] = []
+        for fragment in self.list_fragments():
+            result.fragments += 1
+            batch.append(fragment)
+            if len(batch) == QUERY_BATCH:
+                await self._judge(batch, me, now, seen_now, result)
+                batch = []
+        if batch:
+            await self._judge(batch, me, now, seen_now, result)
+        # a fragment referenced now (or gone) starts its grace period afresh if it turns up again
+        self.first_seen = {f: t for f, t in self.first_seen.items() if f in seen_now}
+        due = [f for f, t in self.first_seen.items() if now - t >= self.grace_seconds]
+        if due:
+            confirmed = await self._unreferenced(due, me)  # once more, just before deleting
+            if confirmed:
+                await self.delete(confirmed)
+                result.deleted = len(confirmed)
+                for fragment in confirmed:
+                    self.first_seen.pop(fragment, None)
+        return result
+
+    async def _judge(self, batch, me: int, now: float, seen_now: set, result: PassResult) -> None:
+        for fragment in await self._unreferenced(batch, me):
+            result.unreferenced += 1
+            seen_now.add(fragment)
+            if fragment not in self.first_seen and len(self.first_seen) < CANDIDATES_MAX:
+                self.first_seen[fragment] = now
+
+    async def _unreferenced(self, fragments: list[tuple[bytes, int]], me: int) -> list[tuple[bytes, int]]:
+        out = []
+        for start in range(0, len(fragments), QUERY_BATCH):
+            part = fragments[start:start + QUERY_BATCH]
+            placements = await self.placements(sorted({chunk for chunk, _ in part}))
+            for chunk, index in part:
+                nodes = placements.get(chunk)
+                if nodes is None or index >= len(nodes) or nodes[index] != me:
+                    out.append((chunk, index))
+        return out
