@@ -150,9 +150,16 @@ class FragmentStore:
         for number in numbers:
             if number >= segment:
                 self._replay(number, offset if number == segment else 0, last=number == self.active)
+        dangling = []
         for key, value in self.index.scan(b"F", b"G"):
             location = Location.decode(value)
+            if location.segment not in self._handles:
+                dangling.append((key, key + b"\0"))  # cannot happen unless the index was damaged
+                continue
             self._live[location.segment] = self._live.get(location.segment, 0) + location.record_bytes
+        if dangling:
+            self.recovered["dangling_entries"] = len(dangling)
+            self.index.write([], dangling, sync=False)
         self._write_position()
 
     def _replay(self, number: int, offset: int, last: bool) -> None:
@@ -423,6 +430,10 @@ class FragmentStore:
                 last = self._append(KIND_DELETE, chunk_id, index, b"", 0) or last
             offset += HEADER_BYTES + length
         self._wait(last or None)
+        # the index must not outlive the segment it may still point into: make the moves (and
+        # deletes) durable before the old file goes, or a crash could bring back a deleted
+        # fragment, or an entry pointing at a file that is gone
+        self._write_position()
         with self._lock:
             self.files.close(self._handles.pop(number))
             self._live.pop(number, None)
