@@ -57,72 +57,86 @@ def _status_of(error: Exception) -> int:
 
 
 class DataPlane:
-    """The ZeroMQ ROUTER: reads requests while fewer than IN_FLIGHT_MAX are being served."""
+    """The ZeroMQ data plane: a ROUTER for clients, fair-queued by zmq's own proxy (C, no GIL)
+    to worker threads that each serve one request at a time, blocking: a put returns once the
+    store's group commit has made it durable (workers waiting on the same fsync share it), a get
+    once its bytes are read and checked. So at most WORKERS requests are in service; the rest
+    wait in zmq's bounded queues (high-water marks), which holds fast senders back."""
 
-    def __init__(self, disks: DiskSet, listen: str, pool: concurrent.futures.Executor):
-        self.disks, self.pool = disks, pool
-        self.context = zmq.asyncio.Context()
-        self.socket = self.context.socket(zmq.ROUTER)
-        self.socket.setsockopt(zmq.MAXMSGSIZE, wire.MESSAGE_BYTES_MAX)
-        self.socket.setsockopt(zmq.LINGER, 0)
-        self.socket.bind(f"tcp://{listen}")
-        self._slots = asyncio.Semaphore(wire.IN_FLIGHT_MAX)
-        self._tasks: set[asyncio.Task] = set()
+    BACKEND = "inproc://fragment-workers"
 
-    async def serve(self) -> None:
-        loop = asyncio.get_running_loop()
-        while True:
-            frames = await self.socket.recv_multipart(copy=False)
-            await self._slots.acquire()
-            task = loop.create_task(self._handle(frames))
-            self._tasks.add(task)
-            task.add_done_callback(self._tasks.discard)
+    def __init__(self, disks: DiskSet, listen: str, workers: int = WORKERS):
+        self.disks = disks
+        self.context = zmq.Context()
+        self.frontend = self.context.socket(zmq.ROUTER)
+        self.frontend.setsockopt(zmq.MAXMSGSIZE, wire.MESSAGE_BYTES_MAX)
+        self.frontend.setsockopt(zmq.LINGER, 0)
+        self.frontend.bind(f"tcp://{listen}")
+        self.backend = self.context.socket(zmq.DEALER)
+        self.backend.setsockopt(zmq.LINGER, 0)
+        self.backend.bind(self.BACKEND)
+        self._stop = threading.Event()
+        self._threads = [threading.Thread(target=self._proxy, daemon=True, name="fragment-proxy")]
+        self._threads += [threading.Thread(target=self._worker, daemon=True, name=f"fragment-{n}")
+                          for n in range(workers)]
+        for thread in self._threads:
+            thread.start()
 
-    async def _handle(self, frames) -> None:
+    def _proxy(self) -> None:
         try:
-            if len(frames) < 4 or len(frames[1]) != 8:
-                return  # not a request: nothing to answer to
-            identity, request_id, op = frames[0], frames[1], frames[2].bytes
-            try:
-                if op == wire.OP_PUT:
-                    payload = await self._put(frames[3:])
-                else:
-                    payload = await asyncio.get_running_loop().run_in_executor(self.pool, self._serve, op, frames[3:])
-                reply = [identity, request_id, bytes([wire.OK]), b"", *([payload] if payload is not None else [])]
-            except Exception as error:  # noqa: BLE001 - every failure is an answer
-                if not isinstance(error, (FragmentNotFound, BadFragment, ValueError)):
-                    log.warning("data plane: %s", error)
-                reply = [identity, request_id, bytes([_status_of(error)]), str(error).encode()[:1024]]
-            await self.socket.send_multipart(reply, copy=False)
+            zmq.proxy(self.frontend, self.backend)
+        except zmq.ContextTerminated:
+            pass
+
+    def _worker(self) -> None:
+        socket = self.context.socket(zmq.DEALER)
+        socket.setsockopt(zmq.LINGER, 0)
+        socket.connect(self.BACKEND)
+        try:
+            while not self._stop.is_set():
+                if not socket.poll(200):
+                    continue
+                frames = socket.recv_multipart(copy=False)
+                if len(frames) < 4 or len(frames[1]) != 8:
+                    continue  # not a request: nothing to answer to
+                socket.send_multipart(self._answer(frames), copy=False)
+        except zmq.ContextTerminated:
+            pass
         finally:
-            self._slots.release()
+            socket.close(0)
 
-    async def _put(self, frames) -> None:
-        """Appends on the event loop (a buffered write), then waits, without holding a thread,
-        for the group commit that makes it durable."""
-        if len(frames) != 2:
-            raise ValueError("a PUT carries a header and the bytes")
-        chunk_id, index, crc = wire.decode_put(frames[0].bytes)
-        store, ticket = self.disks.submit(chunk_id, index, frames[1].buffer, crc)
-        loop = asyncio.get_running_loop()
-        durable = loop.create_future()
-
-        def settle(error):
-            if not durable.done():
-                durable.set_exception(error) if error else durable.set_result(None)
-        store.when_durable(ticket, lambda error: loop.call_soon_threadsafe(settle, error))
-        await durable
-        return None
+    def _answer(self, frames) -> list:
+        identity, request_id, op = frames[0], frames[1], frames[2].bytes
+        try:
+            payload = self._serve(op, frames[3:])
+            return [identity, request_id, bytes([wire.OK]), b"", *([payload] if payload is not None else [])]
+        except Exception as error:  # noqa: BLE001 - every failure is an answer
+            if not isinstance(error, (FragmentNotFound, BadFragment, ValueError)):
+                log.warning("data plane: %s", error)
+            return [identity, request_id, bytes([_status_of(error)]), str(error).encode()[:1024]]
 
     def _serve(self, op: bytes, frames):
+        if op == wire.OP_PUT:
+            if len(frames) != 2:
+                raise ValueError("a PUT carries a header and the bytes")
+            chunk_id, index, crc = wire.decode_put(frames[0].bytes)
+            self.disks.put(chunk_id, index, frames[1].buffer, crc)
+            return None
         if op == wire.OP_GET:
+            if len(frames) != 1:
+                raise ValueError("a GET carries a header only")
             chunk_id, index, offset, length = wire.decode_get(frames[0].bytes)
             return self.disks.get(chunk_id, index, offset, length)
         raise ValueError(f"unknown operation {op!r}")
 
     def close(self) -> None:
-        self.socket.close(0)
+        self._stop.set()
+        for thread in self._threads[1:]:
+            thread.join(5)
+        self.frontend.close(0)
+        self.backend.close(0)
         self.context.term()
+        self._threads[0].join(5)
 
 
 class ControlService(pb_grpc.DataServicer):
@@ -286,10 +300,10 @@ class DataNode:
         pb_grpc.add_DataServicer_to_server(ControlService(self), server)
         if server.add_insecure_port(self.address) == 0:
             raise OSError(f"cannot listen on {self.address}")
-        plane = DataPlane(self.disks, self.data_address, self.pool)
+        plane = DataPlane(self.disks, self.data_address)
         await server.start()
         loop = asyncio.get_running_loop()
-        tasks = [loop.create_task(plane.serve())]
+        tasks = []
         if self.meta is not None:
             tasks.append(loop.create_task(self.heartbeat_loop()))
             tasks.append(loop.create_task(self.orphan_loop(self.orphan_grace_seconds, self.orphan_interval_seconds)))
