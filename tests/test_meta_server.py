@@ -3,7 +3,6 @@ leader, and commits from concurrent clients while the leader is killed: every ac
 survives on the new leader, and nothing is half-applied."""
 import asyncio
 import os
-import signal
 import subprocess
 import sys
 
@@ -13,15 +12,11 @@ import pytest
 from cluster.client.meta import MetaClient
 from cluster.proto import meta_pb2 as pb
 from cluster.rpc.mux import StreamBroken
-from tests.test_raft_server import free_ports
+from tests.test_raft_server import Cluster
 
 
-class MetaCluster:
-    def __init__(self, tmp_path):
-        self.addresses = {i + 1: f"127.0.0.1:{p}" for i, p in enumerate(free_ports(3))}
-        self.peers = ",".join(f"{i}={a}" for i, a in self.addresses.items())
-        self.tmp_path = tmp_path
-        self.processes = {}
+class MetaCluster(Cluster):
+    """The Raft test cluster's process handling, running meta nodes."""
 
     def start(self, node_id):
         log = open(self.tmp_path / f"meta{node_id}.log", "ab")
@@ -30,15 +25,6 @@ class MetaCluster:
              str(self.tmp_path / f"m{node_id}"), "--listen", self.addresses[node_id], "--peers", self.peers,
              "--tick-seconds", "0.02", "--snapshot-entries", "200"],
             stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
-
-    def kill(self, node_id):
-        process = self.processes.pop(node_id)
-        os.killpg(process.pid, signal.SIGKILL)
-        process.wait(10)
-
-    def stop_all(self):
-        for node_id in list(self.processes):
-            self.kill(node_id)
 
     def client(self, **kwargs):
         return MetaClient(list(self.addresses.values()), **kwargs)

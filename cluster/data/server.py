@@ -16,13 +16,11 @@ import asyncio
 import concurrent.futures
 import logging
 import os
-import signal
 import threading
 import time
 
 import grpc
 import zmq
-import zmq.asyncio
 
 from cluster.client.meta import ClusterUnavailable, MetaClient
 from cluster.data import wire
@@ -30,6 +28,7 @@ from cluster.data.disks import DiskSet
 from cluster.data.orphans import DEFAULT_GRACE_SECONDS, OrphanCollector
 from cluster.data.scrubber import DEFAULT_BYTES_PER_SECOND, Scrubber
 from cluster.data.store import BadFragment, DiskFailed, DiskFull, FragmentCorrupt, FragmentNotFound
+from cluster.process import run_until_signalled
 from cluster.proto import data_pb2 as pb
 from cluster.proto import data_pb2_grpc as pb_grpc
 from cluster.proto import meta_pb2 as meta_pb
@@ -343,23 +342,13 @@ def main(argv: list[str] | None = None) -> None:
         if not key or not value:
             parser.error(f"bad label {item!r}: KEY=VALUE")
         labels[key] = value
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(levelname)s %(message)s")
-    try:
-        import uvloop
 
-        uvloop.install()
-    except ImportError:
-        pass
-
-    async def run() -> None:
-        stop = asyncio.Event()
-        for signum in (signal.SIGINT, signal.SIGTERM):
-            asyncio.get_running_loop().add_signal_handler(signum, stop.set)
+    async def serve(stop: asyncio.Event) -> None:
         node = DataNode(args.disks.split(","), args.listen, args.data_listen,
                         [a for a in args.meta.split(",") if a], labels, args.scrub_mb_per_s * 1e6,
                         args.orphan_grace_seconds, args.orphan_interval_seconds)
         await node.serve(stop)
-    asyncio.run(run())
+    run_until_signalled(serve)
 
 
 if __name__ == "__main__":

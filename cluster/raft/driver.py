@@ -332,9 +332,6 @@ class RaftDriver:
 
     async def _apply(self, entries: tuple[Entry, ...]) -> None:
         for entry in entries:
-            # before each entry the consensus task gets a turn: a follower's ack (and a leader's
-            # next append) does not wait behind the whole batch's apply
-            await asyncio.sleep(0)
             if entry.index <= self.applied_index:
                 continue  # covered by a snapshot installed meanwhile
             result = self.state_machine.apply(entry.index, entry.data) if entry.kind == EntryKind.NORMAL else b""

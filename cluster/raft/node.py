@@ -15,11 +15,11 @@ import concurrent.futures
 import logging
 import os
 import random
-import signal
 from typing import Callable
 
 import grpc
 
+from cluster.process import run_until_signalled
 from cluster.proto import raft_pb2 as pb
 from cluster.proto import raft_pb2_grpc as pb_grpc
 from cluster.raft.config import RaftConfig
@@ -193,24 +193,13 @@ def node_arguments(description: str) -> argparse.ArgumentParser:
 
 
 def run_node(args, start: Callable[[], tuple[RaftNode, tuple]]) -> None:
-    """Runs the node `start()` builds (on uvloop) until SIGINT or SIGTERM."""
+    """Runs the node `start()` builds until SIGINT or SIGTERM."""
     if args.id not in args.peers:
         raise SystemExit(f"--id {args.id} is not among --peers")
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(levelname)s %(message)s")
-    try:
-        import uvloop
 
-        uvloop.install()
-    except ImportError:
-        pass
-
-    async def serve() -> None:
-        stop = asyncio.Event()
-        loop = asyncio.get_running_loop()
-        for signum in (signal.SIGINT, signal.SIGTERM):
-            loop.add_signal_handler(signum, stop.set)
+    async def serve(stop: asyncio.Event) -> None:
         node, services = start()
         await node.serve(args.listen, stop, services)
         if node.driver.fatal is not None:
             raise SystemExit(f"raft node {args.id} stopped: {node.driver.fatal!r}")
-    asyncio.run(serve())
+    run_until_signalled(serve)
