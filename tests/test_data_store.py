@@ -330,3 +330,57 @@ def test_a_striped_disk_spreads_fragments_and_lists_them_in_order(tmp_path):
     assert listed == sorted((cid(n), n % 4) for n in range(30))
     assert striped.get(cid(7), 3) == content(7, 3, 100) and striped.delete(cid(7), 3) and not striped.has(cid(7), 3)
     striped.close()
+
+
+def test_damage_in_the_middle_of_the_last_segment_is_skipped_not_cut(tmp_path):
+    s = open_store(tmp_path)
+    for n in range(5):
+        s.put(cid(n), 0, content(n, 0))
+    location = s.location(cid(2), 0)
+    s.close()
+    import shutil
+    shutil.rmtree(tmp_path / "index")  # replay from the start
+    with open(tmp_path / "segments" / segment_name(location.segment), "r+b") as f:
+        f.seek(location.offset + 10)  # inside the header of record 2
+        byte = f.read(1)
+        f.seek(location.offset + 10)
+        f.write(bytes([byte[0] ^ 0x40]))
+    s = open_store(tmp_path)
+    assert s.recovered["torn_bytes"] == 0 and s.recovered["damaged_segments"]
+    assert not s.has(cid(2), 0)
+    assert all(s.get(cid(n), 0) == content(n, 0) for n in (0, 1, 3, 4))  # nothing after it was cut
+    s.close()
+
+
+def test_compaction_never_undoes_a_concurrent_overwrite_or_delete(tmp_path):
+    s = open_store(tmp_path, segment_bytes_max=20_000)
+    for n in range(40):
+        s.put(cid(n), 0, content(n, 0))
+    for n in range(40):
+        if n % 2:
+            s.delete(cid(n), 0)
+    s.put(cid(999), 0, b"roll")  # the fragments above sit in closed segments now
+    latest = {n: content(n, 0) for n in range(0, 40, 2)}
+
+    def writer():
+        for n in range(0, 40, 2):
+            if n % 4 == 0:
+                latest[n] = content(n, 1)
+                s.put(cid(n), 0, latest[n])
+            else:
+                latest[n] = None
+                s.delete(cid(n), 0)
+    thread = threading.Thread(target=writer)
+    thread.start()
+    s.compact(threshold=0.9)
+    thread.join()
+    for reopen in (False, True):
+        if reopen:
+            s.close()
+            s = open_store(tmp_path, segment_bytes_max=20_000)
+        for n, value in latest.items():
+            if value is None:
+                assert not s.has(cid(n), 0), n
+            else:
+                assert s.get(cid(n), 0) == value, n
+    s.close()

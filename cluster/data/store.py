@@ -21,6 +21,7 @@ active one and deletes the old file; reads that raced with it retry on the new l
 from __future__ import annotations
 
 import errno
+import logging
 import struct
 import threading
 from dataclasses import dataclass
@@ -29,6 +30,8 @@ from typing import Iterator
 from cluster.codec.crc import crc32c
 from cluster.storage.disk import Disk
 from cluster.storage.files import Files
+
+log = logging.getLogger("cairn.data")
 
 MAGIC = b"CFG1"
 KIND_PUT, KIND_DELETE = 1, 2
@@ -128,6 +131,7 @@ class FragmentStore:
         self._durable = 0                        # records whose sync and index write are done
         self._pending: list[tuple[bytes, bytes | None]] = []  # index writes waiting for the sync
         self._callbacks: list[tuple[int, object]] = []  # when_durable callers: (ticket, callback)
+        self._indexing: list[tuple[bytes, bytes | None]] = []  # the batch a sync is writing now
         self._syncer: threading.Thread | None = None
         self._stopping = False
         self._handles: dict[int, int] = {}
@@ -163,26 +167,55 @@ class FragmentStore:
         self._write_position()
 
     def _replay(self, number: int, offset: int, last: bool) -> None:
-        """Re-indexes the records of a segment from `offset`; cuts a torn tail of the last one."""
+        """Re-indexes the records of a segment from `offset` (checking each one's bytes too).
+        A bad record with no good one after it in the last segment is a write cut short by a
+        crash, and is cut off; one with good records after it is damage: it is skipped (not
+        indexed), the segment is reported, and replay carries on from the next good record."""
         handle, end = self._handles[number], self.files.size(self._handles[number])
         changes: dict[bytes, bytes | None] = {}  # the last word on each key: a location or a delete
         while offset < end:
-            header = decode_header(self.files.read(handle, offset, min(HEADER_BYTES, end - offset)))
-            if header is None or offset + HEADER_BYTES + header[3] > end:
-                break
-            kind, chunk_id, index, length, crc = header
+            record = self._record_at(handle, offset, end)
+            if record is None:
+                following = self._next_record(handle, offset + 1, end)
+                if following is None:
+                    if last:
+                        self.recovered["torn_bytes"] += end - offset
+                        self.files.truncate(handle, offset)
+                    else:
+                        self.recovered["damaged_segments"].append(number)
+                    break
+                self.recovered["damaged_segments"].append(number)  # the scrubber reports what is lost
+                offset = following
+                continue
+            kind, chunk_id, index, length, crc = record
             key = fragment_key(chunk_id, index)
             changes[key] = Location(number, offset, length, crc).encode() if kind == KIND_PUT else None
             offset += HEADER_BYTES + length
             self.recovered["records"] += 1
-        if offset < end:
-            if last:
-                self.recovered["torn_bytes"] += end - offset
-                self.files.truncate(handle, offset)  # a write cut short by a crash
-            else:
-                self.recovered["damaged_segments"].append(number)  # the scrubber will find the rest
         self.index.write([(k, v) for k, v in changes.items() if v is not None],
                          [(k, k + b"\0") for k, v in changes.items() if v is None], sync=False)
+
+    def _record_at(self, handle: int, offset: int, end: int):
+        """The header of an intact record (header and bytes check out) at `offset`, else None."""
+        header = decode_header(self.files.read(handle, offset, min(HEADER_BYTES, end - offset)))
+        if header is None or offset + HEADER_BYTES + header[3] > end:
+            return None
+        if header[0] == KIND_PUT and crc32c(self.files.read(handle, offset + HEADER_BYTES, header[3])) != header[4]:
+            return None
+        return header
+
+    def _next_record(self, handle: int, offset: int, end: int) -> int | None:
+        """Where the next intact record starts after damage, searching for the magic."""
+        window = 1 << 20
+        while offset < end:
+            data = self.files.read(handle, offset, min(window + len(MAGIC), end - offset))
+            position = data.find(MAGIC)
+            while position >= 0:
+                if self._record_at(handle, offset + position, end) is not None:
+                    return offset + position
+                position = data.find(MAGIC, position + 1)
+            offset += window
+        return None
 
     def _write_position(self) -> None:
         end = self.files.size(self._handles[self.active])
@@ -246,13 +279,16 @@ class FragmentStore:
             error = None
             try:
                 self._sync_once()
-            except DiskFailed as failure:
+            except Exception as failure:  # noqa: BLE001 - _sync_once marks the store failed
                 error = failure
             with self._synced:
                 done = [(t, c) for t, c in self._callbacks if error is not None or t <= self._durable]
                 self._callbacks = [(t, c) for t, c in self._callbacks if error is None and t > self._durable]
             for _, callback in done:
-                callback(error)
+                try:
+                    callback(error)
+                except Exception:  # noqa: BLE001 - one caller's bug must not stop the group commit
+                    log.exception("a when_durable callback failed")
 
     def delete(self, chunk_id: bytes, index: int) -> bool:
         """Removes a fragment (a tombstone record, durable on return); False if it was absent."""
@@ -267,7 +303,7 @@ class FragmentStore:
             if self.failed is not None:
                 raise DiskFailed(f"disk out of service: {self.failed}")
             key = fragment_key(chunk_id, index)
-            if expect is not None and self.index.get(key) != expect.encode():
+            if expect is not None and (self.index.get(key) != expect.encode() or self._unindexed(key)):
                 return None  # compaction: the record was replaced or deleted meanwhile
             if self.files.size(self._handles[self.active]) >= self.segment_bytes_max:
                 self._roll()
@@ -292,6 +328,10 @@ class FragmentStore:
             self._appended += 1
             return self._appended
 
+    def _unindexed(self, key: bytes) -> bool:
+        """Whether a write of `key` is appended but not yet in the index (call under _lock)."""
+        return any(k == key for k, _ in self._pending) or any(k == key for k, _ in self._indexing)
+
     def _undo(self, handle: int, start: int, error: OSError) -> None:
         try:
             self.files.truncate(handle, start)  # no partial record stays behind
@@ -308,8 +348,9 @@ class FragmentStore:
 
     def _roll(self) -> None:
         self.files.sync(self._handles[self.active])
+        handle = self.files.open(segment_name(self.active + 1))  # may fail: then nothing changed
+        self._handles[self.active + 1] = handle
         self.active += 1
-        self._handles[self.active] = self.files.open(segment_name(self.active))
 
     def _wait(self, ticket: int | None) -> None:
         """Returns once record `ticket` is durable: syncs itself or waits for the thread that does."""
@@ -327,20 +368,23 @@ class FragmentStore:
             self._sync_once()
 
     def _sync_once(self) -> None:
-        with self._lock:
-            batch, self._pending = self._pending, []
-            upto, active = self._appended, self.active
-            handle, end = self._handles[active], self.files.size(self._handles[active])
-        error = None
+        error, upto = None, self._durable
         try:
+            with self._lock:
+                batch, self._pending = self._pending, []
+                self._indexing = batch  # neither pending nor indexed yet: compaction looks here too
+                upto, active = self._appended, self.active
+                handle, end = self._handles[active], self.files.size(self._handles[active])
             self.files.sync(handle)
             last = dict(batch)  # in order: the last word on each key wins
             puts = [(k, v) for k, v in last.items() if v is not None] + [(b"P", _POSITION.pack(active, end))]
             self.index.write(puts, [(k, k + b"\0") for k, v in last.items() if v is None], sync=False)
-        except OSError as failure:
+        except Exception as failure:  # noqa: BLE001 - whatever it was, nothing it covered is durable
             error = failure
             self.failed = failure
         finally:
+            with self._lock:
+                self._indexing = []
             with self._synced:
                 self._syncing = False
                 self._durable = max(self._durable, upto)
@@ -413,6 +457,9 @@ class FragmentStore:
         return reclaimed
 
     def _compact_segment(self, number: int, oldest: bool) -> int:
+        # everything appended so far (some of it may sit in this segment) gets its index entry
+        # first, so the index tells which of this segment's records are live
+        self._wait(self._appended or None)
         handle, end, offset, last = self._handles[number], self.files.size(self._handles[number]), 0, 0
         while offset < end:
             raw = self.files.read(handle, offset, min(HEADER_BYTES, end - offset))
@@ -427,13 +474,17 @@ class FragmentStore:
                     last = self._append(KIND_PUT, chunk_id, index, data, crc, expect=here) or last
             elif not oldest and self.index.get(fragment_key(chunk_id, index)) is None:
                 # an older segment may still hold the put this deletes: keep the tombstone
-                last = self._append(KIND_DELETE, chunk_id, index, b"", 0) or last
+                # (unless a newer put is on its way: expect=None checks nothing, so look here)
+                with self._lock:
+                    newer = self._unindexed(fragment_key(chunk_id, index))
+                if not newer:
+                    last = self._append(KIND_DELETE, chunk_id, index, b"", 0) or last
             offset += HEADER_BYTES + length
         self._wait(last or None)
-        # the index must not outlive the segment it may still point into: make the moves (and
-        # deletes) durable before the old file goes, or a crash could bring back a deleted
-        # fragment, or an entry pointing at a file that is gone
-        self._write_position()
+        # the index must not outlive the segment it may still point into: make its writes so far
+        # (the moves, and deletes) durable before the old file goes, or a crash could bring back
+        # a deleted fragment, or an entry pointing at a file that is gone
+        self.index.write([], [], sync=True)
         with self._lock:
             self.files.close(self._handles.pop(number))
             self._live.pop(number, None)
