@@ -377,3 +377,21 @@ def test_damage_reports_are_kept_only_for_the_node_the_placement_names(cluster):
                                      pb.Damage(chunk=CHUNK_IDS[5], index=0, node=1, reason="unknown chunk")])
     assert cluster.apply(report_damage=report).code == pb.OK
     assert [(d.index, d.node, d.reason) for d in cluster.state.damage()] == [(1, 2, "crc mismatch")]
+
+
+def test_a_page_that_ends_on_a_directory_marker_continues_inside_it(cluster):
+    for key in ("photos/", "photos/a", "photos/b", "photos/c/d"):
+        assert cluster.put("data", key, []).code == pb.OK
+    pages, token = [], ""
+    while True:
+        entries, prefixes, token = cluster.state.list_objects("data", prefix="photos/", delimiter="/",
+                                                             start_after=token, max_keys=1)
+        pages.append([k for k, _ in entries] + prefixes)
+        if not token:
+            break
+    assert pages == [["photos/"], ["photos/a"], ["photos/b"], ["photos/c/"]]
+
+
+def test_a_node_registering_with_its_own_id_is_never_given_away(cluster):
+    assert cluster.apply(register_node=pb.RegisterNode(node=pb.Node(id=40, address="10.4.4.4:1"))).node_id == 40
+    assert cluster.apply(register_node=pb.RegisterNode(node=pb.Node(address="10.5.5.5:1"))).node_id == 41

@@ -23,7 +23,7 @@ import os
 import blake3
 
 from cluster.client.meta import MetaClient
-from cluster.codec import Chunker, NotEnoughFragments, ReedSolomon, crc32c
+from cluster.codec import Chunker, CodecError, ReedSolomon, crc32c
 from cluster.data.wire import DataClient, DataError
 from cluster.proto import meta_pb2 as pb
 
@@ -199,7 +199,7 @@ class ObjectClient:
         def verified(fragments) -> bytes | None:
             try:
                 data = bytes(codec.decode_chunk(fragments, ref.length))
-            except NotEnoughFragments:
+            except CodecError:  # too few, or a fragment of the wrong size
                 return None
             return data if blake3.blake3(data).digest() == ref.id else None
 

@@ -37,13 +37,14 @@ from cluster.storage.disk import SnapshotDisk
 
 RESULTS_TTL_MS = 24 * 3600 * 1000
 COMMANDS_PER_ENTRY_MAX = 1 << 16  # versions are (index << 16) | position
-RESULTS_PRUNE_EVERY = 64  # applies between prunings, each of up to RESULTS_PRUNED_PER_APPLY
-RESULTS_PRUNED_PER_APPLY = 256
+RESULTS_PRUNE_EVERY = 64       # entries between prunings of old results (a scan costs more than a commit)
+RESULTS_PRUNED_EACH_TIME = 16_384  # at most this many each time: more than 64 full entries add
 CHUNK_BYTES_MAX = 64 << 20
 LIST_KEYS_MAX = 10_000
 _U64 = struct.Struct(">Q")
 _OBJECT_END = b"\xff"
 _LIVE, _MARKER = b"\x00", b"\x01"
+PREFIX_TOKEN = "\x00"  # keys never hold NUL: a continuation token that starts with it names a prefix
 
 
 class Refused(Exception):
@@ -151,7 +152,6 @@ class MetaState:
         """In-memory caches of what the disk holds (rebuilt at start and after a restore)."""
         self.applied = self._load_u64(b"A")
         self._clock = self._load_u64(b"T")
-        self._applies = 0
         self._nodes_cache: tuple[list, set] | None = None  # (placement candidates, node ids)
 
     def _load_u64(self, key: bytes) -> int:
@@ -182,6 +182,8 @@ class MetaState:
                 self._remember(batch, command.op_id, result.SerializeToString())
             results.results.append(result)
             nodes_changed |= command.WhichOneof("command") in ("register_node", "node_report")
+        if index % RESULTS_PRUNE_EVERY == 0:  # by log index: every replica prunes at the same entries
+            self._prune_results(batch)
         batch.put(b"A", _u64(index))
         batch.commit()
         self.applied = index
@@ -225,14 +227,13 @@ class MetaState:
     def _remember(self, batch: Batch, op_id: bytes, result: bytes) -> None:
         if len(op_id) > 64:
             return  # refused as INVALID_ARGUMENT by the service; never stored
-        now = self._clock
         batch.put(b"R" + op_id, result)
-        batch.put(b"Q" + _u64(now) + op_id, b"")
-        self._applies += 1
-        if self._applies % RESULTS_PRUNE_EVERY:
-            return  # a scan per entry costs more than the rest of a commit
-        expired = _u64(max(0, now - RESULTS_TTL_MS))
-        for key, _ in _take(self.disk.scan(b"Q", b"Q" + expired), RESULTS_PRUNED_PER_APPLY):
+        batch.put(b"Q" + _u64(self._clock) + op_id, b"")
+
+    def _prune_results(self, batch: Batch) -> None:
+        """Forgets results older than RESULTS_TTL_MS, a bounded number at a time."""
+        expired = _u64(max(0, self._clock - RESULTS_TTL_MS))
+        for key, _ in _take(self.disk.scan(b"Q", b"Q" + expired), RESULTS_PRUNED_EACH_TIME):
             batch.delete(key)
             batch.delete(b"R" + key[9:])
 
@@ -306,7 +307,8 @@ class MetaState:
                     break
             else:
                 node.id = _U64.unpack(batch.get(b"S") or _u64(0))[0] + 1
-                batch.put(b"S", _u64(node.id))
+        if node.id > _U64.unpack(batch.get(b"S") or _u64(0))[0]:
+            batch.put(b"S", _u64(node.id))  # never hand out an id a node already uses
         raw = batch.get(node_key(node.id))
         old = pb.Node.FromString(raw) if raw else None
         node.registered_ms = old.registered_ms if old else now
@@ -520,16 +522,17 @@ class MetaState:
 
     def list_objects(self, bucket: str, prefix: str = "", delimiter: str = "", start_after: str = "",
                      max_keys: int = 1000) -> tuple[list[tuple[str, bytes]], list[str], str]:
-        """One page: (key, ObjectHead bytes) entries, common prefixes, and the key to continue
-        after ("" at the end). Delete markers are skipped; a common prefix counts as one key."""
+        """One page: (key, ObjectHead bytes) entries, common prefixes, and the token to continue
+        after ("" at the end: a key, or a NUL and a common prefix). Delete markers are skipped;
+        a common prefix counts as one key."""
         self.bucket(bucket)
         max_keys = min(max(1, max_keys or 1000), LIST_KEYS_MAX)
         base = b"O" + bucket.encode() + b"\0"
         low = base + prefix.encode()
-        if start_after:
-            # just after it; after a common prefix, past everything under it
-            past = _OBJECT_END if delimiter and start_after.endswith(delimiter) else b"\0"
-            low = max(low, base + start_after.encode() + past)
+        if start_after.startswith(PREFIX_TOKEN):  # a page ended on a common prefix: past all under it
+            low = max(low, base + start_after[1:].encode() + _OBJECT_END)
+        elif start_after:
+            low = max(low, base + start_after.encode() + b"\0")  # just after that key
         high = base + prefix.encode() + _OBJECT_END
         entries, prefixes, last = [], [], ""
         delimiter_bytes, skip = delimiter.encode(), len(base) + len(prefix.encode())
@@ -542,7 +545,7 @@ class MetaState:
                     if cut >= 0:
                         common = raw_key[len(base):cut + len(delimiter_bytes)].decode()
                         prefixes.append(common)
-                        last = common
+                        last = PREFIX_TOKEN + common
                         low = base + common.encode() + _OBJECT_END  # past everything under it
                         break
                 if value[:1] == _MARKER:

@@ -43,16 +43,18 @@ class StreamMux:
         self._tasks: list[asyncio.Task] = []
 
     async def call(self, op, timeout: float):
-        """Sends `op` (a message with a `tag` field, which this sets) and returns its reply."""
+        """Sends a copy of `op` (a message with a `tag` field, set on the copy) and returns its reply."""
         async with self._slots:
             if self._call is None:
                 self._open()
             loop = asyncio.get_running_loop()
             future = loop.create_future()
             tag = next(self._tags)
-            op.tag = tag
+            sent = type(op)()  # a copy: the caller may retry the same op elsewhere, under another tag
+            sent.CopyFrom(op)
+            sent.tag = tag
             self._pending[tag] = future
-            self._queue.append(op)
+            self._queue.append(sent)
             self._wake.set()
             timer = loop.call_later(timeout, _expire, future, timeout)
             try:
@@ -86,6 +88,8 @@ class StreamMux:
                     await call.write(self._batch_type(**{self._ops_field: ops}))
         except (grpc.aio.AioRpcError, asyncio.InvalidStateError):
             pass  # the reader sees the same end and fails what is in flight
+        except Exception:  # noqa: BLE001 - anything else: end the stream so the next call reopens it
+            call.cancel()
 
     async def _reader(self, call) -> None:
         reason = "the server ended the stream"
