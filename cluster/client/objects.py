@@ -30,6 +30,14 @@ from cluster.proto import meta_pb2 as pb
 BEGIN_BATCH = 1000
 UPLOADS_IN_FLIGHT = 32
 REPLACE_ATTEMPTS = 3
+# a fragment call slower than this is treated as a failed node (ZeroMQ queues for a dead peer
+# instead of failing): a base, plus the time its bytes take at a slow link's rate
+FRAGMENT_SECONDS_BASE = 2.0
+FRAGMENT_BYTES_PER_SECOND_MIN = 10e6
+
+
+def fragment_timeout(size: int) -> float:
+    return FRAGMENT_SECONDS_BASE + size / FRAGMENT_BYTES_PER_SECOND_MIN
 
 
 class CairnError(Exception):
@@ -137,7 +145,8 @@ class ObjectClient:
                     async with slots:
                         try:
                             client = await self._data_client(nodes[index])
-                            await client.put(chunk_id, index, fragments[index], crc32c(fragments[index]))
+                            await client.put(chunk_id, index, fragments[index], crc32c(fragments[index]),
+                                             timeout=fragment_timeout(len(fragments[index])))
                         except (DataError, OSError, asyncio.TimeoutError, KeyError):
                             failed.append(index)
                 await asyncio.gather(*(send(i) for i in pending))
@@ -191,7 +200,8 @@ class ObjectClient:
             async def one(index: int) -> None:
                 try:
                     client = await self._data_client(chunk.nodes[index])
-                    have[index] = await client.get(ref.id, index)
+                    have[index] = await client.get(ref.id, index,
+                                                   timeout=fragment_timeout(ref.length // max(1, k)))
                 except (DataError, OSError, asyncio.TimeoutError, KeyError):
                     bad.add(index)  # down, missing, or corrupt (the node checks its CRC32C)
             await asyncio.gather(*(one(i) for i in indexes))

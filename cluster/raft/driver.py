@@ -98,7 +98,8 @@ class RaftDriver:
         if current is not None and getattr(self.state_machine, "applied", 0) < current[0].index:
             self.state_machine.restore(current[1])
         loop = asyncio.get_running_loop()
-        self._tasks = [loop.create_task(self._consensus_loop()), loop.create_task(self._apply_loop())]
+        self._tasks = [loop.create_task(self._consensus_loop()),
+                       loop.create_task(self._fail_stop(self._apply_loop()))]
         self._call_later = self._call_later or loop.call_later
         self._tick_handle = self._call_later(self.tick_seconds, self._on_tick)
 
@@ -194,12 +195,17 @@ class RaftDriver:
     # ---- the consensus task
 
     async def _consensus_loop(self) -> None:
+        await self._fail_stop(self._consensus_steps())
+
+    async def _fail_stop(self, work) -> None:
+        """Runs a task of the node; if it fails, so does the node (loudly): one that cannot
+        persist, or whose state machine cannot apply an entry, must not go on."""
         try:
-            await self._consensus_steps()
+            await work
         except asyncio.CancelledError:
             raise
-        except Exception as error:  # noqa: BLE001 - fail-stop: a node that cannot persist must not go on
-            log.critical("node %d stops: %r", self.raft.id, error)
+        except Exception as error:  # noqa: BLE001
+            log.critical("node %d stops: %r", self.raft.id, error, exc_info=error)
             self.fatal = error
             self._stopped = True
             self._fail_pending(ProposalOutcomeUnknown(f"node {self.raft.id} failed: {error!r}"))
