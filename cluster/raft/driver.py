@@ -25,12 +25,13 @@ from typing import Awaitable, Callable, Protocol
 
 from cluster.raft.core import NotLeader, ProposalDropped, Raft, Ready, Role
 from cluster.raft.log_store import LogStore
-from cluster.raft.messages import Entry, EntryKind, Membership, Message, MessageType, SnapshotMeta
+from cluster.raft.messages import Entry, EntryKind, Membership, Message, MessageType, SnapshotMeta, message_bytes
 from cluster.raft.rsm import StateMachine
 
 log = logging.getLogger(__name__)
 
 INBOX_MESSAGES_MAX = 10_000
+INBOX_BYTES_MAX = 64 << 20
 
 
 class ProposalOutcomeUnknown(Exception):
@@ -71,7 +72,8 @@ class RaftDriver:
         self._call_later = call_later
         self.fatal: Exception | None = None
         self._wake = asyncio.Event()
-        self._inbox: deque[Message] = deque()
+        self._inbox: deque[tuple[Message, int]] = deque()  # with each message's size
+        self._inbox_bytes = 0
         self._proposals: deque[tuple[bytes, asyncio.Future]] = deque()
         self._pending: dict[int, tuple[int, asyncio.Future]] = {}  # index -> (term, future)
         self._readers: list[asyncio.Future] = []
@@ -124,10 +126,12 @@ class RaftDriver:
     def receive(self, message: Message) -> None:
         if self._stopped:
             return  # nothing will read it: a stopped node must not pile up its peers' traffic
-        if len(self._inbox) >= INBOX_MESSAGES_MAX:
+        size = message_bytes(message)
+        if len(self._inbox) >= INBOX_MESSAGES_MAX or self._inbox_bytes + size > INBOX_BYTES_MAX:
             self.stats["inbox_dropped"] += 1  # the peer retransmits; better than unbounded memory
             return
-        self._inbox.append(message)
+        self._inbox.append((message, size))
+        self._inbox_bytes += size
         self._wake.set()
 
     def _check_accepting(self) -> None:
@@ -226,7 +230,9 @@ class RaftDriver:
             self.raft.tick()
         self._ticks = 0
         while self._inbox:
-            self.raft.step(self._inbox.popleft())
+            message, size = self._inbox.popleft()
+            self._inbox_bytes -= size
+            self.raft.step(message)
         self._feed_proposals()
         self._feed_admin()
         self._feed_reads()

@@ -98,3 +98,9 @@ class Message:
     data: bytes | None = None
     done: bool = False       # SNAPSHOT: the last chunk
 
+
+def message_bytes(m: Message) -> int:
+    """Roughly what a message holds in memory: its entries' and snapshot chunk's bytes, plus a
+    fixed overhead. Queues of messages are bounded by this, not only by count: one append to a
+    follower that is catching up can carry megabytes."""
+    return 128 + sum(len(e.data) + 64 for e in m.entries) + len(m.data or b"") + len(m.context)

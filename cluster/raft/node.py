@@ -26,7 +26,7 @@ from cluster.raft.config import RaftConfig
 from cluster.raft.core import Raft
 from cluster.raft.driver import RaftDriver
 from cluster.raft.log_store import LogStore
-from cluster.raft.messages import Membership, Message
+from cluster.raft.messages import Membership, Message, message_bytes
 from cluster.raft.rsm import StateMachine
 from cluster.raft.snapshot_files import FileSnapshots
 from cluster.raft.wire import MESSAGE_BYTES_MAX, from_proto, to_proto
@@ -35,6 +35,7 @@ from cluster.storage.disk import RocksDisk
 log = logging.getLogger("cairn.raft")
 
 PEER_QUEUE_MESSAGES_MAX = 10_000
+PEER_QUEUE_BYTES_MAX = 64 << 20
 BATCH_MESSAGES_MAX = 512
 RECONNECT_SECONDS = (0.05, 1.0)
 REQUEST_SECONDS_MAX = 10.0
@@ -46,6 +47,7 @@ class GrpcTransport:
     def __init__(self, node_id: int, peers: dict[int, str]):
         self.node_id, self.peers = node_id, peers
         self._queues = {p: asyncio.Queue(PEER_QUEUE_MESSAGES_MAX) for p in peers if p != node_id}
+        self._queued_bytes = {p: 0 for p in self._queues}
         self._tasks: list[asyncio.Task] = []
         self.dropped = 0
 
@@ -62,8 +64,13 @@ class GrpcTransport:
             queue = self._queues.get(m.target)
             if queue is None:
                 continue
+            size = message_bytes(m)
+            if self._queued_bytes[m.target] + size > PEER_QUEUE_BYTES_MAX:
+                self.dropped += 1  # a slow or absent peer: Raft retransmits what it still needs
+                continue
             try:
-                queue.put_nowait(m)
+                queue.put_nowait((m, size))
+                self._queued_bytes[m.target] += size
             except asyncio.QueueFull:
                 self.dropped += 1
 
@@ -73,20 +80,20 @@ class GrpcTransport:
             try:
                 async with grpc.aio.insecure_channel(self.peers[peer], options=GRPC_OPTIONS) as channel:
                     stub = pb_grpc.RaftStub(channel)
-                    await stub.Stream(self._batches(queue))
+                    await stub.Stream(self._batches(peer, queue))
             except (grpc.aio.AioRpcError, OSError) as error:
                 log.debug("stream to %s ended: %s", peer, error)
             await asyncio.sleep(delay)
             delay = min(delay * 2, RECONNECT_SECONDS[1])
 
-    @staticmethod
-    async def _batches(queue: asyncio.Queue):
+    async def _batches(self, peer: int, queue: asyncio.Queue):
         while True:
             batch = [await queue.get()]
             await asyncio.sleep(0)  # let the rest of this loop turn's messages join the batch
             while not queue.empty() and len(batch) < BATCH_MESSAGES_MAX:
                 batch.append(queue.get_nowait())
-            yield pb.MessageBatch(messages=[to_proto(m) for m in batch])
+            self._queued_bytes[peer] -= sum(size for _, size in batch)
+            yield pb.MessageBatch(messages=[to_proto(m) for m, _ in batch])
 
 
 class RaftService(pb_grpc.RaftServicer):
