@@ -27,6 +27,15 @@ def content(n: int, index: int, size: int = 3000) -> bytes:
     return random.Random(n * 1000 + index).randbytes(size)
 
 
+def flip_bits(path, offset, mask):
+    """Damages one byte of a file in place."""
+    with open(path, "r+b") as f:
+        f.seek(offset)
+        byte = f.read(1)
+        f.seek(offset)
+        f.write(bytes([byte[0] ^ mask]))
+
+
 def open_store(path, files=None, segment_bytes_max=1 << 20):
     return FragmentStore(files or LocalFiles(str(path / "segments")), RocksDisk(str(path / "index")),
                          segment_bytes_max=segment_bytes_max)
@@ -159,13 +168,8 @@ def test_corruption_is_detected_on_read_and_by_the_scrubber(tmp_path):
     s = open_store(tmp_path, segment_bytes_max=20000)
     for n in rng.sample(range(30), 8):
         location = s.location(cid(n), 2)
-        path = tmp_path / "segments" / segment_name(location.segment)
-        with open(path, "r+b") as f:
-            at = location.offset + rng.randrange(location.record_bytes)
-            f.seek(at)
-            byte = f.read(1)
-            f.seek(at)
-            f.write(bytes([byte[0] ^ (1 << rng.randrange(8))]))
+        flip_bits(tmp_path / "segments" / segment_name(location.segment),
+                  location.offset + rng.randrange(location.record_bytes), 1 << rng.randrange(8))
         damaged.add(n)
     for n in range(30):
         if n in damaged:
@@ -340,11 +344,7 @@ def test_damage_in_the_middle_of_the_last_segment_is_skipped_not_cut(tmp_path):
     s.close()
     import shutil
     shutil.rmtree(tmp_path / "index")  # replay from the start
-    with open(tmp_path / "segments" / segment_name(location.segment), "r+b") as f:
-        f.seek(location.offset + 10)  # inside the header of record 2
-        byte = f.read(1)
-        f.seek(location.offset + 10)
-        f.write(bytes([byte[0] ^ 0x40]))
+    flip_bits(tmp_path / "segments" / segment_name(location.segment), location.offset + 10, 0x40)  # its header
     s = open_store(tmp_path)
     assert s.recovered["torn_bytes"] == 0 and s.recovered["damaged_segments"]
     assert not s.has(cid(2), 0)

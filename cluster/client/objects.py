@@ -23,7 +23,7 @@ import os
 import blake3
 
 from cluster.client.meta import MetaClient
-from cluster.codec import Chunker, CodecError, ReedSolomon, crc32c
+from cluster.codec import CodecError, ReedSolomon, chunk_lengths, crc32c
 from cluster.data.wire import DataClient, DataError
 from cluster.proto import meta_pb2 as pb
 
@@ -99,11 +99,7 @@ class ObjectClient:
         digest = blake3.blake3(data).digest()
         refs, chunks = [], []
         offset = 0
-        for length in Chunker().feed(data) + [0]:
-            if length == 0:
-                length = len(data) - offset  # the trailing partial chunk
-                if length == 0:
-                    break
+        for length in chunk_lengths(data):
             piece = data[offset:offset + length]
             refs.append(pb.ChunkRef(id=blake3.blake3(piece).digest(), length=length))
             chunks.append(piece)

@@ -146,14 +146,14 @@ class ControlService(pb_grpc.DataServicer):
         return await asyncio.get_running_loop().run_in_executor(self.node.pool, work)
 
     @staticmethod
-    def _ids(request, context):
+    def _ids(request):
         if len(request.fragments) > IDS_PER_CALL_MAX:
             raise ValueError(f"at most {IDS_PER_CALL_MAX} fragments per call")
         return [(f.chunk, f.index) for f in request.fragments]
 
     async def Has(self, request, context):
         try:
-            ids = self._ids(request, context)
+            ids = self._ids(request)
             present = await self._run(lambda: [self.node.disks.has(c, i) for c, i in ids])
         except (BadFragment, ValueError) as error:
             await context.abort(grpc.StatusCode.INVALID_ARGUMENT, str(error))
@@ -161,7 +161,7 @@ class ControlService(pb_grpc.DataServicer):
 
     async def Delete(self, request, context):
         try:
-            ids = self._ids(request, context)
+            ids = self._ids(request)
             deleted = await self._run(lambda: [self.node.disks.delete(c, i) for c, i in ids])
         except (BadFragment, ValueError) as error:
             await context.abort(grpc.StatusCode.INVALID_ARGUMENT, str(error))

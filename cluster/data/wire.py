@@ -16,7 +16,7 @@ import struct
 import zmq
 import zmq.asyncio
 
-from cluster.data.store import FRAGMENT_BYTES_MAX
+from cluster.data.store import FRAGMENT_BYTES_MAX, FRAGMENT_INDEX_MAX
 
 OP_PUT, OP_GET = b"P", b"G"
 OK, NOT_FOUND, CORRUPT, BAD_REQUEST, DISK_FULL, UNAVAILABLE = range(6)
@@ -37,8 +37,8 @@ class DataError(Exception):
 
 
 def _check(chunk_id: bytes, index: int) -> None:
-    if len(chunk_id) != 32 or not 0 <= index <= 254:
-        raise ValueError(f"a fragment is named by a 32-byte chunk id and an index 0..254, "
+    if len(chunk_id) != 32 or not 0 <= index <= FRAGMENT_INDEX_MAX:
+        raise ValueError(f"a fragment is named by a 32-byte chunk id and an index 0..{FRAGMENT_INDEX_MAX}, "
                          f"got {len(chunk_id)} bytes and {index}")
 
 

@@ -9,9 +9,10 @@ from __future__ import annotations
 
 import re
 
+from cluster.codec.rs import FRAGMENTS_MAX  # k + m: GF(2^8) Reed-Solomon
+
 KEY_BYTES_MAX = 1024
 CHUNK_ID_BYTES = 32
-FRAGMENTS_MAX = 255  # k + m: GF(2^8) Reed-Solomon
 METADATA_BYTES_MAX = 8192  # user metadata, keys plus values
 _BUCKET = re.compile(r"^[a-z0-9][a-z0-9.-]{1,61}[a-z0-9]$")
 _IPV4 = re.compile(r"^\d+\.\d+\.\d+\.\d+$")

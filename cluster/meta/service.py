@@ -92,7 +92,6 @@ class MetaService(pb_grpc.MetaServicer):
         self.driver, self.state = driver, state
         self.address_of = address_of  # Raft node id -> client address
         self.clock = clock
-        self.heard: dict[int, float] = {}  # data node -> when the leader last heard it (failure detection)
         self._mux = MuxServer(pb.MetaReplies, "ops", "replies")
         self._batcher = CommandBatcher(driver)
 
@@ -189,7 +188,6 @@ class MetaService(pb_grpc.MetaServicer):
         node = self.state.node(beat.id)
         if node is None:
             raise Refused(pb.UNKNOWN_NODE, f"no data node {beat.id}: register first")
-        self.heard[beat.id] = self.clock()
         if _moved(node.disks, beat.disks) or node.state in (pb.SUSPECT, pb.DEAD):
             state = pb.UP if node.state in (pb.SUSPECT, pb.DEAD) else node.state
             command = pb.MetaCommand(op_id=os.urandom(16), now_ms=int(self.clock() * 1000),

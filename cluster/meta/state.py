@@ -624,16 +624,6 @@ class MetaState:
         """Chunks without references since before `before_ms` (the grace period is the caller's)."""
         return [key[9:] for key, _ in _take(self.disk.scan(b"G", b"G" + _u64(before_ms)), limit)]
 
-    def counts(self) -> dict[str, int]:
-        """Chunk totals for status (a full scan: for tools and tests, not the hot path)."""
-        chunks = stored = referenced = 0
-        for _, value in self.disk.scan(b"C", b"D"):
-            chunk = pb.Chunk.FromString(value)
-            chunks += 1
-            stored += chunk.length
-            referenced += chunk.length * chunk.refs
-        return {"chunks": chunks, "chunk_bytes": stored, "referenced_bytes": referenced}
-
 
 def _take(items: Iterator, limit: int) -> list:
     taken = []

@@ -1,7 +1,7 @@
 """Benchmark of Cairn's metadata service: object puts (BeginPut + CommitPut) against etcd's plain
 puts, and listing a large bucket. Three nodes each, loopback, fsync on.
 
-    python ops/bench/meta.py [--quick] [--json PATH] [--keys N]
+    python ops/bench/meta.py [--quick] [--json PATH] [--keys N] [--only puts|listing]
 
 Puts: closed-loop clients at 1, 16 and 64, each putting 4-chunk objects through the Meta API
 (ops/bench/meta_load.py: the client library's metadata calls, fragment upload left out); in the
@@ -131,6 +131,7 @@ def main() -> None:
     parser.add_argument("--json", metavar="PATH", help="write the result rows as JSON")
     parser.add_argument("--keys", type=int, help="keys in the listed bucket (default 1,000,000; quick 100,000)")
     parser.add_argument("--dir", help="where the clusters keep their data (default: a temp dir)")
+    parser.add_argument("--only", choices=("puts", "listing"), help="run one part (listing: no etcd)")
     args = parser.parse_args()
     keys = args.keys or (100_000 if args.quick else 1_000_000)
 
@@ -141,22 +142,23 @@ def main() -> None:
     work = tempfile.mkdtemp(prefix="cairn-meta-bench-", dir=args.dir)
     clusters: dict = {}
     try:
-        stubs = raft.etcd_stubs(work)
-        for system, make in (("cairn", lambda d: CairnMetaCluster(d)), ("etcd", lambda d: EtcdCluster(d, ensure_etcd()))):
+        systems = (("cairn", lambda d: CairnMetaCluster(d)), ("etcd", lambda d: EtcdCluster(d, ensure_etcd())))
+        if args.only == "listing":
+            systems = systems[:1]
+        for system, make in systems:
             directory = os.path.join(work, system)
             os.makedirs(directory)
             progress(f"starting {system} (3 nodes) ...")
             clusters[system] = make(directory)
             clusters[system].start()
-        raft.check_etcd_api(clusters["etcd"], stubs)
-        puts = measure_puts(clusters, args.quick, work, stubs)
-        clusters.pop("etcd").stop()
-        progress(f"  filling a bucket with {keys:,} keys ...")
-        fill_rate = asyncio.run(fill(clusters["cairn"].endpoints, "listing", keys)) if _make_bucket(clusters["cairn"]) else 0
-        progress(f"    {fill_rate:,.0f} commits/s; listing it ...")
-        listed, seconds = asyncio.run(list_all(clusters["cairn"].endpoints, "listing"))
-        if listed != keys:
-            sys.exit(f"meta.py: listed {listed} keys, filled {keys}")
+        puts, listed = {}, 0
+        if args.only != "listing":
+            stubs = raft.etcd_stubs(work)
+            raft.check_etcd_api(clusters["etcd"], stubs)
+            puts = measure_puts(clusters, args.quick, work, stubs)
+            clusters.pop("etcd").stop()
+        if args.only != "puts":
+            listed, seconds, fill_rate = fill_and_list(clusters["cairn"], keys)
     except ClusterError as error:
         sys.exit(f"meta.py: {error}")
     finally:
@@ -166,16 +168,31 @@ def main() -> None:
             cluster.stop()
         shutil.rmtree(work, ignore_errors=True)
     rows = []
-    for clients in CLIENTS:
+    for clients in CLIENTS if puts else ():
         cairn, etcd = puts[("cairn", clients)], puts[("etcd", clients)]
         rows.append(row(f"meta_put_per_s_c{clients}", cairn["per_s"], "op/s", "etcd put", etcd["per_s"]))
         rows.append(row(f"meta_put_p50_ms_c{clients}", cairn["p50_ms"], "ms", "etcd put", etcd["p50_ms"], False))
         rows.append(row(f"meta_put_p99_ms_c{clients}", cairn["p99_ms"], "ms", "etcd put", etcd["p99_ms"], False))
-    rows.append(row("meta_list_keys_per_s", listed / seconds, "key/s", "target", LIST_TARGET_KEYS_PER_S))
+    if listed:
+        rows.append(row("meta_list_keys_per_s", listed / seconds, "key/s", "target", LIST_TARGET_KEYS_PER_S))
     print_table(f"Cairn meta, 3 nodes, fsync on: object puts (BeginPut + CommitPut, 4 chunks) vs etcd puts, "
                 f"and listing {keys:,} keys ({'quick' if args.quick else 'full'}; ratio > 1: Cairn better)", rows)
-    print(f"(filling the bucket ran at {fill_rate:,.0f} commits/s with {FILL_CONCURRENCY} concurrent commits)")
+    if listed:
+        print(f"(filling the bucket ran at {fill_rate:,.0f} commits/s with {FILL_CONCURRENCY} concurrent commits)")
     write_json(args.json, rows)
+
+
+def fill_and_list(cluster: CairnMetaCluster, keys: int) -> tuple[int, float, float]:
+    """Fills a fresh bucket with `keys` empty objects, then lists it whole: (listed, seconds, fill rate)."""
+    if not _make_bucket(cluster):
+        sys.exit("meta.py: could not create the listing bucket")
+    progress(f"  filling a bucket with {keys:,} keys ...")
+    fill_rate = asyncio.run(fill(cluster.endpoints, "listing", keys))
+    progress(f"    {fill_rate:,.0f} commits/s; listing it ...")
+    listed, seconds = asyncio.run(list_all(cluster.endpoints, "listing"))
+    if listed != keys:
+        sys.exit(f"meta.py: listed {listed} keys, filled {keys}")
+    return listed, seconds, fill_rate
 
 
 def _make_bucket(cluster: CairnMetaCluster) -> bool:

@@ -192,14 +192,19 @@ class CairnCluster(Cluster):
         super().__init__(directory)
         self.endpoints = [f"127.0.0.1:{p}" for p in free_ports(3)]
 
+    MODULE, PREFIX = "cluster.raft.server", "n"  # the node process and its data/log names
+
     def start(self) -> None:
+        self._spawn_members()
+        self.leader_address = self.leader()
+
+    def _spawn_members(self) -> None:
         peers = ",".join(f"{i + 1}={a}" for i, a in enumerate(self.endpoints))
         env = dict(os.environ, PYTHONPATH=str(ROOT) + os.pathsep + os.environ.get("PYTHONPATH", ""))
         for i, address in enumerate(self.endpoints):
-            self._spawn([sys.executable, "-m", "cluster.raft.server", "--id", str(i + 1),
-                         "--data", os.path.join(self.directory, f"n{i + 1}"), "--listen", address,
-                         "--peers", peers], f"cairn-{i + 1}.log", cwd=str(ROOT), env=env)
-        self.leader_address = self.leader()
+            self._spawn([sys.executable, "-m", self.MODULE, "--id", str(i + 1),
+                         "--data", os.path.join(self.directory, f"{self.PREFIX}{i + 1}"), "--listen", address,
+                         "--peers", peers], f"{self.PREFIX}{i + 1}.log", cwd=str(ROOT), env=env)
 
     def leader(self) -> str:
         """The address of a node that commits a put now (probed: leadership may have moved)."""
@@ -243,14 +248,10 @@ class CairnMetaCluster(CairnCluster):
 
     name = "cairn-meta"
     BUCKET = "bench"
+    MODULE, PREFIX = "cluster.meta.server", "m"
 
     def start(self) -> None:
-        peers = ",".join(f"{i + 1}={a}" for i, a in enumerate(self.endpoints))
-        env = dict(os.environ, PYTHONPATH=str(ROOT) + os.pathsep + os.environ.get("PYTHONPATH", ""))
-        for i, address in enumerate(self.endpoints):
-            self._spawn([sys.executable, "-m", "cluster.meta.server", "--id", str(i + 1),
-                         "--data", os.path.join(self.directory, f"m{i + 1}"), "--listen", address,
-                         "--peers", peers], f"meta-{i + 1}.log", cwd=str(ROOT), env=env)
+        self._spawn_members()
         import asyncio
 
         asyncio.run(self._set_up())
