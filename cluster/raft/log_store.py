@@ -83,9 +83,16 @@ def _decode_snapshot(value: bytes) -> SnapshotMeta:
     return SnapshotMeta(index, term, Membership.decode(bytes(body[_SNAPSHOT.size:])), size)
 
 
+# A conflicting suffix longer than this is dropped with one range delete; shorter ones (the usual
+# case: none at all) with point deletes. RocksDB keeps every range tombstone in its memtables and
+# re-fragments them on each flush and compaction: one per append grew a node to gigabytes.
+POINT_DELETES_MAX = 1024
+
+
 class LogStore:
     def __init__(self, disk: Disk):
         self.disk = disk
+        self._last: int | None = None  # the last entry index on disk (None: not looked up yet)
 
     def save(self, hard_state: HardState | None, entries: tuple[Entry, ...] | list[Entry],
              snapshot: SnapshotMeta | None = None, sync: bool = True) -> None:
@@ -97,13 +104,29 @@ class LogStore:
             # suffix that disagrees with it, goes.
             deletes.append((ENTRY_PREFIX, ENTRY_END))
             puts.append((SNAPSHOT_KEY, _encode_snapshot(snapshot)))
+        last = self._stored_last() if snapshot is None else snapshot.index
         if entries:
-            deletes.append((entry_key(entries[0].index), ENTRY_END))  # truncate a conflicting suffix
+            # the new entries overwrite their indexes; a longer old suffix beyond them goes
+            new_last = entries[-1].index
+            if last - new_last > POINT_DELETES_MAX:
+                deletes.append((entry_key(new_last + 1), ENTRY_END))
+            else:
+                deletes.extend((entry_key(i), entry_key(i) + b"\0") for i in range(new_last + 1, last + 1))
             puts.extend((entry_key(e.index), encode_entry(e)) for e in entries)
+            last = new_last
         if hard_state is not None:
             puts.append((HARD_STATE_KEY, _seal(HARD_STATE_KEY, _HARD.pack(hard_state.term, hard_state.vote, hard_state.commit))))
         if puts or deletes:
             self.disk.write(puts, deletes, sync=sync)
+        self._last = last
+
+    def _stored_last(self) -> int:
+        if self._last is None:
+            last = 0
+            for key, _ in self.disk.scan(ENTRY_PREFIX, ENTRY_END):
+                last = int.from_bytes(key[1:], "big")
+            self._last = last
+        return self._last
 
     def compact(self, snapshot: SnapshotMeta) -> None:
         """Records a local snapshot and drops the entries it covers."""
@@ -119,6 +142,7 @@ class LogStore:
         if bad_from is not None:
             torn = sum(1 for _ in self.disk.scan(entry_key(bad_from), ENTRY_END))
             self.disk.write([], [(entry_key(bad_from), ENTRY_END)], sync=True)
+        self._last = None if bad_from is not None else (entries[-1].index if entries else snapshot.index)
         last = entries[-1].index if entries else snapshot.index
         if hard_state.commit > last:
             raise LogCorrupted(f"hard state says {hard_state.commit} is committed but the log ends at {last}")
