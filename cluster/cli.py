@@ -49,26 +49,39 @@ def cmd_kernels(args) -> int:
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="cairn", description="Cairn: content-addressed, erasure-coded storage")
+    parser.add_argument("--meta", default=None, metavar="ADDRS",
+                        help="comma-separated meta addresses (default: $CAIRN_META, else the `cairn dev up` cluster "
+                             "in ./.cairn, else 127.0.0.1:7400)")
+    parser.add_argument("--json", action="store_true", help="machine-readable output")
     commands = parser.add_subparsers(dest="command", required=True)
+    from cluster import commands as objects
 
-    demo = commands.add_parser("demo", help="chunk, hash, erasure-code and rebuild a generated file")
+    objects.add_commands(commands)
+
+    demo = commands.add_parser("demo", help="chunk, hash, erasure-code and rebuild a generated file (no cluster)")
     demo.add_argument("--size", type=parse_size, default=parse_size("256MiB"), help="file size (default 256MiB)")
     demo.add_argument("--profile", type=parse_profile, default=(8, 3), help="erasure profile K+M (default 8+3)")
     demo.add_argument("--seed", type=int, default=1, help="seed of the generated data and of the losses")
     demo.set_defaults(run=cmd_demo)
 
     kernels = commands.add_parser("kernels", help="which SIMD kernels this CPU runs")
-    kernels.add_argument("--json", action="store_true", help="machine-readable output")
+    kernels.add_argument("--json", action="store_true", default=argparse.SUPPRESS, help="machine-readable output")
     kernels.set_defaults(run=cmd_kernels)
     return parser
 
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
+    from cluster.client.errors import CairnError
+
     try:
         return args.run(args)
-    except (ValueError, RuntimeError) as error:
-        print(f"cairn: {error}", file=sys.stderr)
+    except KeyboardInterrupt:
+        print("cairn: interrupted", file=sys.stderr)
+        return 130
+    except (CairnError, ValueError, RuntimeError, OSError) as error:
+        print(f"cairn: {type(error).__name__}: {error}" if isinstance(error, CairnError) else f"cairn: {error}",
+              file=sys.stderr)
         return 1
 
 

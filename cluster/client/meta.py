@@ -15,6 +15,7 @@ import time
 
 import grpc
 
+from cluster.client.errors import ClusterUnavailable
 from cluster.proto import meta_pb2 as pb
 from cluster.proto import meta_pb2_grpc as pb_grpc
 from cluster.rpc.mux import StreamBroken, StreamMux
@@ -25,10 +26,6 @@ BACKOFF_SECONDS = (0.02, 0.5)
 MESSAGE_BYTES_MAX = 64 << 20
 _OPTIONS = [("grpc.max_send_message_length", MESSAGE_BYTES_MAX),
             ("grpc.max_receive_message_length", MESSAGE_BYTES_MAX)]
-
-
-class ClusterUnavailable(Exception):
-    """No metadata leader answered in time: check that a majority of meta nodes is up."""
 
 
 class MetaClient:

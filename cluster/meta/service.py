@@ -29,7 +29,7 @@ log = logging.getLogger("cairn.meta")
 OP_ID_BYTES_MAX = 64
 BEGIN_CHUNKS_MAX = 100_000
 CALL_SECONDS_MAX = 10.0
-READS = frozenset({"get_object", "list_objects", "list_buckets", "list_nodes", "get_chunks"})
+READS = frozenset({"get_object", "list_objects", "list_buckets", "list_nodes", "get_chunks", "get_stats"})
 GET_CHUNKS_MAX = 10_000
 CAPACITY_REPORT_FRACTION = 0.01  # a heartbeat goes through Raft when free space moved this much
 ENTRY_COMMANDS_MAX = 256
@@ -266,6 +266,11 @@ class MetaService(pb_grpc.MetaServicer):
 
     def _read_list_nodes(self, op) -> pb.MetaReply:
         return pb.MetaReply(tag=op.tag, list_nodes=pb.ListNodesReply(nodes=self.state.nodes()))
+
+    def _read_get_stats(self, op) -> pb.MetaReply:
+        chunks, size = self.state.chunk_counts()
+        return pb.MetaReply(tag=op.tag, stats=pb.StatsReply(chunks=chunks, chunk_bytes=size, leader=self.driver.leader,
+                                                            applied=self.state.applied))
 
 
 def _moved(old, new) -> bool:

@@ -11,6 +11,7 @@ Key layout (bytes; bucket names and keys never contain NUL, UTF-8 never contains
     A                          last applied index
     T                          the state's clock: the largest now_ms applied
     S                          the last node id handed out
+    K                          chunk count and chunk bytes (two u64), for status and dedup figures
     B<bucket>                  Bucket
     O<bucket>\0<key>           flag byte (1: delete marker) + ObjectHead of the current version
     M<bucket>\0<key>\0<ver>    Manifest of each retained version (ver: 8 bytes big-endian)
@@ -42,6 +43,7 @@ RESULTS_PRUNED_EACH_TIME = 16_384  # at most this many each time: more than 64 f
 CHUNK_BYTES_MAX = 64 << 20
 LIST_KEYS_MAX = 10_000
 _U64 = struct.Struct(">Q")
+_CHUNK_COUNTS = struct.Struct(">QQ")
 _OBJECT_END = b"\xff"
 _LIVE, _MARKER = b"\x00", b"\x01"
 PREFIX_TOKEN = "\x00"  # keys never hold NUL: a continuation token that starts with it names a prefix
@@ -337,6 +339,7 @@ class MetaState:
             if chunk.refs == 0:  # a commit may have brought it back meanwhile
                 batch.delete(chunk_key(chunk_id))
                 batch.delete(b"G" + _u64(chunk.unreferenced_ms) + chunk_id)
+                self._count_chunks(batch, -1, -chunk.length)
         return pb.MetaResult()
 
     def _do_report_damage(self, batch: Batch, version: int, now: int, c: pb.ReportDamage) -> pb.MetaResult:
@@ -412,6 +415,7 @@ class MetaState:
             self._check_placement(chunk_id, nodes, profile, self._nodes()[1])
             chunk = pb.Chunk(length=lengths[chunk_id], refs=count, state=pb.HOT, profile=profile, nodes=nodes)
             batch.put(chunk_key(chunk_id), chunk.SerializeToString())
+            self._count_chunks(batch, 1, chunk.length)
         if missing:
             raise Refused(pb.MISSING_CHUNKS, f"{len(missing)} chunks are neither stored nor placed by this commit; "
                                              "upload them and commit again", missing)
@@ -481,7 +485,18 @@ class MetaState:
                                              f"({bucket.quota_objects or '-'} objects, {bucket.quota_bytes or '-'} bytes)")
         batch.put(bucket_key(bucket.name), bucket.SerializeToString())
 
+    @staticmethod
+    def _count_chunks(batch: Batch, chunks: int, size: int) -> None:
+        raw = batch.get(b"K")
+        count, total = _CHUNK_COUNTS.unpack(raw) if raw else (0, 0)
+        batch.put(b"K", _CHUNK_COUNTS.pack(max(0, count + chunks), max(0, total + size)))
+
     # ---- queries
+
+    def chunk_counts(self) -> tuple[int, int]:
+        """(distinct chunks, their bytes)."""
+        raw = self.disk.get(b"K")
+        return _CHUNK_COUNTS.unpack(raw) if raw else (0, 0)
 
     def bucket(self, name: str) -> pb.Bucket:
         return self._bucket(Batch(self.disk), name)

@@ -117,7 +117,11 @@ class LogStore:
         if hard_state is not None:
             puts.append((HARD_STATE_KEY, _seal(HARD_STATE_KEY, _HARD.pack(hard_state.term, hard_state.vote, hard_state.commit))))
         if puts or deletes:
-            self.disk.write(puts, deletes, sync=sync)
+            try:
+                self.disk.write(puts, deletes, sync=sync)
+            except BaseException:
+                self._last = None  # the write may have landed in part: look again next time
+                raise
         self._last = last
 
     def _stored_last(self) -> int:

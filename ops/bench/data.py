@@ -30,8 +30,7 @@ import tempfile
 import time
 
 ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-sys.path.insert(0, ROOT)
-sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+sys.path.insert(0, ROOT)  # first: `cluster` is the package, not ops/bench/cluster.py
 from common import print_table, progress, row, write_json  # noqa: E402
 
 POINTS = [(128 << 10, 1), (128 << 10, 16), (1 << 20, 1), (1 << 20, 16), (4 << 10, 16)]

@@ -29,7 +29,7 @@ import time
 ROOT = pathlib.Path(__file__).resolve().parents[2]
 BENCH = ROOT / "ops" / "bench"
 sys.path.insert(0, str(BENCH))
-sys.path.insert(0, str(ROOT))
+sys.path.insert(0, str(ROOT))  # first: `cluster` is the package, not ops/bench/cluster.py
 import raft  # noqa: E402
 from common import print_table, progress, row, write_json  # noqa: E402
 from raft_clusters import CairnMetaCluster, ClusterError, EtcdCluster, ensure_etcd  # noqa: E402

@@ -17,8 +17,7 @@ import random
 import sys
 import time
 
-sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__)))))
-sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__)))))  # first: `cluster` is the package, not ops/bench/cluster.py
 from cluster.client.meta import MetaClient  # noqa: E402
 from cluster.proto import meta_pb2 as pb  # noqa: E402
 from raft_load import GiveUp, drive  # noqa: E402

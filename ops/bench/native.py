@@ -30,6 +30,7 @@ import numpy as np
 
 ROOT = pathlib.Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(ROOT / "ops" / "bench"))
+sys.path.insert(0, str(ROOT))  # first: `cluster` is the package, not ops/bench/cluster.py
 from common import pip_install, print_table, progress, rates_side_by_side, row, write_json  # noqa: E402
 
 CACHE = ROOT / ".bench"

@@ -36,6 +36,7 @@ import numpy as np
 ROOT = pathlib.Path(__file__).resolve().parents[2]
 BENCH = ROOT / "ops" / "bench"
 sys.path.insert(0, str(BENCH))
+sys.path.insert(0, str(ROOT))  # first: `cluster` is the package, not ops/bench/cluster.py
 from common import pip_install, print_table, progress, row, write_json  # noqa: E402
 from raft_clusters import CairnCluster, ClusterError, EtcdCluster, ensure_etcd  # noqa: E402
 from raft_load import DRAIN_SECONDS as LOADGEN_DRAIN_SECONDS  # noqa: E402

@@ -32,7 +32,7 @@ import time
 import grpc
 import numpy as np
 
-sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__)))))
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__)))))  # first: `cluster` is the package, not ops/bench/cluster.py
 from cluster.rpc.mux import StreamBroken  # noqa: E402
 
 KEYS = 10_000

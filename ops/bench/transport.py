@@ -20,6 +20,7 @@ import sys
 import time
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__)))))  # first: `cluster` is the package, not ops/bench/cluster.py
 from common import print_table, progress, row, write_json  # noqa: E402
 
 WINDOW = 16

@@ -1,0 +1,215 @@
+"""Fragments to and from data nodes: the erasure-coded half of the write and read paths.
+
+Store: code a chunk into k+m fragments and send each to its node; a fragment whose node fails
+goes to a replacement node that the leader picks (the ones that went through stay).
+
+Read: ask for the k data fragments (the code is systematic: no decoding when they all come);
+when some are late by the hedge delay, or fail, ask parity for as many as are missing; decode
+from the first k that arrive and check the chunk against its BLAKE3 name. A chunk that does not
+match is never returned: every fragment is fetched and each left out in turn until one set of k
+agrees, and the one that lied is reported to the leader as damage.
+
+Transports and the clock come in as arguments (`connect(address)` returns an object with the
+DataClient's `put`/`get`/`close`), so the cluster simulator drives this same code.
+"""
+from __future__ import annotations
+
+import asyncio
+import os
+import time
+from typing import Callable
+
+import blake3
+
+from cluster.client.errors import CorruptObject, NotEnoughFragmentsError, raise_for
+from cluster.client.meta import MetaClient
+from cluster.codec import CodecError, ReedSolomon, crc32c
+from cluster.data.wire import DataClient, DataError
+from cluster.proto import meta_pb2 as pb
+
+REPLACE_ATTEMPTS = 3
+HEDGE_SECONDS = 0.25  # a data fragment this late gets a parity fragment asked for in its place
+SUSPECT_SECONDS = 10.0  # a node that failed or was late is read from last for this long
+# a fragment call slower than this is treated as a failed node (ZeroMQ queues for a dead peer
+# instead of failing): a base, plus the time its bytes take at a slow link's rate
+FRAGMENT_SECONDS_BASE = 2.0
+FRAGMENT_BYTES_PER_SECOND_MIN = 10e6
+_FAILURES = (DataError, OSError, asyncio.TimeoutError, KeyError)
+
+
+def fragment_timeout(size: int) -> float:
+    return FRAGMENT_SECONDS_BASE + size / FRAGMENT_BYTES_PER_SECOND_MIN
+
+
+class Fragments:
+    def __init__(self, meta: MetaClient, connect: Callable[[str], DataClient] = DataClient,
+                 hedge_seconds: float = HEDGE_SECONDS, clock: Callable[[], float] = time.monotonic):
+        self.meta = meta
+        self._connect = connect
+        self.hedge_seconds = hedge_seconds
+        self._clock = clock
+        self._suspect_until: dict[int, float] = {}  # node id -> until when reads go elsewhere first
+        self._clients: dict[str, DataClient] = {}
+        self._nodes: dict[int, pb.Node] = {}
+        self._codecs: dict[tuple[int, int], ReedSolomon] = {}
+        self.sent = 0        # fragments stored, for dedup checks and progress
+        self.hedged = 0      # parity fragments asked for because a data fragment was late
+        self.damaged = 0     # fragments that decoded to the wrong chunk, reported
+
+    async def close(self) -> None:
+        for client in self._clients.values():
+            await client.close()
+        self._clients.clear()
+
+    def learn(self, nodes) -> None:
+        for node in nodes:
+            self._nodes[node.id] = node
+
+    def codec(self, k: int, m: int) -> ReedSolomon:
+        codec = self._codecs.get((k, m))
+        if codec is None:
+            codec = self._codecs[(k, m)] = ReedSolomon(k, m)
+        return codec
+
+    # ---- store
+
+    async def store(self, chunk_id: bytes, data, nodes: list[int], profile: pb.ErasureProfile,
+                    slots: asyncio.Semaphore) -> list[int]:
+        """Stores the chunk's k+m fragments; returns the nodes that hold them (replacements in)."""
+        fragments = await asyncio.to_thread(self.codec(profile.k, profile.m).encode_chunk, data)
+        nodes, pending = list(nodes), list(range(len(nodes)))
+        for attempt in range(REPLACE_ATTEMPTS + 1):
+            failed: list[int] = []
+
+            async def send(index: int) -> None:
+                async with slots:
+                    try:
+                        client = await self._client(nodes[index])
+                        await client.put(chunk_id, index, fragments[index], crc32c(fragments[index]),
+                                         timeout=fragment_timeout(len(fragments[index])))
+                        self.sent += 1
+                    except _FAILURES:
+                        failed.append(index)
+            await asyncio.gather(*(send(i) for i in pending))
+            if not failed:
+                return nodes
+            if attempt == REPLACE_ATTEMPTS:
+                break
+            reply = await self.meta.call(pb.MetaOp(replace=pb.Replace(
+                chunk=chunk_id, profile=profile, nodes=nodes, failed=sorted(failed), seed=os.urandom(16))))
+            raise_for(reply)
+            nodes, pending = list(reply.replace.nodes), sorted(failed)
+            await self.refresh()
+        raise NotEnoughFragmentsError(f"could not store fragments {sorted(failed)} of chunk "
+                                      f"{chunk_id.hex()[:16]} after {REPLACE_ATTEMPTS} replacement nodes; "
+                                      "check the data nodes (cairn status)")
+
+    # ---- read
+
+    async def read(self, chunk_id: bytes, length: int, chunk: pb.Chunk) -> bytes:
+        """The chunk's bytes, verified against its name."""
+        k, m = chunk.profile.k, chunk.profile.m
+        if len(chunk.nodes) != k + m:
+            raise NotEnoughFragmentsError(f"chunk {chunk_id.hex()[:16]} has {len(chunk.nodes)} placements, "
+                                          f"not {k + m}")
+        codec = self.codec(k, m)
+        have, bad = await self._fetch_k(chunk_id, length, chunk)
+        if len(have) >= k:
+            data = self._verified(codec, chunk_id, length, have)
+            if data is not None:
+                return data
+            # decoded, but not to the chunk's name: one fragment is wrong in a way its CRC could
+            # not show. Read them all and leave each out in turn.
+            await self._fetch(chunk_id, length, chunk, [i for i in range(k + m) if i not in have and i not in bad],
+                              have, bad)
+            for left_out in sorted(have):
+                data = self._verified(codec, chunk_id, length, {i: f for i, f in have.items() if i != left_out})
+                if data is not None:
+                    await self._report(chunk_id, left_out, chunk.nodes[left_out])
+                    return data
+            raise CorruptObject(f"chunk {chunk_id.hex()[:16]}: no {k} of its fragments decode to its BLAKE3; "
+                                "nothing was returned")
+        raise NotEnoughFragmentsError(f"chunk {chunk_id.hex()[:16]}: fewer than {k} of its {k + m} fragments "
+                                      f"could be read intact (unreadable: {sorted(bad)}); check the data nodes")
+
+    async def _fetch_k(self, chunk_id: bytes, length: int, chunk: pb.Chunk):
+        """Fragments until k are in hand: data first (parity in place of suspect nodes), more
+        parity for the ones that fail or are late by the hedge delay."""
+        k, m = chunk.profile.k, chunk.profile.m
+        have: dict[int, object] = {}
+        bad: set[int] = set()
+        now = self._clock()
+        suspect = {i for i in range(k + m) if self._suspect_until.get(chunk.nodes[i], 0) > now}
+        order = [i for i in range(k + m) if i not in suspect] + sorted(suspect)
+        tasks = {index: self._spawn(chunk_id, length, chunk, index, have, bad) for index in order[:k]}
+        untried = order[k:]
+        timeout = self.hedge_seconds
+        while len(have) < k and any(not t.done() for t in tasks.values()):
+            running = {t for t in tasks.values() if not t.done()}
+            done, _ = await asyncio.wait(running, timeout=timeout, return_when=asyncio.FIRST_COMPLETED)
+            running -= done
+            short = k - len(have) - len(running)  # fragments no running request can supply
+            if not done:  # the hedge delay passed with nothing new: parity for the late ones
+                short, timeout = k - len(have), None
+                late = [i for i, t in tasks.items() if not t.done()]
+                self.hedged += min(short, len(untried))
+                self._suspect(chunk.nodes[i] for i in late)
+            for _ in range(min(max(0, short), len(untried))):
+                index = untried.pop(0)
+                tasks[index] = self._spawn(chunk_id, length, chunk, index, have, bad)
+        for task in tasks.values():
+            task.cancel()
+        self._suspect(chunk.nodes[i] for i in bad)
+        return have, bad
+
+    def _suspect(self, node_ids) -> None:
+        until = self._clock() + SUSPECT_SECONDS
+        for node_id in node_ids:
+            self._suspect_until[node_id] = until
+
+    def _spawn(self, chunk_id, length, chunk, index, have, bad) -> asyncio.Task:
+        return asyncio.ensure_future(self._fetch(chunk_id, length, chunk, [index], have, bad))
+
+    async def _fetch(self, chunk_id: bytes, length: int, chunk: pb.Chunk, indexes, have: dict, bad: set) -> None:
+        size = self.codec(chunk.profile.k, chunk.profile.m).fragment_size(length)
+
+        async def one(index: int) -> None:
+            try:
+                client = await self._client(chunk.nodes[index])
+                have[index] = await client.get(chunk_id, index, timeout=fragment_timeout(size))
+                self._suspect_until.pop(chunk.nodes[index], None)
+            except _FAILURES:
+                bad.add(index)  # down, missing, or corrupt (the node checks its CRC32C)
+        await asyncio.gather(*(one(i) for i in indexes))
+
+    @staticmethod
+    def _verified(codec: ReedSolomon, chunk_id: bytes, length: int, fragments) -> bytes | None:
+        try:
+            data = bytes(codec.decode_chunk(fragments, length))
+        except CodecError:  # too few, or a fragment of the wrong size
+            return None
+        return data if blake3.blake3(data).digest() == chunk_id else None
+
+    async def _report(self, chunk_id: bytes, index: int, node: int) -> None:
+        self.damaged += 1
+        try:
+            await self.meta.command(report_damage=pb.ReportDamage(damage=[pb.Damage(
+                chunk=chunk_id, index=index, node=node, reason="decodes to the wrong BLAKE3 (client read)")]))
+        except Exception:  # noqa: BLE001 - the read succeeded; the scrubber finds it again
+            pass
+
+    # ---- nodes
+
+    async def refresh(self) -> None:
+        reply = await self.meta.call(pb.MetaOp(list_nodes=pb.ListNodes()))
+        raise_for(reply)
+        self._nodes = {n.id: n for n in reply.list_nodes.nodes}
+
+    async def _client(self, node_id: int) -> DataClient:
+        if node_id not in self._nodes:
+            await self.refresh()
+        address = self._nodes[node_id].data_address
+        client = self._clients.get(address)
+        if client is None:
+            client = self._clients[address] = self._connect(address)
+        return client

@@ -1,0 +1,143 @@
+"""A seekable reader of one object version.
+
+It knows where each chunk starts (from the manifest), so a read or a range fetches only the
+chunks it covers. Every chunk is verified against its BLAKE3 name before a byte of it is
+returned (Fragments.read). A reader moving forward gets the next chunks fetched ahead of it, in
+parallel, up to `read_ahead`; chunks it has passed are dropped, so memory stays bounded.
+"""
+from __future__ import annotations
+
+import asyncio
+import bisect
+import io
+from collections import OrderedDict
+
+import blake3
+
+from cluster.client.errors import CorruptObject, InvalidArgument
+from cluster.client.fragments import Fragments
+from cluster.proto import meta_pb2 as pb
+
+READ_AHEAD_CHUNKS = 8
+
+
+class ObjectReader:
+    def __init__(self, fragments: Fragments, name: str, manifest: pb.Manifest, chunks: dict[bytes, pb.Chunk],
+                 read_ahead: int = READ_AHEAD_CHUNKS):
+        if read_ahead < 0:
+            raise InvalidArgument(f"read_ahead must be >= 0, not {read_ahead}")
+        self.fragments = fragments
+        self.name = name
+        self.manifest = manifest
+        self.head = manifest.head
+        self.size = manifest.head.size
+        self.read_ahead = read_ahead
+        self._chunks = chunks
+        self._starts: list[int] = []
+        offset = 0
+        for ref in manifest.chunks:
+            self._starts.append(offset)
+            offset += ref.length
+        if manifest.chunks and offset != self.size:
+            raise CorruptObject(f"{name}: its chunks add up to {offset} bytes, its size is {self.size}")
+        self._position = 0
+        self._cache: OrderedDict[int, asyncio.Task] = OrderedDict()
+        self._whole = blake3.blake3()  # of the bytes read in order from 0, to check a full read
+        self._hashed = 0
+
+    # ---- file-like
+
+    def tell(self) -> int:
+        return self._position
+
+    def seek(self, offset: int, whence: int = io.SEEK_SET) -> int:
+        base = {io.SEEK_SET: 0, io.SEEK_CUR: self._position, io.SEEK_END: self.size}.get(whence)
+        if base is None:
+            raise InvalidArgument(f"whence must be SEEK_SET, SEEK_CUR or SEEK_END, not {whence}")
+        if base + offset < 0:
+            raise InvalidArgument(f"cannot seek to {base + offset}: before the start")
+        self._position = base + offset
+        return self._position
+
+    async def read(self, size: int = -1) -> bytes:
+        end = self.size if size is None or size < 0 else min(self.size, self._position + size)
+        data = await self.read_range(self._position, end)
+        self._position += len(data)
+        return data
+
+    async def readinto(self, buffer) -> int:
+        view = memoryview(buffer).cast("B")
+        data = await self.read(len(view))
+        view[:len(data)] = data
+        return len(data)
+
+    async def read_range(self, start: int, end: int) -> bytes:
+        """Bytes [start, end) (clipped to the object), fetching only the chunks they cover."""
+        if start < 0 or end < start:
+            raise InvalidArgument(f"bad range [{start}, {end})")
+        end = min(end, self.size)
+        if start >= end:
+            return b""
+        if not self.manifest.chunks:
+            return bytes(self.manifest.inline_data[start:end])
+        first = bisect.bisect_right(self._starts, start) - 1
+        last = bisect.bisect_right(self._starts, end - 1) - 1
+        pieces = []
+        for index in range(first, last + 1):
+            data = await self._chunk(index, ahead=True)
+            lo = max(start - self._starts[index], 0)
+            hi = min(end - self._starts[index], len(data))
+            pieces.append(data[lo:hi] if (lo, hi) != (0, len(data)) else data)
+            self._hash_in_order(index, data)
+        return b"".join(pieces)
+
+    # ---- whole-object check
+
+    def verified_whole(self) -> bool:
+        """After the object was read from its start to its end in order: whether it matches its
+        BLAKE3. Each chunk is already checked against its name, so this guards the manifest."""
+        if not self.manifest.chunks:
+            return blake3.blake3(self.manifest.inline_data).digest() == self.head.blake3
+        return self._hashed == len(self.manifest.chunks) and self._whole.digest() == self.head.blake3
+
+    def _hash_in_order(self, index: int, data: bytes) -> None:
+        if index == self._hashed:
+            self._whole.update(data)
+            self._hashed += 1
+
+    # ---- chunks
+
+    async def _chunk(self, index: int, ahead: bool) -> bytes:
+        task = self._task(index)
+        if ahead:  # drop what is behind, fetch what is next
+            for old in [i for i in self._cache if i < index]:
+                self._cache.pop(old).cancel()
+            for following in range(index + 1, min(index + 1 + self.read_ahead, len(self.manifest.chunks))):
+                self._task(following)
+        try:
+            return await asyncio.shield(task)
+        except BaseException:
+            self._cache.pop(index, None)  # a failed chunk is tried afresh next time
+            raise
+
+    def _task(self, index: int) -> asyncio.Task:
+        task = self._cache.get(index)
+        if task is None:
+            ref = self.manifest.chunks[index]
+            record = self._chunks.get(ref.id)
+            if record is None:
+                raise CorruptObject(f"{self.name}: no record of chunk {ref.id.hex()[:16]}")
+            task = self._cache[index] = asyncio.ensure_future(self.fragments.read(ref.id, ref.length, record))
+            task.add_done_callback(_quiet)
+        return task
+
+    async def close(self) -> None:
+        for task in self._cache.values():
+            task.cancel()
+        self._cache.clear()
+
+
+def _quiet(task: asyncio.Task) -> None:
+    """Marks a read-ahead's failure as seen: it is raised again if that chunk is ever read."""
+    if not task.cancelled():
+        task.exception()

@@ -1,0 +1,199 @@
+"""The write path for a source of any length, in a fixed memory budget.
+
+The source (bytes, a file path, a readable binary stream, or an iterable or async iterable of
+bytes) is read in blocks and cut into content-defined chunks as it arrives. Each chunk is named by
+its BLAKE3 and waits in a batch; a batch goes to the leader in one BeginPut (which chunks exist,
+where the new ones go), then its new chunks are coded and sent while the next batch is read.
+A chunk holds its share of the budget from the moment it is read until its fragments are stored,
+so a 50 GiB stream uploads in `buffer_bytes` of chunk data. Nothing is acknowledged before the
+commit: one entry with the whole manifest, idempotent under retries.
+
+An object no bigger than the bucket's inline threshold travels inside its manifest.
+"""
+from __future__ import annotations
+
+import asyncio
+import os
+from dataclasses import dataclass, field
+from typing import AsyncIterator, Callable
+
+import blake3
+
+from cluster.client.errors import InvalidArgument, raise_for
+from cluster.client.fragments import Fragments
+from cluster.codec import Chunker
+from cluster.proto import meta_pb2 as pb
+
+READ_BYTES = 8 << 20          # one read from the source
+BUFFER_BYTES = 256 << 20      # chunk data held by one put at most (the budget)
+BEGIN_BATCH_CHUNKS = 256      # chunks per BeginPut
+FRAGMENTS_IN_FLIGHT = 48      # fragment sends in flight per put
+Progress = Callable[[int], None]
+
+
+class Budget:
+    """A byte semaphore: `take` waits until the bytes fit (one oversized take is let through alone)."""
+
+    def __init__(self, limit: int):
+        self.limit, self.used = limit, 0
+        self._freed = asyncio.Condition()
+
+    async def take(self, size: int) -> None:
+        async with self._freed:
+            await self._freed.wait_for(lambda: self.used == 0 or self.used + size <= self.limit)
+            self.used += size
+
+    async def give(self, size: int) -> None:
+        async with self._freed:
+            self.used -= size
+            self._freed.notify_all()
+
+
+async def blocks(source, read_bytes: int = READ_BYTES) -> AsyncIterator[memoryview]:
+    """The source's bytes in order, as buffers (any size)."""
+    if isinstance(source, (bytes, bytearray, memoryview)):
+        view = memoryview(source).cast("B")
+        for start in range(0, len(view), read_bytes):
+            yield view[start:start + read_bytes]
+    elif isinstance(source, (str, os.PathLike)):
+        with open(source, "rb") as f:
+            async for block in blocks(f, read_bytes):
+                yield block
+    elif hasattr(source, "read"):
+        while True:
+            block = await asyncio.to_thread(source.read, read_bytes)
+            if not block:
+                return
+            yield memoryview(block)
+    elif hasattr(source, "__aiter__"):
+        async for block in source:
+            yield memoryview(block)
+    elif hasattr(source, "__iter__"):
+        for block in source:
+            yield memoryview(block)
+    else:
+        raise InvalidArgument(f"cannot read an object from a {type(source).__name__}: give bytes, a path, a "
+                              "binary stream or an iterable of bytes")
+
+
+async def chunks(source, chunker: Chunker) -> AsyncIterator[bytes]:
+    """The source cut into content-defined chunks (the cuts do not depend on the block sizes)."""
+    pending = bytearray()
+    async for block in blocks(source):
+        if block.format != "B" or block.ndim != 1:
+            block = block.cast("B")
+        lengths = chunker.feed(block)
+        pending += block
+        start = 0
+        with memoryview(pending) as view:
+            for length in lengths:
+                yield bytes(view[start:start + length])
+                start += length
+        del pending[:start]
+    for length in chunker.finish():
+        yield bytes(pending[:length])
+
+
+@dataclass
+class PutState:
+    bucket: str
+    key: str
+    refs: list = field(default_factory=list)
+    placements: dict = field(default_factory=dict)   # new chunk id -> nodes holding its fragments
+    known: set = field(default_factory=set)          # chunk ids already handled by this put
+    size: int = 0
+    profile: pb.ErasureProfile | None = None
+    inline_data: bytes | None = None                 # set when the object goes in its manifest
+
+
+class Writer:
+    def __init__(self, fragments: Fragments, buffer_bytes: int = BUFFER_BYTES,
+                 fragments_in_flight: int = FRAGMENTS_IN_FLIGHT):
+        if buffer_bytes < 1 << 20:
+            raise InvalidArgument(f"a put needs a buffer of at least 1 MiB, not {buffer_bytes}")
+        self.fragments = fragments
+        self.meta = fragments.meta
+        self.buffer_bytes = buffer_bytes
+        self.fragments_in_flight = fragments_in_flight
+
+    async def put(self, bucket: str, key: str, source, content_type: str = "", metadata: dict | None = None,
+                  progress: Progress | None = None) -> pb.ObjectHead:
+        state = PutState(bucket, key)
+        budget, slots = Budget(self.buffer_bytes), asyncio.Semaphore(self.fragments_in_flight)
+        whole = blake3.blake3()
+        uploads: set[asyncio.Task] = set()
+        batch: list[tuple[pb.ChunkRef, bytes]] = []
+        try:
+            async for chunk in chunks(source, Chunker()):
+                await budget.take(len(chunk))
+                self._check_uploads(uploads)
+                whole.update(chunk)
+                state.size += len(chunk)
+                ref = pb.ChunkRef(id=blake3.blake3(chunk).digest(), length=len(chunk))
+                state.refs.append(ref)
+                batch.append((ref, chunk))
+                if len(batch) >= BEGIN_BATCH_CHUNKS or sum(len(c) for _, c in batch) * 4 >= self.buffer_bytes:
+                    await self._flush(state, batch, budget, slots, uploads, progress)
+                    batch = []
+            await self._flush(state, batch, budget, slots, uploads, progress, last=True)
+            await asyncio.gather(*uploads)
+        finally:
+            for task in uploads:
+                task.cancel()
+        head = pb.ObjectHead(size=state.size, blake3=whole.digest(), content_type=content_type)
+        manifest = pb.Manifest(head=head, metadata=metadata or {})
+        if state.inline_data is not None:
+            manifest.inline_data = state.inline_data
+        else:
+            manifest.chunks.extend(state.refs)
+        placements = [pb.Placement(chunk=c, nodes=n) for c, n in state.placements.items()]
+        reply = await self.meta.call(pb.MetaOp(command=pb.MetaCommand(
+            op_id=os.urandom(16), commit_put=pb.CommitPut(bucket=bucket, key=key, manifest=manifest,
+                                                          placements=placements))))
+        raise_for(reply)
+        return reply.result.head
+
+    @staticmethod
+    def _check_uploads(uploads: set) -> None:
+        """Raises the first failed upload's error now, not after the whole source was read."""
+        for task in [t for t in uploads if t.done()]:
+            uploads.discard(task)
+            task.result()
+
+    async def _flush(self, state: PutState, batch, budget: Budget, slots, uploads: set, progress,
+                     last: bool = False) -> None:
+        """BeginPut for a batch, then starts the uploads of its new chunks (or keeps the whole
+        object for its manifest, when it is all in this last batch and small enough)."""
+        if not batch and state.profile is not None:
+            return
+        fresh = {ref.id: ref for ref, _ in batch if ref.id not in state.known}
+        reply = await self.meta.call(pb.MetaOp(begin_put=pb.BeginPut(
+            bucket=state.bucket, chunks=list(fresh.values()), seed=os.urandom(16))))
+        raise_for(reply)
+        first_batch = state.profile is None
+        state.profile = reply.begin_put.profile
+        if last and first_batch and state.size <= reply.begin_put.inline_max_bytes:
+            state.inline_data = b"".join(data for _, data in batch)
+            await budget.give(len(state.inline_data))
+            return
+        placed = {p.chunk: list(p.nodes) for p in reply.begin_put.placements}
+        held = 0
+        for ref, data in batch:
+            if ref.id in placed and ref.id not in state.known:
+                uploads.add(asyncio.ensure_future(self._upload(state, ref, data, placed[ref.id], budget, slots,
+                                                               progress)))
+            else:  # stored already, or earlier in this object
+                held += len(data)
+                if progress:
+                    progress(len(data))
+            state.known.add(ref.id)
+        await budget.give(held)
+
+    async def _upload(self, state: PutState, ref, data: bytes, nodes: list[int], budget: Budget, slots,
+                      progress) -> None:
+        try:
+            state.placements[ref.id] = await self.fragments.store(ref.id, data, nodes, state.profile, slots)
+        finally:
+            await budget.give(len(data))
+        if progress:
+            progress(len(data))
