@@ -29,6 +29,7 @@ from cluster.proto import meta_pb2 as pb
 
 REPLACE_ATTEMPTS = 3
 HEDGE_SECONDS = 0.25  # a data fragment this late gets a parity fragment asked for in its place
+THREAD_ENCODE_BYTES = 256 << 10
 SUSPECT_SECONDS = 10.0  # a node that failed or was late is read from last for this long
 # a fragment call slower than this is treated as a failed node (ZeroMQ queues for a dead peer
 # instead of failing): a base, plus the time its bytes take at a slow link's rate
@@ -76,7 +77,11 @@ class Fragments:
     async def store(self, chunk_id: bytes, data, nodes: list[int], profile: pb.ErasureProfile,
                     slots: asyncio.Semaphore) -> list[int]:
         """Stores the chunk's k+m fragments; returns the nodes that hold them (replacements in)."""
-        fragments = await asyncio.to_thread(self.codec(profile.k, profile.m).encode_chunk, data)
+        codec = self.codec(profile.k, profile.m)
+        if len(data) >= THREAD_ENCODE_BYTES:  # the native code releases the GIL: use the other core
+            fragments = await asyncio.to_thread(codec.encode_chunk, data)
+        else:  # a thread hop costs more than the encoding
+            fragments = codec.encode_chunk(data)
         nodes, pending = list(nodes), list(range(len(nodes)))
         for attempt in range(REPLACE_ATTEMPTS + 1):
             failed: list[int] = []
@@ -106,7 +111,7 @@ class Fragments:
 
     # ---- read
 
-    async def read(self, chunk_id: bytes, length: int, chunk: pb.Chunk) -> bytes:
+    async def read(self, chunk_id: bytes, length: int, chunk: pb.Chunk) -> bytearray:
         """The chunk's bytes, verified against its name."""
         k, m = chunk.profile.k, chunk.profile.m
         if len(chunk.nodes) != k + m:
@@ -183,9 +188,9 @@ class Fragments:
         await asyncio.gather(*(one(i) for i in indexes))
 
     @staticmethod
-    def _verified(codec: ReedSolomon, chunk_id: bytes, length: int, fragments) -> bytes | None:
+    def _verified(codec: ReedSolomon, chunk_id: bytes, length: int, fragments) -> bytearray | None:
         try:
-            data = bytes(codec.decode_chunk(fragments, length))
+            data = codec.decode_chunk(fragments, length)
         except CodecError:  # too few, or a fragment of the wrong size
             return None
         return data if blake3.blake3(data).digest() == chunk_id else None

@@ -106,6 +106,28 @@ class PutState:
     inline_data: bytes | None = None                 # set when the object goes in its manifest
 
 
+class WholeHash:
+    """The object's BLAKE3. An object of one chunk is hashed once: its chunk's name is its hash."""
+
+    def __init__(self):
+        self._hasher: blake3.blake3 | None = None
+        self._first: tuple[bytes, bytes] | None = None  # (chunk, its hash) while it is the only one
+
+    def add(self, chunk: bytes, digest: bytes) -> None:
+        if self._hasher is None and self._first is None:
+            self._first = (chunk, digest)
+            return
+        if self._hasher is None:
+            self._hasher = blake3.blake3(self._first[0])
+            self._first = None
+        self._hasher.update(chunk)
+
+    def digest(self) -> bytes:
+        if self._hasher is not None:
+            return self._hasher.digest()
+        return self._first[1] if self._first is not None else blake3.blake3(b"").digest()
+
+
 class Writer:
     def __init__(self, fragments: Fragments, buffer_bytes: int = BUFFER_BYTES,
                  fragments_in_flight: int = FRAGMENTS_IN_FLIGHT):
@@ -120,16 +142,16 @@ class Writer:
                   progress: Progress | None = None) -> pb.ObjectHead:
         state = PutState(bucket, key)
         budget, slots = Budget(self.buffer_bytes), asyncio.Semaphore(self.fragments_in_flight)
-        whole = blake3.blake3()
+        whole = WholeHash()
         uploads: set[asyncio.Task] = set()
         batch: list[tuple[pb.ChunkRef, bytes]] = []
         try:
             async for chunk in chunks(source, Chunker()):
                 await budget.take(len(chunk))
                 self._check_uploads(uploads)
-                whole.update(chunk)
                 state.size += len(chunk)
                 ref = pb.ChunkRef(id=blake3.blake3(chunk).digest(), length=len(chunk))
+                whole.add(chunk, ref.id)
                 state.refs.append(ref)
                 batch.append((ref, chunk))
                 if len(batch) >= BEGIN_BATCH_CHUNKS or sum(len(c) for _, c in batch) * 4 >= self.buffer_bytes:

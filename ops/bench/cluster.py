@@ -138,8 +138,12 @@ class Bench:
     def add(self, name: str, value: float) -> None:
         self.samples.setdefault(name, []).append(value)
 
-    async def run_round(self, client, workloads) -> None:
+    async def run_round(self, client, sizes) -> None:
+        """One round with fresh data (the same bytes again would be deduplicated: nothing sent)."""
         self.round += 1
+        progress("generating data ...")
+        workloads = [(name, generate(count, size, 10 * self.round + n), in_flight, threads)
+                     for n, (name, count, size, in_flight, threads) in enumerate(sizes)]
         for name, objects, in_flight, threads in workloads:
             total = sum(len(o) for o in objects)
             count = len(objects)
@@ -174,15 +178,13 @@ class Bench:
 async def measure(bench: Bench, rounds: int, big: int, medium: int, small: int) -> None:
     import cluster
 
-    progress("generating data ...")
-    workloads = [("big", generate(1, big, 1), 1, 1),
-                 ("medium", generate(medium, 4 << 20, 2), MEDIUM_IN_FLIGHT, MEDIUM_IN_FLIGHT),
-                 ("small", generate(small, 64 << 10, 3), SMALL_IN_FLIGHT, DIR_THREADS)]
+    sizes = [("big", 1, big, 1, 1), ("medium", medium, 4 << 20, MEDIUM_IN_FLIGHT, MEDIUM_IN_FLIGHT),
+             ("small", small, 64 << 10, SMALL_IN_FLIGHT, DIR_THREADS)]
     client = cluster.connect_async(bench.local.meta_addresses)
     try:
         await client.create_bucket("bench", k=K, m=M)
         for _ in range(rounds):
-            await bench.run_round(client, workloads)
+            await bench.run_round(client, sizes)
     finally:
         await client.close()
 
