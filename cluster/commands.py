@@ -287,13 +287,25 @@ def cmd_status(args) -> int:
               "capacity_bytes": sum(d.capacity_bytes for d in n.disks),
               "free_bytes": sum(d.free_bytes for d in n.disks),
               "disks": len(n.disks), "healthy_disks": sum(d.healthy for d in n.disks)} for n in status.nodes]
+    repair = status.repair
+    redundancy = {("full" if lost == 0 else f"-{lost}"): count for lost, count in sorted(repair.chunks_by_lost.items())}
+    pending_bytes = sum(count for lost, count in repair.chunks_by_lost.items() if lost) * (
+        status.chunk_bytes / status.chunks if status.chunks else 0)
+    eta = pending_bytes / repair.bytes_per_second if repair.bytes_per_second else None
     document = {"leader": status.leader, "nodes": nodes, "buckets": len(status.buckets),
                 "objects": sum(b.objects for b in status.buckets), "logical_bytes": status.logical_bytes,
-                "chunks": status.chunks, "chunk_bytes": status.chunk_bytes, "dedup_ratio": round(status.dedup_ratio, 3)}
+                "chunks": status.chunks, "chunk_bytes": status.chunk_bytes, "dedup_ratio": round(status.dedup_ratio, 3),
+                "redundancy": redundancy, "unrepairable": repair.unrepairable, "repair_queue": repair.queued,
+                "repaired": repair.repaired, "repair_bytes_per_second": repair.bytes_per_second,
+                "seconds_to_full_redundancy": eta}
     lines = [f"leader     {status.leader}",
              f"objects    {document['objects']} in {document['buckets']} buckets, {_human(status.logical_bytes)}",
              f"chunks     {status.chunks} distinct, {_human(status.chunk_bytes)} (dedup ratio "
-             f"{status.dedup_ratio:.2f})", "data nodes"]
+             f"{status.dedup_ratio:.2f})",
+             f"redundancy {', '.join(f'{k}: {v}' for k, v in redundancy.items()) or 'no chunks'}"
+             f"{f', lost: {repair.unrepairable}' if repair.unrepairable else ''}",
+             f"repair     {repair.queued} queued, {repair.repaired} done, {_human(repair.bytes_per_second)}/s"
+             f"{f', about {eta:.0f} s to full redundancy' if eta else ''}", "data nodes"]
     for n in nodes:
         labels = ",".join(f"{k}={v}" for k, v in sorted(n["labels"].items()))
         lines.append(f"  {n['id']:>3} {n['address']:<21} {n['state']:<8} {labels:<18} "

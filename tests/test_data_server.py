@@ -86,6 +86,7 @@ def test_a_data_node_end_to_end(tmp_path, meta):
             with pytest.raises(DataError) as unknown:
                 await client._call([b"X", b"header"], 5.0)
             assert unknown.value.status == wire.BAD_REQUEST
+
             await client.close()
 
             async with grpc.aio.insecure_channel(f"127.0.0.1:{ports[0]}") as channel:
@@ -123,6 +124,35 @@ def test_a_data_node_end_to_end(tmp_path, meta):
     finally:
         if proc.poll() is None:
             stop(proc)
+
+
+def test_small_puts_issued_together_share_messages(tmp_path, meta):
+    """A bad fragment in a shared message fails alone; a malformed PUT_MANY is refused."""
+    ports = free_ports(2)
+    proc = start_data_node(tmp_path, meta, ports)
+    try:
+        async def main():
+            await registered_nodes(meta, 1)
+            client = DataClient(f"127.0.0.1:{ports[1]}")
+            small = {i: os.urandom(4096 + i) for i in range(100)}
+            other = os.urandom(32)
+            sent = client.messages
+            results = await asyncio.gather(
+                *(client.put(other, i, b, crc32c(b) ^ (i == 42)) for i, b in small.items()),
+                return_exceptions=True)
+            assert client.messages - sent <= 4, "100 small puts were not coalesced"
+            assert isinstance(results[42], DataError) and results[42].status == wire.BAD_REQUEST
+            assert all(r is None for i, r in enumerate(results) if i != 42)
+            for i, b in small.items():
+                if i != 42:
+                    assert bytes(await client.get(other, i)) == b
+            with pytest.raises(DataError) as malformed_many:  # payload count disagrees with the header
+                await client._call([wire.OP_PUT_MANY, wire.encode_put_many([(other, 1, 0), (other, 2, 0)]), b"x"], 5.0)
+            assert malformed_many.value.status == wire.BAD_REQUEST
+            await client.close()
+        asyncio.run(main())
+    finally:
+        stop(proc)
 
 
 def test_orphans_are_deleted_after_the_grace_period_and_committed_fragments_stay(tmp_path, meta):

@@ -63,8 +63,11 @@ class Fragments:
         self._clients.clear()
 
     def learn(self, nodes) -> None:
+        """Takes node records from the leader; SUSPECT and DEAD ones are read from last."""
         for node in nodes:
             self._nodes[node.id] = node
+            if node.state in (pb.SUSPECT, pb.DEAD):
+                self._suspect([node.id])
 
     def codec(self, k: int, m: int) -> ReedSolomon:
         codec = self._codecs.get((k, m))
@@ -111,14 +114,15 @@ class Fragments:
 
     # ---- read
 
-    async def read(self, chunk_id: bytes, length: int, chunk: pb.Chunk) -> bytearray:
-        """The chunk's bytes, verified against its name."""
+    async def read(self, chunk_id: bytes, length: int, chunk: pb.Chunk, last: tuple[int, ...] = ()) -> bytearray:
+        """The chunk's bytes, verified against its name. Fragments in `last` are asked for only
+        if the others cannot do (a repair's lost ones)."""
         k, m = chunk.profile.k, chunk.profile.m
         if len(chunk.nodes) != k + m:
             raise NotEnoughFragmentsError(f"chunk {chunk_id.hex()[:16]} has {len(chunk.nodes)} placements, "
                                           f"not {k + m}")
         codec = self.codec(k, m)
-        have, bad = await self._fetch_k(chunk_id, length, chunk)
+        have, bad = await self._fetch_k(chunk_id, length, chunk, set(last))
         if len(have) >= k:
             data = self._verified(codec, chunk_id, length, have)
             if data is not None:
@@ -137,15 +141,15 @@ class Fragments:
         raise NotEnoughFragmentsError(f"chunk {chunk_id.hex()[:16]}: fewer than {k} of its {k + m} fragments "
                                       f"could be read intact (unreadable: {sorted(bad)}); check the data nodes")
 
-    async def _fetch_k(self, chunk_id: bytes, length: int, chunk: pb.Chunk):
+    async def _fetch_k(self, chunk_id: bytes, length: int, chunk: pb.Chunk, last: set[int]):
         """Fragments until k are in hand: data first (parity in place of suspect nodes), more
         parity for the ones that fail or are late by the hedge delay."""
         k, m = chunk.profile.k, chunk.profile.m
         have: dict[int, object] = {}
         bad: set[int] = set()
         now = self._clock()
-        suspect = {i for i in range(k + m) if self._suspect_until.get(chunk.nodes[i], 0) > now}
-        order = [i for i in range(k + m) if i not in suspect] + sorted(suspect)
+        suspect = {i for i in range(k + m) if self._suspect_until.get(chunk.nodes[i], 0) > now} - last
+        order = [i for i in range(k + m) if i not in suspect and i not in last] + sorted(suspect) + sorted(last)
         tasks = {index: self._spawn(chunk_id, length, chunk, index, have, bad) for index in order[:k]}
         untried = order[k:]
         timeout = self.hedge_seconds
@@ -202,6 +206,12 @@ class Fragments:
                 chunk=chunk_id, index=index, node=node, reason="decodes to the wrong BLAKE3 (client read)")]))
         except Exception:  # noqa: BLE001 - the read succeeded; the scrubber finds it again
             pass
+
+    async def send(self, node_id: int, chunk_id: bytes, index: int, fragment) -> None:
+        """Stores one fragment on one node (a repair's rebuilt ones)."""
+        client = await self._client(node_id)
+        await client.put(chunk_id, index, fragment, crc32c(fragment), timeout=fragment_timeout(len(fragment)))
+        self.sent += 1
 
     # ---- nodes
 

@@ -43,6 +43,7 @@ class Status:
     buckets: list          # pb.Bucket
     chunks: int
     chunk_bytes: int
+    repair: object = None  # pb.RepairStats from the leader
 
     @property
     def logical_bytes(self) -> int:
@@ -177,7 +178,7 @@ class AsyncClient:
     async def status(self) -> Status:
         stats = (await self._call(get_stats=pb.GetStats())).stats
         nodes = (await self._call(list_nodes=pb.ListNodes())).list_nodes.nodes
-        return Status(self.meta.leader, list(nodes), await self.buckets(), stats.chunks, stats.chunk_bytes)
+        return Status(self.meta.leader, list(nodes), await self.buckets(), stats.chunks, stats.chunk_bytes, stats.repair)
 
     @property
     def fragments_sent(self) -> int:

@@ -62,7 +62,7 @@ class DiskSet:
     def put(self, chunk_id: bytes, index: int, data, crc: int | None = None) -> None:
         """Stores a fragment and returns once it is durable."""
         store, ticket = self.submit(chunk_id, index, data, crc)
-        store._wait(ticket)
+        store.wait_durable(ticket)
 
     def submit(self, chunk_id: bytes, index: int, data, crc: int | None = None):
         """Appends a fragment to the disk that holds it already or has the most free space

@@ -22,12 +22,16 @@ import time
 import grpc
 import zmq
 
+from cluster.client.errors import CairnError
+from cluster.client.fragments import Fragments
 from cluster.client.meta import ClusterUnavailable, MetaClient
 from cluster.data import wire
 from cluster.data.disks import DiskSet
 from cluster.data.orphans import DEFAULT_GRACE_SECONDS, OrphanCollector
 from cluster.data.scrubber import DEFAULT_BYTES_PER_SECOND, Scrubber
-from cluster.data.store import BadFragment, DiskFailed, DiskFull, FragmentCorrupt, FragmentNotFound
+from cluster.data.store import (FRAGMENT_BYTES_MAX, BadFragment, DiskFailed, DiskFull, FragmentCorrupt,
+                                FragmentNotFound)
+from cluster.data.wire import DataError
 from cluster.process import run_until_signalled
 from cluster.proto import data_pb2 as pb
 from cluster.proto import data_pb2_grpc as pb_grpc
@@ -121,12 +125,37 @@ class DataPlane:
             chunk_id, index, crc = wire.decode_put(frames[0].bytes)
             self.disks.put(chunk_id, index, frames[1].buffer, crc)
             return None
+        if op == wire.OP_PUT_MANY:
+            if len(frames) < 2:
+                raise ValueError("a PUT_MANY carries a header and the payloads")
+            return self._put_many(wire.decode_put_many(frames[0].bytes, len(frames) - 1), frames[1:])
         if op == wire.OP_GET:
             if len(frames) != 1:
                 raise ValueError("a GET carries a header only")
             chunk_id, index, offset, length = wire.decode_get(frames[0].bytes)
             return self.disks.get(chunk_id, index, offset, length)
         raise ValueError(f"unknown operation {op!r}")
+
+    def _put_many(self, items, payloads) -> bytes:
+        """Appends every fragment, then waits once per stripe for durability: one group commit
+        covers the message. Each fragment gets its own status."""
+        results: list[tuple[int, str]] = []
+        tickets = []
+        for (chunk_id, index, crc), payload in zip(items, payloads):
+            try:
+                tickets.append(self.disks.submit(chunk_id, index, payload.buffer, crc))
+                results.append((wire.OK, ""))
+            except Exception as error:  # noqa: BLE001 - this fragment's answer
+                tickets.append(None)
+                results.append((_status_of(error), str(error)))
+        for n, ticket in enumerate(tickets):
+            if ticket is not None:
+                try:
+                    store, number = ticket
+                    store.wait_durable(number)
+                except Exception as error:  # noqa: BLE001
+                    results[n] = (_status_of(error), str(error))
+        return wire.encode_statuses(results)
 
     def close(self) -> None:
         self._stop.set()
@@ -136,6 +165,25 @@ class DataPlane:
         self.backend.close(0)
         self.context.term()
         self._threads[0].join(5)
+
+
+def _check_repair(request) -> tuple[int, ...]:
+    width = request.k + request.m
+    if len(request.chunk) != 32:
+        raise ValueError("a chunk id is 32 bytes")
+    if not (1 <= request.k and 1 <= request.m and width <= 255):
+        raise ValueError(f"bad profile {request.k}+{request.m}")
+    if not 0 < request.length <= FRAGMENT_BYTES_MAX * request.k:
+        raise ValueError(f"bad chunk length {request.length}")
+    if len(request.nodes) != width or len(request.data_addresses) != width:
+        raise ValueError(f"a {request.k}+{request.m} chunk needs {width} nodes and addresses")
+    if not request.lost or len(set(request.lost)) != len(request.lost) or any(i >= width for i in request.lost):
+        raise ValueError(f"bad lost indexes {list(request.lost)}")
+    if len(request.lost) > request.m:
+        raise ValueError(f"{len(request.lost)} lost fragments: at most {request.m} can be rebuilt")
+    if len(request.targets) != len(request.lost) or len(request.target_addresses) != len(request.lost):
+        raise ValueError("one target node and address per lost index")
+    return tuple(request.lost)
 
 
 class ControlService(pb_grpc.DataServicer):
@@ -150,6 +198,30 @@ class ControlService(pb_grpc.DataServicer):
         if len(request.fragments) > IDS_PER_CALL_MAX:
             raise ValueError(f"at most {IDS_PER_CALL_MAX} fragments per call")
         return [(f.chunk, f.index) for f in request.fragments]
+
+    async def Repair(self, request, context):
+        """Rebuilds a chunk's lost fragments from any k of the others (checked against the
+        chunk's BLAKE3 before anything is written) and stores each on its target node."""
+        try:
+            order = _check_repair(request)
+        except ValueError as error:
+            await context.abort(grpc.StatusCode.INVALID_ARGUMENT, str(error))
+        if self.node.meta is None:
+            await context.abort(grpc.StatusCode.FAILED_PRECONDITION, "this node runs without a metadata cluster")
+        fragments = self.node.repair_fragments()
+        fragments.learn(meta_pb.Node(id=n, data_address=a) for n, a in zip(request.nodes, request.data_addresses))
+        fragments.learn(meta_pb.Node(id=n, data_address=a) for n, a in zip(request.targets, request.target_addresses))
+        chunk = meta_pb.Chunk(length=request.length, profile=meta_pb.ErasureProfile(k=request.k, m=request.m),
+                              nodes=request.nodes)
+        try:
+            data = await fragments.read(request.chunk, request.length, chunk, last=order)
+            encoded = fragments.codec(request.k, request.m).encode_chunk(data)
+            await asyncio.gather(*(fragments.send(target, request.chunk, index, encoded[index])
+                                   for index, target in zip(request.lost, request.targets)))
+        except (CairnError, DataError, OSError, asyncio.TimeoutError) as error:
+            await context.abort(grpc.StatusCode.UNAVAILABLE, f"repair of {request.chunk.hex()[:16]}: {error}")
+        return pb.RepairReply(bytes_read=request.length,
+                              bytes_written=sum(len(encoded[i]) for i in request.lost))
 
     async def Has(self, request, context):
         try:
@@ -197,6 +269,7 @@ class DataNode:
         self.disks = DiskSet(disk_paths)
         self.address, self.data_address, self.labels = address, data_address, labels
         self.meta = MetaClient(meta) if meta else None
+        self._repair_fragments: Fragments | None = None
         self.pool = concurrent.futures.ThreadPoolExecutor(WORKERS, thread_name_prefix="data-io")
         self.node_id = self._load_id(disk_paths[0])
         self._id_path = os.path.join(disk_paths[0], "node-id")
@@ -211,6 +284,12 @@ class DataNode:
                 return int(f.read().strip())
         except (OSError, ValueError):
             return 0
+
+    def repair_fragments(self) -> Fragments:
+        """The fragment reader and writer repairs share (its connections to other nodes stay open)."""
+        if self._repair_fragments is None:
+            self._repair_fragments = Fragments(self.meta)
+        return self._repair_fragments
 
     def _disk_records(self) -> list:
         return [meta_pb.Disk(path=d["path"], capacity_bytes=d["capacity_bytes"], free_bytes=d["free_bytes"],
@@ -317,6 +396,8 @@ class DataNode:
         await asyncio.gather(*tasks, return_exceptions=True)
         await server.stop(1)
         plane.close()
+        if self._repair_fragments is not None:
+            await self._repair_fragments.close()
         if self.meta is not None:
             await self.meta.close()
         scrubber.join(5)

@@ -237,7 +237,7 @@ class FragmentStore:
 
     def put(self, chunk_id: bytes, index: int, data, crc: int | None = None) -> None:
         """Stores a fragment (replacing one with the same id) and returns once it is durable."""
-        self._wait(self.submit(chunk_id, index, data, crc))
+        self.wait_durable(self.submit(chunk_id, index, data, crc))
 
     def submit(self, chunk_id: bytes, index: int, data, crc: int | None = None) -> int:
         """Appends a fragment and returns its ticket at once: it is durable (and may be
@@ -295,7 +295,7 @@ class FragmentStore:
         check_fragment_id(chunk_id, index)
         if self.index.get(fragment_key(chunk_id, index)) is None:
             return False
-        self._wait(self._append(KIND_DELETE, chunk_id, index, b"", 0))
+        self.wait_durable(self._append(KIND_DELETE, chunk_id, index, b"", 0))
         return True
 
     def _append(self, kind: int, chunk_id: bytes, index: int, data, crc: int, expect: Location | None = None):
@@ -352,7 +352,7 @@ class FragmentStore:
         self._handles[self.active + 1] = handle
         self.active += 1
 
-    def _wait(self, ticket: int | None) -> None:
+    def wait_durable(self, ticket: int | None) -> None:
         """Returns once record `ticket` is durable: syncs itself or waits for the thread that does."""
         if ticket is None:
             return
@@ -459,7 +459,7 @@ class FragmentStore:
     def _compact_segment(self, number: int, oldest: bool) -> int:
         # everything appended so far (some of it may sit in this segment) gets its index entry
         # first, so the index tells which of this segment's records are live
-        self._wait(self._appended or None)
+        self.wait_durable(self._appended or None)
         handle, end, offset, last = self._handles[number], self.files.size(self._handles[number]), 0, 0
         while offset < end:
             raw = self.files.read(handle, offset, min(HEADER_BYTES, end - offset))
@@ -480,7 +480,7 @@ class FragmentStore:
                 if not newer:
                     last = self._append(KIND_DELETE, chunk_id, index, b"", 0) or last
             offset += HEADER_BYTES + length
-        self._wait(last or None)
+        self.wait_durable(last or None)
         # the index must not outlive the segment it may still point into: make its writes so far
         # (the moves, and deletes) durable before the old file goes, or a crash could bring back
         # a deleted fragment, or an entry pointing at a file that is gone

@@ -18,7 +18,7 @@ import zmq.asyncio
 
 from cluster.data.store import FRAGMENT_BYTES_MAX, FRAGMENT_INDEX_MAX
 
-OP_PUT, OP_GET = b"P", b"G"
+OP_PUT, OP_GET, OP_PUT_MANY = b"P", b"G", b"M"
 OK, NOT_FOUND, CORRUPT, BAD_REQUEST, DISK_FULL, UNAVAILABLE = range(6)
 STATUS_NAMES = ["OK", "NOT_FOUND", "CORRUPT", "BAD_REQUEST", "DISK_FULL", "UNAVAILABLE"]
 _ID = struct.Struct(">Q")
@@ -27,6 +27,11 @@ _GET = struct.Struct(">32sBQQ")
 TO_THE_END = (1 << 64) - 1
 MESSAGE_BYTES_MAX = FRAGMENT_BYTES_MAX + 1024
 IN_FLIGHT_MAX = 64
+# Small puts issued together to one node travel as one PUT_MANY message [header of N PUT headers,
+# N payloads]; its reply's payload is N status bytes then, for each failure, its text after a NUL.
+PUT_MANY_MAX = 64                  # fragments in one message
+PUT_MANY_BYTES_MAX = 4 << 20       # their bytes
+COALESCE_BYTES_MAX = 256 << 10     # only fragments up to this size wait to share a message
 CALL_SECONDS = 30.0
 
 
@@ -51,6 +56,32 @@ def decode_put(header: bytes) -> tuple[bytes, int, int]:
     if len(header) != _PUT.size:
         raise ValueError(f"a PUT header is {_PUT.size} bytes")
     return _PUT.unpack(header)
+
+
+def encode_put_many(items: list[tuple[bytes, int, int]]) -> bytes:
+    if not 0 < len(items) <= PUT_MANY_MAX:
+        raise ValueError(f"a PUT_MANY carries 1..{PUT_MANY_MAX} fragments, not {len(items)}")
+    return b"".join(encode_put(*item) for item in items)
+
+
+def decode_put_many(header: bytes, payloads: int) -> list[tuple[bytes, int, int]]:
+    count, rest = divmod(len(header), _PUT.size)
+    if rest or not 0 < count <= PUT_MANY_MAX or count != payloads:
+        raise ValueError(f"a PUT_MANY header holds 1..{PUT_MANY_MAX} PUT headers, one per payload")
+    return [_PUT.unpack_from(header, n * _PUT.size) for n in range(count)]
+
+
+def encode_statuses(results: list[tuple[int, str]]) -> bytes:
+    return bytes(status for status, _ in results) + b"".join(
+        b"\0" + text.encode()[:256] for status, text in results if status != OK)
+
+
+def decode_statuses(payload: bytes, count: int) -> list[tuple[int, str]]:
+    if len(payload) < count:
+        raise ValueError("a PUT_MANY reply shorter than its statuses")
+    texts = iter(payload[count:].split(b"\0")[1:])
+    return [(status, "" if status == OK else next(texts, b"").decode(errors="replace"))
+            for status in payload[:count]]
 
 
 def encode_get(chunk_id: bytes, index: int, offset: int = 0, length: int | None = None) -> bytes:
@@ -79,9 +110,56 @@ class DataClient:
         self._pending: dict[int, asyncio.Future] = {}
         self._slots = asyncio.Semaphore(in_flight_max)
         self._reader: asyncio.Task | None = None
+        self._outbox: list[tuple[tuple[bytes, int, int], object, float, asyncio.Future]] = []
+        self._batches: set[asyncio.Task] = set()
+        self.messages = 0  # requests sent, for tests and diagnostics
 
     async def put(self, chunk_id: bytes, index: int, data, crc: int, timeout: float = CALL_SECONDS) -> None:
-        await self._call([OP_PUT, encode_put(chunk_id, index, crc), data], timeout)
+        if len(data) > COALESCE_BYTES_MAX:
+            await self._call([OP_PUT, encode_put(chunk_id, index, crc), data], timeout)
+            return
+        # small puts issued in the same turn of the event loop share one message (and one fsync)
+        future = asyncio.get_running_loop().create_future()
+        if not self._outbox:
+            asyncio.get_running_loop().call_soon(self._send_outbox)
+        self._outbox.append(((chunk_id, index, crc), data, timeout, future))
+        await future
+
+    def _send_outbox(self) -> None:
+        while self._outbox:
+            batch, size = [], 0
+            while self._outbox and len(batch) < PUT_MANY_MAX and (
+                    not batch or size + len(self._outbox[0][1]) <= PUT_MANY_BYTES_MAX):
+                batch.append(self._outbox.pop(0))
+                size += len(batch[-1][1])
+            task = asyncio.ensure_future(self._put_batch(batch))
+            self._batches.add(task)
+            task.add_done_callback(self._batches.discard)
+
+    async def _put_batch(self, batch) -> None:
+        futures = [item[3] for item in batch]
+        try:
+            if len(batch) == 1:
+                (header, data, timeout, _), = batch
+                await self._call([OP_PUT, encode_put(*header), data], timeout)
+                results = [(OK, "")]
+            else:
+                frames = [OP_PUT_MANY, encode_put_many([item[0] for item in batch]), *(item[1] for item in batch)]
+                reply = await self._call(frames, max(item[2] for item in batch))
+                results = decode_statuses(reply[3].bytes if len(reply) > 3 else b"", len(batch))
+        except BaseException as error:  # noqa: BLE001 - each waiting put gets the failure
+            for future in futures:
+                if not future.done():
+                    future.set_exception(error if isinstance(error, Exception) else DataError(UNAVAILABLE, "cancelled"))
+            if not isinstance(error, Exception):
+                raise
+            return
+        for future, (status, text) in zip(futures, results):
+            if not future.done():
+                if status == OK:
+                    future.set_result(None)
+                else:
+                    future.set_exception(DataError(status, text))
 
     async def get(self, chunk_id: bytes, index: int, offset: int = 0, length: int | None = None,
                   timeout: float = CALL_SECONDS):
@@ -97,6 +175,7 @@ class DataClient:
             future = asyncio.get_running_loop().create_future()
             self._pending[request_id] = future
             try:
+                self.messages += 1
                 await self._socket.send_multipart([_ID.pack(request_id), *frames], copy=False)
                 reply = await asyncio.wait_for(future, timeout)
             finally:
@@ -116,6 +195,8 @@ class DataClient:
                 future.set_result(frames)
 
     async def close(self) -> None:
+        for task in list(self._batches):
+            task.cancel()
         if self._reader is not None:
             self._reader.cancel()
             await asyncio.gather(self._reader, return_exceptions=True)

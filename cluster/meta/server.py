@@ -10,7 +10,11 @@ from __future__ import annotations
 
 import os
 
-from cluster.meta.service import MetaService
+import asyncio
+
+from cluster.meta.liveness import DEAD_AFTER_SECONDS, SUSPECT_AFTER_SECONDS, FailureDetector
+from cluster.meta.repairer import BYTES_PER_SECOND
+from cluster.meta.service import GARBAGE_GRACE_SECONDS, MetaService
 from cluster.meta.state import MetaState
 from cluster.proto import meta_pb2_grpc as pb_grpc
 from cluster.raft.node import RaftNode, node_arguments, run_node
@@ -19,19 +23,27 @@ from cluster.storage.disk import RocksDisk
 
 class MetaNode(RaftNode):
     def __init__(self, node_id: int, data_dir: str, peers: dict[int, str], tick_seconds: float = 0.05,
-                 snapshot_entries: int = 100_000):
+                 snapshot_entries: int = 100_000, suspect_after: float = SUSPECT_AFTER_SECONDS,
+                 dead_after: float = DEAD_AFTER_SECONDS, garbage_grace: float = GARBAGE_GRACE_SECONDS,
+                 repair_bytes_per_second: float = BYTES_PER_SECOND):
         os.makedirs(data_dir, exist_ok=True)
         self.state = MetaState(RocksDisk(os.path.join(data_dir, "meta")))
         super().__init__(node_id, data_dir, peers, self.state, tick_seconds, snapshot_entries)
-        self.service = MetaService(self.driver, self.state, self.address_of)
+        self.service = MetaService(self.driver, self.state, self.address_of,
+                                   detector=FailureDetector(suspect_after, dead_after),
+                                   garbage_grace_seconds=garbage_grace,
+                                   repair_bytes_per_second=repair_bytes_per_second)
 
     def add_services(self, server) -> None:
         pb_grpc.add_MetaServicer_to_server(self.service, server)
 
     async def serve(self, listen, stop, services=()):
+        watcher = asyncio.get_running_loop().create_task(self.service.keep_house())
         try:
             await super().serve(listen, stop, (self.add_services, *services))
         finally:
+            watcher.cancel()
+            await self.service.repairer.close()
             self.state.disk.close()
 
 
@@ -39,10 +51,24 @@ def main(argv: list[str] | None = None) -> None:
     parser = node_arguments("Run one Cairn metadata node.")
     parser.add_argument("--snapshot-entries", type=int, default=100_000,
                         help="take a snapshot (a RocksDB checkpoint) every this many applied entries")
+    parser.add_argument("--suspect-after-seconds", type=float, default=SUSPECT_AFTER_SECONDS,
+                        help="a data node not heard for this long is SUSPECT (reads go around it)")
+    parser.add_argument("--dead-after-seconds", type=float, default=DEAD_AFTER_SECONDS,
+                        help="a data node not heard for this long is DEAD (its fragments need repair)")
+    parser.add_argument("--garbage-grace-seconds", type=float, default=GARBAGE_GRACE_SECONDS,
+                        help="forget a chunk without references after this long (its fragments are then deleted)")
+    parser.add_argument("--repair-mb-per-s", type=float, default=BYTES_PER_SECOND / 1e6,
+                        help="cluster-wide limit on chunk bytes rebuilt per second by repairs")
     args = parser.parse_args(argv)
+    if args.repair_mb_per_s <= 0:
+        parser.error("--repair-mb-per-s must be positive")
+    if not 0 < args.suspect_after_seconds < args.dead_after_seconds:
+        parser.error("need 0 < --suspect-after-seconds < --dead-after-seconds")
 
     def start():
-        node = MetaNode(args.id, args.data, args.peers, args.tick_seconds, args.snapshot_entries)
+        node = MetaNode(args.id, args.data, args.peers, args.tick_seconds, args.snapshot_entries,
+                        args.suspect_after_seconds, args.dead_after_seconds, args.garbage_grace_seconds,
+                        args.repair_mb_per_s * 1e6)
         return node, ()
     run_node(args, start)
 

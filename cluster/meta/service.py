@@ -17,6 +17,8 @@ import time
 from typing import Callable
 
 from cluster.meta import names
+from cluster.meta.liveness import FailureDetector
+from cluster.meta.repairer import BYTES_PER_SECOND, Repairer
 from cluster.meta.state import MetaState, Refused
 from cluster.proto import meta_pb2 as pb
 from cluster.proto import meta_pb2_grpc as pb_grpc
@@ -34,6 +36,8 @@ GET_CHUNKS_MAX = 10_000
 CAPACITY_REPORT_FRACTION = 0.01  # a heartbeat goes through Raft when free space moved this much
 ENTRY_COMMANDS_MAX = 256
 ENTRY_BYTES_MAX = 4 << 20
+GARBAGE_GRACE_SECONDS = 3600.0  # a chunk without references is forgotten after this long
+GARBAGE_PER_ROUND = 1000
 
 
 class CommandBatcher:
@@ -88,10 +92,15 @@ class CommandBatcher:
 
 
 class MetaService(pb_grpc.MetaServicer):
-    def __init__(self, driver: RaftDriver, state: MetaState, address_of, clock=time.time):
+    def __init__(self, driver: RaftDriver, state: MetaState, address_of, clock=time.time,
+                 detector: FailureDetector | None = None, garbage_grace_seconds: float = GARBAGE_GRACE_SECONDS,
+                 repair_bytes_per_second: float = BYTES_PER_SECOND):
         self.driver, self.state = driver, state
         self.address_of = address_of  # Raft node id -> client address
         self.clock = clock
+        self.detector = detector or FailureDetector()
+        self.garbage_grace_seconds = garbage_grace_seconds
+        self.repairer = Repairer(self, repair_bytes_per_second)
         self._mux = MuxServer(pb.MetaReplies, "ops", "replies")
         self._batcher = CommandBatcher(driver)
 
@@ -188,12 +197,73 @@ class MetaService(pb_grpc.MetaServicer):
         node = self.state.node(beat.id)
         if node is None:
             raise Refused(pb.UNKNOWN_NODE, f"no data node {beat.id}: register first")
+        self.detector.heard(beat.id, self.clock())
         if _moved(node.disks, beat.disks) or node.state in (pb.SUSPECT, pb.DEAD):
             state = pb.UP if node.state in (pb.SUSPECT, pb.DEAD) else node.state
             command = pb.MetaCommand(op_id=os.urandom(16), now_ms=int(self.clock() * 1000),
                                      node_report=pb.NodeReport(id=beat.id, disks=beat.disks, state=state))
             self._batcher.submit(command, lambda result, error: None)  # the next beat repeats it if lost
         return pb.MetaReply(tag=op.tag)
+
+    # ---- failure detection
+
+    def check_liveness(self) -> int:
+        """On the leader: proposes SUSPECT or DEAD for data nodes not heard for too long (see
+        cluster/meta/liveness.py); returns how many marks it proposed."""
+        if not self.driver.is_leader:
+            self.detector.follow()
+            return 0
+        now = self.clock()
+        self.detector.lead(now)
+        marks = self.detector.verdicts(self.state.nodes(), now)
+        for mark in marks:
+            log.warning("data node %d not heard from: marking it %s", mark.id, pb.NodeState.Name(mark.state))
+            command = pb.MetaCommand(op_id=os.urandom(16), now_ms=int(now * 1000), mark_node=mark)
+            self._batcher.submit(command, lambda result, error: None)  # proposed again if lost
+        return len(marks)
+
+    # ---- garbage
+
+    def collect_garbage(self) -> int:
+        """On the leader: forgets (through Raft) chunks without references for longer than the
+        grace period. Their fragments become orphans, which each data node's collector deletes
+        once the leader confirms no chunk places them (cluster/data/orphans.py); compaction then
+        reclaims the space. Forgetting first means a fragment is never deleted while a record
+        could still send a reader to it. Returns how many chunks it proposed to forget."""
+        if not self.driver.is_leader:
+            return 0
+        before_ms = int((self.clock() - self.garbage_grace_seconds) * 1000)
+        chunks = self.state.garbage(max(0, before_ms), GARBAGE_PER_ROUND)
+        if chunks:
+            command = pb.MetaCommand(op_id=os.urandom(16), now_ms=int(self.clock() * 1000),
+                                     forget_chunks=pb.ForgetChunks(chunks=chunks))
+            self._batcher.submit(command, lambda result, error: None)  # the next round repeats it if lost
+        return len(chunks)
+
+    async def propose(self, **command) -> pb.MetaResult:
+        """Proposes one command (a field of MetaCommand) and waits for its result."""
+        done = asyncio.get_running_loop().create_future()
+
+        def finish(result, error) -> None:
+            if not done.done():
+                done.set_exception(error) if error is not None else done.set_result(result)
+        self._batcher.submit(pb.MetaCommand(op_id=os.urandom(16), now_ms=int(self.clock() * 1000), **command), finish)
+        return await done
+
+    async def keep_house(self, every_seconds: float = 1.0, garbage_every: int = 10) -> None:
+        """The leader's periodic duties: failure detection and repair every round, garbage
+        every tenth."""
+        rounds = 0
+        while True:
+            await asyncio.sleep(every_seconds)
+            rounds += 1
+            duties = (self.check_liveness, self.repairer.round,
+                      *((self.collect_garbage,) if rounds % garbage_every == 0 else ()))
+            for duty in duties:
+                try:
+                    duty()
+                except Exception:  # noqa: BLE001 - the next round tries again
+                    log.exception("%s failed", duty.__name__)
 
     # ---- leader-local answers
 
@@ -270,7 +340,7 @@ class MetaService(pb_grpc.MetaServicer):
     def _read_get_stats(self, op) -> pb.MetaReply:
         chunks, size = self.state.chunk_counts()
         return pb.MetaReply(tag=op.tag, stats=pb.StatsReply(chunks=chunks, chunk_bytes=size, leader=self.driver.leader,
-                                                            applied=self.state.applied))
+                                                            applied=self.state.applied, repair=self.repairer.stats))
 
 
 def _moved(old, new) -> bool:

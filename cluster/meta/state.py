@@ -183,7 +183,7 @@ class MetaState:
             if command.op_id and batch.get(b"R" + command.op_id) is None:
                 self._remember(batch, command.op_id, result.SerializeToString())
             results.results.append(result)
-            nodes_changed |= command.WhichOneof("command") in ("register_node", "node_report")
+            nodes_changed |= command.WhichOneof("command") in ("register_node", "node_report", "mark_node")
         if index % RESULTS_PRUNE_EVERY == 0:  # by log index: every replica prunes at the same entries
             self._prune_results(batch)
         batch.put(b"A", _u64(index))
@@ -329,6 +329,32 @@ class MetaState:
         node.state, node.heartbeat_ms = c.state, now
         batch.put(node_key(c.id), node.SerializeToString())
         return pb.MetaResult(node_id=c.id)
+
+    def _do_mark_node(self, batch: Batch, version: int, now: int, c: pb.MarkNode) -> pb.MetaResult:
+        raw = batch.get(node_key(c.id))
+        if raw is None:
+            raise Refused(pb.UNKNOWN_NODE, f"no data node {c.id}")
+        node = pb.Node.FromString(raw)
+        if node.state != c.expect:
+            return pb.MetaResult(node_id=c.id, message=f"node {c.id} is {pb.NodeState.Name(node.state)} now; unchanged")
+        node.state = c.state
+        batch.put(node_key(c.id), node.SerializeToString())
+        return pb.MetaResult(node_id=c.id)
+
+    def _do_update_placement(self, batch: Batch, version: int, now: int, c: pb.UpdatePlacement) -> pb.MetaResult:
+        raw = batch.get(chunk_key(names.check_chunk_id(c.chunk)))
+        if raw is None:
+            return pb.MetaResult(message="the chunk is gone; nothing to update")
+        chunk = pb.Chunk.FromString(raw)
+        if list(chunk.nodes) != list(c.expect):
+            return pb.MetaResult(message="the placement moved meanwhile; unchanged")
+        self._check_placement(c.chunk, list(c.nodes), chunk.profile, self._nodes()[1])
+        del chunk.nodes[:]
+        chunk.nodes.extend(c.nodes)
+        batch.put(chunk_key(c.chunk), chunk.SerializeToString())
+        for key, _ in batch.items(b"D" + c.chunk, b"D" + c.chunk + b"\xff"):
+            batch.delete(key)
+        return pb.MetaResult()
 
     def _do_forget_chunks(self, batch: Batch, version: int, now: int, c: pb.ForgetChunks) -> pb.MetaResult:
         for chunk_id in c.chunks:
@@ -524,6 +550,11 @@ class MetaState:
     def chunk(self, chunk_id: bytes) -> pb.Chunk | None:
         raw = self.disk.get(chunk_key(chunk_id))
         return pb.Chunk.FromString(raw) if raw is not None else None
+
+    def chunks_after(self, after: bytes, limit: int) -> list[tuple[bytes, pb.Chunk]]:
+        """Up to `limit` chunk records with ids above `after`, in id order (a scan cursor)."""
+        start = chunk_key(after) + b"\0" if after else b"C"
+        return [(key[1:], pb.Chunk.FromString(value)) for key, value in _take(self.disk.scan(start, b"D"), limit)]
 
     def damage(self, limit: int = 10_000) -> list[pb.Damage]:
         return [pb.Damage.FromString(v) for _, v in _take(self.disk.scan(b"D", b"E"), limit)]

@@ -39,6 +39,11 @@ class DataStub:
                 request_serializer=data__pb2.HasRequest.SerializeToString,
                 response_deserializer=data__pb2.HasReply.FromString,
                 _registered_method=True)
+        self.Repair = channel.unary_unary(
+                '/cairn.data.Data/Repair',
+                request_serializer=data__pb2.RepairRequest.SerializeToString,
+                response_deserializer=data__pb2.RepairReply.FromString,
+                _registered_method=True)
         self.Delete = channel.unary_unary(
                 '/cairn.data.Data/Delete',
                 request_serializer=data__pb2.DeleteRequest.SerializeToString,
@@ -60,6 +65,12 @@ class DataServicer:
     """Missing associated documentation comment in .proto file."""
 
     def Has(self, request, context):
+        """Missing associated documentation comment in .proto file."""
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def Repair(self, request, context):
         """Missing associated documentation comment in .proto file."""
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
@@ -90,6 +101,11 @@ def add_DataServicer_to_server(servicer, server):
                     servicer.Has,
                     request_deserializer=data__pb2.HasRequest.FromString,
                     response_serializer=data__pb2.HasReply.SerializeToString,
+            ),
+            'Repair': grpc.unary_unary_rpc_method_handler(
+                    servicer.Repair,
+                    request_deserializer=data__pb2.RepairRequest.FromString,
+                    response_serializer=data__pb2.RepairReply.SerializeToString,
             ),
             'Delete': grpc.unary_unary_rpc_method_handler(
                     servicer.Delete,
@@ -134,6 +150,33 @@ class Data:
             '/cairn.data.Data/Has',
             data__pb2.HasRequest.SerializeToString,
             data__pb2.HasReply.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def Repair(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/cairn.data.Data/Repair',
+            data__pb2.RepairRequest.SerializeToString,
+            data__pb2.RepairReply.FromString,
             options,
             channel_credentials,
             insecure,

@@ -1,0 +1,79 @@
+"""Repair planning, run by the metadata leader. Pure: records in, orders out.
+
+A fragment is lost when the node its chunk's placement names is DEAD or unknown, or when a damage
+report (scrubber, client hash check) names it. A chunk that lost fragments gets an order: rebuild
+those indexes from any k others and write them to fresh nodes, chosen by the same placement rules
+as a put (failure domains, free space), or back in place when the node is alive and no other
+node can take it. Orders come most endangered first (m lost before m-1 ...); a chunk that lost
+more than m is beyond repair and only counted.
+"""
+from __future__ import annotations
+
+from collections import Counter
+from dataclasses import dataclass, field
+
+from cluster.proto import meta_pb2 as pb
+
+
+@dataclass(frozen=True)
+class Damaged:
+    chunk_id: bytes
+    chunk: pb.Chunk
+    lost: tuple[int, ...]
+
+
+@dataclass
+class Survey:
+    """What one pass over chunks found: counts by fragments lost, and the chunks to repair."""
+    scanned: int = 0
+    by_lost: Counter = field(default_factory=Counter)   # fragments lost -> chunks
+    unrepairable: int = 0
+    queue: list[Damaged] = field(default_factory=list)
+
+    def add(self, other: "Survey") -> None:
+        self.scanned += other.scanned
+        self.by_lost.update(other.by_lost)
+        self.unrepairable += other.unrepairable
+        self.queue.extend(other.queue)
+
+
+def lost_fragments(chunk: pb.Chunk, states: dict[int, int], damaged: set[int]) -> tuple[int, ...]:
+    return tuple(i for i, node in enumerate(chunk.nodes)
+                 if states.get(node, pb.DEAD) == pb.DEAD or i in damaged)
+
+
+def survey(chunks, states: dict[int, int], damage: dict[bytes, set[int]]) -> Survey:
+    """`chunks`: (id, pb.Chunk) pairs; `states`: node id -> NodeState; `damage`: chunk id ->
+    damaged fragment indexes. COLD chunks have no fragments to lose."""
+    found = Survey()
+    for chunk_id, chunk in chunks:
+        found.scanned += 1
+        if chunk.state == pb.COLD:
+            continue
+        lost = lost_fragments(chunk, states, damage.get(chunk_id, set()))
+        found.by_lost[len(lost)] += 1
+        if not lost:
+            continue
+        if len(lost) > chunk.profile.m:
+            found.unrepairable += 1
+            continue
+        found.queue.append(Damaged(chunk_id, chunk, lost))
+    return found
+
+
+def most_endangered_first(queue: list[Damaged]) -> list[Damaged]:
+    return sorted(queue, key=lambda d: (-len(d.lost), d.chunk_id))
+
+
+def targets(chunk: pb.Chunk, lost: tuple[int, ...], fresh: list[int] | None, states: dict[int, int]) -> list[int]:
+    """The placement after repair: `fresh` (a replacement placement, or None if no node could
+    take the fragments), else each lost fragment back on its own node when that node is up."""
+    if fresh is not None:
+        return fresh
+    if all(states.get(chunk.nodes[i]) == pb.UP for i in lost):
+        return list(chunk.nodes)  # rewritten in place
+    raise NoTarget(f"no node can take fragments {list(lost)}")
+
+
+class NoTarget(Exception):
+    pass

@@ -1,0 +1,162 @@
+"""The metadata leader's repair loop: the I/O around cluster/meta/repair.py's planning.
+
+Each round it surveys a slice of the chunk records (a cursor walks the whole keyspace over many
+rounds; chunks named by damage reports are looked at every round), sorts what lost fragments
+most endangered first, and sends orders to data nodes over their gRPC control API: the first
+target node rebuilds the lost fragments from any k others and stores them. Orders are bounded
+in flight per node and in all, and by a bandwidth budget, so client traffic keeps flowing. Once
+a node confirms, the new placement goes through Raft (UpdatePlacement, applied only if the
+placement did not move meanwhile). A repeated or interrupted order does no harm: the same bytes
+land on the same targets again, and the placement changes once.
+"""
+from __future__ import annotations
+
+import asyncio
+import logging
+import os
+import time
+from collections import deque
+from typing import Callable
+
+import grpc
+
+from cluster.meta import repair
+from cluster.meta.state import Refused
+from cluster.proto import data_pb2, data_pb2_grpc
+from cluster.proto import meta_pb2 as pb
+
+log = logging.getLogger("cairn.repair")
+
+SLICE_CHUNKS = 5000          # chunk records surveyed per round
+ORDERS_IN_FLIGHT = 8         # repairs running in the cluster at once
+ORDERS_PER_NODE = 2          # ... and on one executing node
+BYTES_PER_SECOND = 200e6     # chunk bytes rebuilt per second, cluster-wide
+ORDER_SECONDS = 60.0
+RATE_WINDOW_SECONDS = 30.0
+
+
+class Repairer:
+    def __init__(self, service, bytes_per_second: float = BYTES_PER_SECOND,
+                 channel: Callable[[str], grpc.aio.Channel] = grpc.aio.insecure_channel,
+                 clock: Callable[[], float] = time.monotonic, sleep=asyncio.sleep):
+        self.service = service
+        self.bytes_per_second = bytes_per_second
+        self._channel, self._clock, self._sleep = channel, clock, sleep
+        self._channels: dict[str, grpc.aio.Channel] = {}
+        self._cursor = b""
+        self._pass = repair.Survey()
+        self.stats = pb.RepairStats()
+        self._recent: deque[tuple[float, int]] = deque()
+        self._budget_at = 0.0  # when the bandwidth budget next has room
+        self._slots = asyncio.Semaphore(ORDERS_IN_FLIGHT)
+        self._per_node: dict[int, asyncio.Semaphore] = {}
+        self._running: set[bytes] = set()
+        self._tasks: set[asyncio.Task] = set()
+
+    @property
+    def state(self):
+        return self.service.state
+
+    async def close(self) -> None:
+        for task in self._tasks:
+            task.cancel()
+        await asyncio.gather(*self._tasks, return_exceptions=True)
+        for channel in self._channels.values():
+            await channel.close()
+
+    def round(self) -> int:
+        """One survey slice; starts orders for what it found. Returns how many it started."""
+        if not self.service.driver.is_leader:
+            self._running.clear()
+            return 0
+        nodes = self.state.nodes()
+        states = {n.id: n.state for n in nodes}
+        damage: dict[bytes, set[int]] = {}
+        for record in self.state.damage():
+            damage.setdefault(record.chunk, set()).add(record.index)
+        if not damage and pb.DEAD not in states.values():  # nothing can have lost a fragment
+            self._cursor, self._pass = b"", repair.Survey()
+            self.stats.chunks_by_lost.clear()
+            self.stats.chunks_by_lost[0] = self.state.chunk_counts()[0]
+            self.stats.unrepairable = self.stats.queued = 0
+            return 0
+        records = self.state.chunks_after(self._cursor, SLICE_CHUNKS)
+        found = repair.survey(records, states, damage)
+        self._pass.add(found)
+        self._cursor = records[-1][0] if len(records) == SLICE_CHUNKS else b""
+        if not self._cursor:  # a full pass: publish its counts
+            self.stats.chunks_by_lost.clear()
+            self.stats.chunks_by_lost.update({lost: count for lost, count in self._pass.by_lost.items()})
+            self.stats.unrepairable, self.stats.passes = self._pass.unrepairable, self.stats.passes + 1
+            self._pass = repair.Survey()
+        seen = {d.chunk_id for d in found.queue}
+        extra = [(c, self.state.chunk(c)) for c in damage if c not in seen]
+        found.queue += repair.survey([(c, r) for c, r in extra if r is not None], states, damage).queue
+        queue = [d for d in repair.most_endangered_first(found.queue) if d.chunk_id not in self._running]
+        self.stats.queued = len(queue)
+        by_id = {n.id: n for n in nodes}
+        started = 0
+        for damaged in queue[:ORDERS_IN_FLIGHT * 4]:
+            self._running.add(damaged.chunk_id)
+            task = asyncio.ensure_future(self._repair(damaged, by_id, states))
+            self._tasks.add(task)
+            task.add_done_callback(self._tasks.discard)
+            started += 1
+        return started
+
+    async def _repair(self, damaged: repair.Damaged, by_id: dict, states: dict) -> None:
+        chunk_id, chunk = damaged.chunk_id, damaged.chunk
+        try:
+            try:
+                fresh = self.state.replace(list(chunk.nodes), list(damaged.lost), os.urandom(16))
+            except Refused:
+                fresh = None
+            placement = repair.targets(chunk, damaged.lost, fresh, states)
+            targets = [placement[i] for i in damaged.lost]
+            executor = by_id[targets[0]]
+            request = data_pb2.RepairRequest(
+                chunk=chunk_id, length=chunk.length, k=chunk.profile.k, m=chunk.profile.m, nodes=chunk.nodes,
+                data_addresses=[by_id[n].data_address if n in by_id else "" for n in chunk.nodes],
+                lost=damaged.lost, targets=targets, target_addresses=[by_id[n].data_address for n in targets])
+            async with self._slots, self._node_slot(executor.id):
+                await self._within_budget(chunk.length)
+                stub = data_pb2_grpc.DataStub(self._channel_to(executor.address))
+                await stub.Repair(request, timeout=ORDER_SECONDS)
+            result = await self.service.propose(update_placement=pb.UpdatePlacement(
+                chunk=chunk_id, nodes=placement, expect=chunk.nodes))
+            if result.code == pb.OK:
+                self._count(chunk.length)
+        except (repair.NoTarget, grpc.aio.AioRpcError, KeyError) as error:
+            log.warning("repair of chunk %s (fragments %s) failed: %s", chunk_id.hex()[:16], list(damaged.lost),
+                        error.details() if isinstance(error, grpc.aio.AioRpcError) else error)
+        except Exception:  # noqa: BLE001 - the next pass finds the chunk again
+            log.exception("repair of chunk %s failed", chunk_id.hex()[:16])
+        finally:
+            self._running.discard(chunk_id)
+
+    def _node_slot(self, node_id: int) -> asyncio.Semaphore:
+        if node_id not in self._per_node:
+            self._per_node[node_id] = asyncio.Semaphore(ORDERS_PER_NODE)
+        return self._per_node[node_id]
+
+    async def _within_budget(self, size: int) -> None:
+        """Paces orders so rebuilt bytes stay under bytes_per_second."""
+        now = self._clock()
+        start = max(now, self._budget_at)
+        self._budget_at = start + size / self.bytes_per_second
+        if start > now:
+            await self._sleep(start - now)
+
+    def _channel_to(self, address: str) -> grpc.aio.Channel:
+        if address not in self._channels:
+            self._channels[address] = self._channel(address)
+        return self._channels[address]
+
+    def _count(self, size: int) -> None:
+        now = self._clock()
+        self.stats.repaired += 1
+        self.stats.repaired_bytes += size
+        self._recent.append((now, size))
+        while self._recent and self._recent[0][0] < now - RATE_WINDOW_SECONDS:
+            self._recent.popleft()
+        self.stats.bytes_per_second = sum(s for _, s in self._recent) / RATE_WINDOW_SECONDS

@@ -1,0 +1,38 @@
+"""The data plane's message codecs: round trips and refusals."""
+import pytest
+from hypothesis import given, strategies as st
+
+from cluster.data import wire
+
+ids = st.binary(min_size=32, max_size=32)
+items = st.lists(st.tuples(ids, st.integers(0, 254), st.integers(0, 2**32 - 1)), min_size=1, max_size=wire.PUT_MANY_MAX)
+texts = st.text(alphabet=st.characters(blacklist_characters="\0", blacklist_categories=("Cs",)), max_size=50)
+
+
+@given(items)
+def test_put_many_headers_round_trip(batch):
+    assert wire.decode_put_many(wire.encode_put_many(batch), len(batch)) == batch
+
+
+@given(st.lists(st.tuples(st.integers(0, 5), texts), min_size=1, max_size=64))
+def test_statuses_round_trip(results):
+    expected = [(status, "" if status == wire.OK else text.encode()[:256].decode(errors="replace"))
+                for status, text in results]
+    assert wire.decode_statuses(wire.encode_statuses(results), len(results)) == expected
+
+
+def test_put_many_refusals():
+    one = (b"x" * 32, 0, 0)
+    with pytest.raises(ValueError):
+        wire.encode_put_many([])
+    with pytest.raises(ValueError):
+        wire.encode_put_many([one] * (wire.PUT_MANY_MAX + 1))
+    with pytest.raises(ValueError):
+        wire.encode_put_many([(b"short", 0, 0)])
+    header = wire.encode_put_many([one, one])
+    with pytest.raises(ValueError):
+        wire.decode_put_many(header, 3)  # payloads disagree with the header
+    with pytest.raises(ValueError):
+        wire.decode_put_many(header[:-1], 2)
+    with pytest.raises(ValueError):
+        wire.decode_statuses(b"\x00", 2)

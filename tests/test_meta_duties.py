@@ -1,0 +1,280 @@
+"""The metadata leader's duties. Failure detection of data nodes: the pure detector, the MarkNode
+command, and real processes (a data node killed is SUSPECT then DEAD, back UP when it returns;
+a leader change declares nobody dead). Garbage: a deleted object's chunks are forgotten after
+the grace period and their fragments deleted from the data nodes."""
+import asyncio
+import os
+import signal
+import time
+
+import pytest
+from hypothesis import given, strategies as st
+
+from cluster.client.meta import MetaClient
+from cluster.dev import LocalCluster
+from cluster.meta.liveness import REPROPOSE_SECONDS, FailureDetector
+from cluster.proto import meta_pb2 as pb
+
+
+def node(node_id, state=pb.UP):
+    return pb.Node(id=node_id, state=state)
+
+
+def test_silence_makes_a_node_suspect_then_dead():
+    detector = FailureDetector(suspect_after=10, dead_after=60)
+    assert detector.verdicts([node(1)], 100) == []  # not leading: no verdicts
+    detector.lead(100)
+    detector.heard(1, 100)
+    assert detector.verdicts([node(1), node(2)], 105) == []
+    marks = detector.verdicts([node(1), node(2)], 111)
+    assert [(m.id, m.state, m.expect) for m in marks] == [(1, pb.SUSPECT, pb.UP), (2, pb.SUSPECT, pb.UP)]
+    assert detector.verdicts([node(1), node(2)], 112) == []  # proposed already, not yet applied
+    again = detector.verdicts([node(1), node(2)], 111 + REPROPOSE_SECONDS)
+    assert [m.id for m in again] == [1, 2]  # lost proposals are repeated
+    detector.heard(2, 150)
+    marks = detector.verdicts([node(1, pb.SUSPECT), node(2, pb.SUSPECT), node(3, pb.DRAINING)], 161)
+    assert [(m.id, m.state, m.expect) for m in marks] == [(1, pb.DEAD, pb.SUSPECT)]
+    assert detector.verdicts([node(1, pb.DEAD)], 500) == []  # dead stays dead until it heartbeats
+
+
+def test_a_new_leader_counts_every_node_as_heard_when_it_took_office():
+    detector = FailureDetector(suspect_after=10, dead_after=60)
+    detector.lead(0)
+    detector.follow()
+    detector.lead(1000)  # long after anything was heard
+    assert detector.verdicts([node(1), node(2)], 1005) == []
+    assert [m.state for m in detector.verdicts([node(1)], 1061)] == [pb.DEAD]
+
+
+@given(st.lists(st.tuples(st.integers(1, 4), st.floats(0, 5)), max_size=40), st.floats(1, 30))
+def test_a_node_heard_recently_is_never_marked(beats, check_gap):
+    detector = FailureDetector(suspect_after=10, dead_after=30)
+    detector.lead(0.0)
+    now, last = 0.0, {}
+    for node_id, gap in beats:
+        now += gap
+        detector.heard(node_id, now)
+        last[node_id] = now
+        check_at = now + min(check_gap, 9.99)
+        for mark in detector.verdicts([node(n) for n in range(1, 5)], check_at):
+            assert check_at - last.get(mark.id, 0.0) >= 10
+
+
+def test_bad_thresholds_are_refused():
+    with pytest.raises(ValueError):
+        FailureDetector(suspect_after=10, dead_after=5)
+
+
+def test_mark_node_applies_only_from_the_expected_state(tmp_path):
+    from cluster.meta.state import MetaState
+    from cluster.storage.disk import MemoryDisk
+
+    state = MetaState(MemoryDisk())
+
+    def apply(index, **command):
+        entry = pb.MetaEntry(commands=[pb.MetaCommand(op_id=os.urandom(16), now_ms=index, **command)])
+        return pb.MetaResults.FromString(state.apply(index, entry.SerializeToString())).results[0]
+    node_id = apply(1, register_node=pb.RegisterNode(node=pb.Node(address="a:1", labels={"host": "a"}))).node_id
+    assert apply(2, mark_node=pb.MarkNode(id=node_id, state=pb.SUSPECT, expect=pb.UP)).code == pb.OK
+    assert state.node(node_id).state == pb.SUSPECT
+    unchanged = apply(3, mark_node=pb.MarkNode(id=node_id, state=pb.DEAD, expect=pb.UP))
+    assert "unchanged" in unchanged.message and state.node(node_id).state == pb.SUSPECT
+    assert apply(4, mark_node=pb.MarkNode(id=99, state=pb.DEAD, expect=pb.UP)).code == pb.UNKNOWN_NODE
+
+
+async def states(client):
+    reply = await client.call(pb.MetaOp(list_nodes=pb.ListNodes()))
+    return {n.address: n.state for n in reply.list_nodes.nodes}
+
+
+async def wait_for(client, address, state, seconds):
+    deadline = time.monotonic() + seconds
+    while time.monotonic() < deadline:
+        if (await states(client)).get(address) == state:
+            return time.monotonic()
+        await asyncio.sleep(0.1)
+    raise AssertionError(f"{address} did not become {pb.NodeState.Name(state)}: {await states(client)}")
+
+
+def test_a_killed_data_node_is_suspect_then_dead_and_up_again_when_back(tmp_path):
+    local = LocalCluster(str(tmp_path), metas=3, datas=2, port_base=None,
+                         meta_options=["--tick-seconds", "0.02", "--suspect-after-seconds", "3",
+                                       "--dead-after-seconds", "6"])  # data nodes beat every 2 s
+    local.start()
+    try:
+        async def main():
+            client = MetaClient(local.meta_addresses)
+            try:
+                victim, other = (local.member("data", n).addresses[0] for n in (1, 2))
+                assert set((await states(client)).values()) == {pb.UP}
+                local.kill("data", 1, signal.SIGKILL)
+                killed = time.monotonic()
+                suspect = await wait_for(client, victim, pb.SUSPECT, 10)
+                dead = await wait_for(client, victim, pb.DEAD, 15)
+                assert 2.0 < suspect - killed and dead - killed > 5.0
+                assert (await states(client))[other] == pb.UP
+                local.restart("data", 1)
+                await wait_for(client, victim, pb.UP, 30)
+
+                # a leader change: the new leader gives every node a fresh grace period
+                leader = local.meta_addresses.index(client.leader) + 1
+                local.kill("meta", leader, signal.SIGKILL)
+                changed = time.monotonic()
+                while time.monotonic() - changed < 5.0:
+                    assert set((await states(client)).values()) == {pb.UP}
+                    await asyncio.sleep(0.2)
+            finally:
+                await client.close()
+        asyncio.run(main())
+    finally:
+        local.stop()
+
+
+def test_garbage_is_forgotten_and_its_fragments_deleted(tmp_path):
+    import grpc
+
+    import cluster
+    from cluster.proto import data_pb2, data_pb2_grpc
+
+    local = LocalCluster(str(tmp_path), metas=3, datas=6, port_base=None,
+                         meta_options=["--tick-seconds", "0.02", "--garbage-grace-seconds", "1"],
+                         data_options=["--orphan-grace-seconds", "1", "--orphan-interval-seconds", "1"])
+    local.start()
+
+    def fragments_on_nodes():
+        total = 0
+        for number in range(1, 7):
+            with grpc.insecure_channel(local.member("data", number).addresses[0]) as channel:
+                total += data_pb2_grpc.DataStub(channel).Status(data_pb2.StatusRequest(), timeout=5).fragments
+        return total
+    try:
+        with cluster.connect(local.meta_addresses) as client:
+            client.create_bucket("garbage", k=4, m=2)
+            keep, drop = os.urandom(3 << 20), os.urandom(5 << 20)
+            client.put("garbage", "keep", keep)
+            client.put("garbage", "drop", drop)
+            before = client.status()
+            stored = fragments_on_nodes()
+            client.delete("garbage", "drop")
+            deadline = time.monotonic() + 60
+            while time.monotonic() < deadline:
+                if client.status().chunks < before.chunks and fragments_on_nodes() < stored:
+                    break
+                time.sleep(0.5)
+            after = client.status()
+            assert after.chunks < before.chunks and after.chunk_bytes == before.chunk_bytes - len(drop)
+            while time.monotonic() < deadline and fragments_on_nodes() > after.chunks * 6:
+                time.sleep(0.5)
+            assert fragments_on_nodes() == after.chunks * 6
+            assert client.get("garbage", "keep") == keep
+    finally:
+        local.stop()
+
+
+def test_survey_orders_most_endangered_first():
+    from cluster.meta import repair
+
+    profile = pb.ErasureProfile(k=2, m=2)
+    states = {1: pb.UP, 2: pb.DEAD, 3: pb.UP, 4: pb.DEAD, 5: pb.UP, 6: pb.SUSPECT}
+    chunks = [(b"a" * 32, pb.Chunk(profile=profile, nodes=[1, 3, 5, 6])),        # intact (suspect is not lost)
+              (b"b" * 32, pb.Chunk(profile=profile, nodes=[1, 2, 3, 5])),        # -1
+              (b"c" * 32, pb.Chunk(profile=profile, nodes=[2, 4, 1, 3])),        # -2
+              (b"d" * 32, pb.Chunk(profile=profile, nodes=[2, 4, 7, 1])),        # -3 (7 unknown): beyond repair
+              (b"e" * 32, pb.Chunk(profile=profile, nodes=[1, 3, 5, 6])),        # damaged in place
+              (b"f" * 32, pb.Chunk(profile=profile, nodes=[2, 4, 1, 3], state=pb.COLD))]
+    found = repair.survey(chunks, states, {b"e" * 32: {0}})
+    assert found.scanned == 6 and found.unrepairable == 1
+    assert dict(found.by_lost) == {0: 1, 1: 2, 2: 1, 3: 1}
+    order = repair.most_endangered_first(found.queue)
+    assert [(d.chunk_id[:1], d.lost) for d in order] == [(b"c", (0, 1)), (b"b", (1,)), (b"e", (0,))]
+    # no replacement node: a damaged fragment on a live node is rewritten in place; a dead one cannot be
+    assert repair.targets(chunks[4][1], (0,), None, states) == [1, 3, 5, 6]
+    with pytest.raises(repair.NoTarget):
+        repair.targets(chunks[1][1], (1,), None, states)
+    assert repair.targets(chunks[1][1], (1,), [1, 9, 3, 5], states) == [1, 9, 3, 5]
+
+
+def test_update_placement_applies_only_over_the_expected_placement():
+    from cluster.meta.state import MetaState
+    from cluster.storage.disk import MemoryDisk
+
+    state = MetaState(MemoryDisk())
+    index = iter(range(1, 100))
+
+    def apply(**command):
+        entry = pb.MetaEntry(commands=[pb.MetaCommand(op_id=os.urandom(16), now_ms=1, **command)])
+        return pb.MetaResults.FromString(state.apply(next(index), entry.SerializeToString())).results[0]
+    assert apply(create_bucket=pb.CreateBucket(name="bkt", profile=pb.ErasureProfile(k=2, m=1))).code == pb.OK
+    ids = [apply(register_node=pb.RegisterNode(node=pb.Node(address=f"n{n}:1", labels={"host": f"h{n}"}))).node_id
+           for n in range(4)]
+    chunk = b"\x01" * 32
+    manifest = pb.Manifest(head=pb.ObjectHead(size=10, blake3=b"\x02" * 32), chunks=[pb.ChunkRef(id=chunk, length=10)])
+    assert apply(commit_put=pb.CommitPut(bucket="bkt", key="k", manifest=manifest,
+                                         placements=[pb.Placement(chunk=chunk, nodes=ids[:3])])).code == pb.OK
+    apply(report_damage=pb.ReportDamage(damage=[pb.Damage(chunk=chunk, index=1, node=ids[1], reason="test")]))
+    assert len(state.damage()) == 1
+    moved = [ids[0], ids[3], ids[2]]
+    stale = apply(update_placement=pb.UpdatePlacement(chunk=chunk, nodes=moved, expect=[ids[2], ids[1], ids[0]]))
+    assert "moved meanwhile" in stale.message and list(state.chunk(chunk).nodes) == ids[:3]
+    bad = apply(update_placement=pb.UpdatePlacement(chunk=chunk, nodes=[ids[0], ids[0], ids[2]], expect=ids[:3]))
+    assert bad.code == pb.BAD_PLACEMENT
+    assert apply(update_placement=pb.UpdatePlacement(chunk=chunk, nodes=moved, expect=ids[:3])).code == pb.OK
+    assert list(state.chunk(chunk).nodes) == moved and state.damage() == []
+
+
+def test_a_dead_node_and_a_damaged_fragment_are_repaired(tmp_path):
+    import cluster
+    from cluster.client.meta import MetaClient as Meta
+
+    local = LocalCluster(str(tmp_path), metas=3, datas=7, port_base=None,
+                         meta_options=["--tick-seconds", "0.02", "--suspect-after-seconds", "3",
+                                       "--dead-after-seconds", "4"])
+    local.start()
+    try:
+        with cluster.connect(local.meta_addresses) as client:
+            client.create_bucket("heal", k=4, m=2)
+            objects = {f"o{n}": os.urandom((2 << 20) + n) for n in range(6)}
+            for key, data in objects.items():
+                client.put("heal", key, data)
+            total = client.status().chunks
+
+            def healed(repaired_at_least):
+                repair = client.status().repair
+                return (dict(repair.chunks_by_lost) == {0: total} and repair.queued == 0
+                        and repair.repaired >= repaired_at_least)
+
+            def wait(condition, seconds=60):
+                deadline = time.monotonic() + seconds
+                while time.monotonic() < deadline:
+                    if condition():
+                        return
+                    time.sleep(0.3)
+                raise AssertionError(f"not healed: {client.status().repair}")
+
+            # a data node dies: every chunk with a fragment on it is rebuilt elsewhere
+            local.kill("data", 1, signal.SIGKILL)
+            wait(lambda: healed(1))
+            repaired = client.status().repair.repaired
+
+            # a damage report (as the scrubber or a client's hash check sends) is repaired too
+            async def report():
+                meta = Meta(local.meta_addresses)
+                try:
+                    manifest = (await meta.call(pb.MetaOp(get_object=pb.GetObject(
+                        bucket="heal", key="o0", with_chunks=True)))).get_object
+                    chunk_id, chunk = manifest.chunk_ids[0], manifest.chunks[0]
+                    await meta.command(report_damage=pb.ReportDamage(damage=[pb.Damage(
+                        chunk=chunk_id, index=2, node=chunk.nodes[2], reason="test")]))
+                    return chunk_id, list(chunk.nodes)
+                finally:
+                    await meta.close()
+            chunk_id, before = asyncio.run(report())
+            wait(lambda: client.status().repair.repaired > repaired)
+
+            # all six fragments of every chunk are on live nodes: two more can go
+            local.kill("data", 2, signal.SIGKILL)
+            local.kill("data", 3, signal.SIGKILL)
+            for key, data in objects.items():
+                assert client.get("heal", key) == data
+    finally:
+        local.stop()
