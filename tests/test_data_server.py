@@ -127,7 +127,8 @@ def test_a_data_node_end_to_end(tmp_path, meta):
 
 
 def test_small_puts_issued_together_share_messages(tmp_path, meta):
-    """A bad fragment in a shared message fails alone; a malformed PUT_MANY is refused."""
+    """Small puts and gets issued together share messages; a bad fragment fails alone; a
+    malformed PUT_MANY is refused."""
     ports = free_ports(2)
     proc = start_data_node(tmp_path, meta, ports)
     try:
@@ -143,9 +144,13 @@ def test_small_puts_issued_together_share_messages(tmp_path, meta):
             assert client.messages - sent <= 4, "100 small puts were not coalesced"
             assert isinstance(results[42], DataError) and results[42].status == wire.BAD_REQUEST
             assert all(r is None for i, r in enumerate(results) if i != 42)
-            for i, b in small.items():
-                if i != 42:
-                    assert bytes(await client.get(other, i)) == b
+            sent = client.messages
+            got = await asyncio.gather(*(client.get(other, i, small=True) for i in small), return_exceptions=True)
+            assert client.messages - sent <= 4, "100 small gets were not coalesced"
+            assert isinstance(got[42], DataError) and got[42].status == wire.NOT_FOUND  # its put failed
+            assert all(bytes(got[i]) == b for i, b in small.items() if i != 42)
+            part = await client.get(other, 7, offset=100, length=10, small=True)
+            assert bytes(part) == small[7][100:110]
             with pytest.raises(DataError) as malformed_many:  # payload count disagrees with the header
                 await client._call([wire.OP_PUT_MANY, wire.encode_put_many([(other, 1, 0), (other, 2, 0)]), b"x"], 5.0)
             assert malformed_many.value.status == wire.BAD_REQUEST

@@ -14,6 +14,15 @@ def test_put_many_headers_round_trip(batch):
     assert wire.decode_put_many(wire.encode_put_many(batch), len(batch)) == batch
 
 
+gets = st.lists(st.tuples(ids, st.integers(0, 254), st.integers(0, 2**63), st.none() | st.integers(0, 2**63)),
+                min_size=1, max_size=wire.PUT_MANY_MAX)
+
+
+@given(gets)
+def test_get_many_headers_round_trip(batch):
+    assert wire.decode_get_many(wire.encode_get_many(batch)) == batch
+
+
 @given(st.lists(st.tuples(st.integers(0, 5), texts), min_size=1, max_size=64))
 def test_statuses_round_trip(results):
     expected = [(status, "" if status == wire.OK else text.encode()[:256].decode(errors="replace"))
@@ -36,3 +45,7 @@ def test_put_many_refusals():
         wire.decode_put_many(header[:-1], 2)
     with pytest.raises(ValueError):
         wire.decode_statuses(b"\x00", 2)
+    with pytest.raises(ValueError):
+        wire.encode_get_many([])
+    with pytest.raises(ValueError):
+        wire.decode_get_many(wire.encode_get_many([(b"x" * 32, 0, 0, None)])[:-1])

@@ -24,7 +24,7 @@ import blake3
 from cluster.client.errors import CorruptObject, NotEnoughFragmentsError, raise_for
 from cluster.client.meta import MetaClient
 from cluster.codec import CodecError, ReedSolomon, crc32c
-from cluster.data.wire import DataClient, DataError
+from cluster.data.wire import COALESCE_BYTES_MAX, DataClient, DataError
 from cluster.proto import meta_pb2 as pb
 
 REPLACE_ATTEMPTS = 3
@@ -185,7 +185,8 @@ class Fragments:
         async def one(index: int) -> None:
             try:
                 client = await self._client(chunk.nodes[index])
-                have[index] = await client.get(chunk_id, index, timeout=fragment_timeout(size))
+                have[index] = await client.get(chunk_id, index, timeout=fragment_timeout(size),
+                                               small=size <= COALESCE_BYTES_MAX)
                 self._suspect_until.pop(chunk.nodes[index], None)
             except _FAILURES:
                 bad.add(index)  # down, missing, or corrupt (the node checks its CRC32C)

@@ -112,6 +112,8 @@ class DataPlane:
         identity, request_id, op = frames[0], frames[1], frames[2].bytes
         try:
             payload = self._serve(op, frames[3:])
+            if isinstance(payload, list):  # a batch: statuses, then one frame per fragment
+                return [identity, request_id, bytes([wire.OK]), b"", *payload]
             return [identity, request_id, bytes([wire.OK]), b"", *([payload] if payload is not None else [])]
         except Exception as error:  # noqa: BLE001 - every failure is an answer
             if not isinstance(error, (FragmentNotFound, BadFragment, ValueError)):
@@ -129,12 +131,27 @@ class DataPlane:
             if len(frames) < 2:
                 raise ValueError("a PUT_MANY carries a header and the payloads")
             return self._put_many(wire.decode_put_many(frames[0].bytes, len(frames) - 1), frames[1:])
+        if op == wire.OP_GET_MANY:
+            if len(frames) != 1:
+                raise ValueError("a GET_MANY carries a header only")
+            return self._get_many(wire.decode_get_many(frames[0].bytes))
         if op == wire.OP_GET:
             if len(frames) != 1:
                 raise ValueError("a GET carries a header only")
             chunk_id, index, offset, length = wire.decode_get(frames[0].bytes)
             return self.disks.get(chunk_id, index, offset, length)
         raise ValueError(f"unknown operation {op!r}")
+
+    def _get_many(self, items) -> list:
+        results, payloads = [], []
+        for chunk_id, index, offset, length in items:
+            try:
+                payloads.append(self.disks.get(chunk_id, index, offset, length))
+                results.append((wire.OK, ""))
+            except Exception as error:  # noqa: BLE001 - this fragment's answer
+                payloads.append(b"")
+                results.append((_status_of(error), str(error)))
+        return [wire.encode_statuses(results), *payloads]
 
     def _put_many(self, items, payloads) -> bytes:
         """Appends every fragment, then waits once per stripe for durability: one group commit

@@ -18,7 +18,7 @@ import zmq.asyncio
 
 from cluster.data.store import FRAGMENT_BYTES_MAX, FRAGMENT_INDEX_MAX
 
-OP_PUT, OP_GET, OP_PUT_MANY = b"P", b"G", b"M"
+OP_PUT, OP_GET, OP_PUT_MANY, OP_GET_MANY = b"P", b"G", b"M", b"N"
 OK, NOT_FOUND, CORRUPT, BAD_REQUEST, DISK_FULL, UNAVAILABLE = range(6)
 STATUS_NAMES = ["OK", "NOT_FOUND", "CORRUPT", "BAD_REQUEST", "DISK_FULL", "UNAVAILABLE"]
 _ID = struct.Struct(">Q")
@@ -29,6 +29,8 @@ MESSAGE_BYTES_MAX = FRAGMENT_BYTES_MAX + 1024
 IN_FLIGHT_MAX = 64
 # Small puts issued together to one node travel as one PUT_MANY message [header of N PUT headers,
 # N payloads]; its reply's payload is N status bytes then, for each failure, its text after a NUL.
+# Small gets likewise: GET_MANY [header of N GET headers]; the reply carries the statuses, then one
+# frame per fragment (empty where it failed).
 PUT_MANY_MAX = 64                  # fragments in one message
 PUT_MANY_BYTES_MAX = 4 << 20       # their bytes
 COALESCE_BYTES_MAX = 256 << 10     # only fragments up to this size wait to share a message
@@ -71,6 +73,19 @@ def decode_put_many(header: bytes, payloads: int) -> list[tuple[bytes, int, int]
     return [_PUT.unpack_from(header, n * _PUT.size) for n in range(count)]
 
 
+def encode_get_many(items: list[tuple[bytes, int, int, int | None]]) -> bytes:
+    if not 0 < len(items) <= PUT_MANY_MAX:
+        raise ValueError(f"a GET_MANY carries 1..{PUT_MANY_MAX} fragment names, not {len(items)}")
+    return b"".join(encode_get(*item) for item in items)
+
+
+def decode_get_many(header: bytes) -> list[tuple[bytes, int, int, int | None]]:
+    count, rest = divmod(len(header), _GET.size)
+    if rest or not 0 < count <= PUT_MANY_MAX:
+        raise ValueError(f"a GET_MANY header holds 1..{PUT_MANY_MAX} GET headers")
+    return [decode_get(header[n * _GET.size:(n + 1) * _GET.size]) for n in range(count)]
+
+
 def encode_statuses(results: list[tuple[int, str]]) -> bytes:
     return bytes(status for status, _ in results) + b"".join(
         b"\0" + text.encode()[:256] for status, text in results if status != OK)
@@ -111,6 +126,7 @@ class DataClient:
         self._slots = asyncio.Semaphore(in_flight_max)
         self._reader: asyncio.Task | None = None
         self._outbox: list[tuple[tuple[bytes, int, int], object, float, asyncio.Future]] = []
+        self._inbox: list[tuple[tuple, float, asyncio.Future]] = []
         self._batches: set[asyncio.Task] = set()
         self.messages = 0  # requests sent, for tests and diagnostics
 
@@ -162,10 +178,48 @@ class DataClient:
                     future.set_exception(DataError(status, text))
 
     async def get(self, chunk_id: bytes, index: int, offset: int = 0, length: int | None = None,
-                  timeout: float = CALL_SECONDS):
-        """The bytes (a zero-copy buffer), verified by the node against the fragment's CRC32C."""
-        frames = await self._call([OP_GET, encode_get(chunk_id, index, offset, length)], timeout)
-        return frames[3].buffer if len(frames) > 3 else b""
+                  timeout: float = CALL_SECONDS, small: bool = False):
+        """The bytes (a zero-copy buffer), verified by the node against the fragment's CRC32C.
+        `small` (the caller expects at most COALESCE_BYTES_MAX): may share a message with other
+        small gets to this node issued in the same turn of the event loop."""
+        if not small:
+            frames = await self._call([OP_GET, encode_get(chunk_id, index, offset, length)], timeout)
+            return frames[3].buffer if len(frames) > 3 else b""
+        future = asyncio.get_running_loop().create_future()
+        if not self._inbox:
+            asyncio.get_running_loop().call_soon(self._send_inbox)
+        self._inbox.append(((chunk_id, index, offset, length), timeout, future))
+        return await future
+
+    def _send_inbox(self) -> None:
+        while self._inbox:
+            batch, self._inbox = self._inbox[:PUT_MANY_MAX], self._inbox[PUT_MANY_MAX:]
+            task = asyncio.ensure_future(self._get_batch(batch))
+            self._batches.add(task)
+            task.add_done_callback(self._batches.discard)
+
+    async def _get_batch(self, batch) -> None:
+        futures = [item[2] for item in batch]
+        try:
+            reply = await self._call([OP_GET_MANY, encode_get_many([item[0] for item in batch])],
+                                     max(item[1] for item in batch))
+            results = decode_statuses(reply[3].bytes if len(reply) > 3 else b"", len(batch))
+            payloads = reply[4:]
+            if len(payloads) != len(batch):
+                raise DataError(BAD_REQUEST, f"a GET_MANY reply with {len(payloads)} fragments for {len(batch)}")
+        except BaseException as error:  # noqa: BLE001 - each waiting get gets the failure
+            for future in futures:
+                if not future.done():
+                    future.set_exception(error if isinstance(error, Exception) else DataError(UNAVAILABLE, "cancelled"))
+            if not isinstance(error, Exception):
+                raise
+            return
+        for future, (status, text), payload in zip(futures, results, payloads):
+            if not future.done():
+                if status == OK:
+                    future.set_result(payload.buffer)
+                else:
+                    future.set_exception(DataError(status, text))
 
     async def _call(self, frames: list, timeout: float) -> list:
         async with self._slots:
