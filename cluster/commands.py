@@ -58,6 +58,11 @@ def add_commands(commands) -> None:
     command("ls", cmd_bucket_ls, "list buckets", buckets)
     command("rm", cmd_bucket_rm, "delete an empty bucket", buckets).add_argument("name")
 
+    node = commands.add_parser("node", help="data node operations").add_subparsers(dest="node_command", required=True)
+    command("drain", cmd_node_drain, "move every fragment off a data node (then it can leave)", node).add_argument(
+        "id", type=int)
+    command("undrain", cmd_node_undrain, "put a draining data node back in service", node).add_argument("id", type=int)
+
     for role in ("meta", "data"):
         server = commands.add_parser(role, help=f"run a {role} node (flags, or --config FILE.toml)", add_help=False)
         server.add_argument("rest", nargs=argparse.REMAINDER)
@@ -297,6 +302,7 @@ def cmd_status(args) -> int:
                 "chunks": status.chunks, "chunk_bytes": status.chunk_bytes, "dedup_ratio": round(status.dedup_ratio, 3),
                 "redundancy": redundancy, "unrepairable": repair.unrepairable, "repair_queue": repair.queued,
                 "repaired": repair.repaired, "repair_bytes_per_second": repair.bytes_per_second,
+                "draining_fragments": repair.draining,
                 "seconds_to_full_redundancy": eta}
     lines = [f"leader     {status.leader}",
              f"objects    {document['objects']} in {document['buckets']} buckets, {_human(status.logical_bytes)}",
@@ -304,7 +310,8 @@ def cmd_status(args) -> int:
              f"{status.dedup_ratio:.2f})",
              f"redundancy {', '.join(f'{k}: {v}' for k, v in redundancy.items()) or 'no chunks'}"
              f"{f', lost: {repair.unrepairable}' if repair.unrepairable else ''}",
-             f"repair     {repair.queued} queued, {repair.repaired} done, {_human(repair.bytes_per_second)}/s"
+             f"repair     {repair.queued} queued, {repair.repaired} done, {_human(repair.bytes_per_second)}/s, "
+             f"{repair.draining} fragments left on draining nodes"
              f"{f', about {eta:.0f} s to full redundancy' if eta else ''}", "data nodes"]
     for n in nodes:
         labels = ",".join(f"{k}={v}" for k, v in sorted(n["labels"].items()))
@@ -312,6 +319,20 @@ def cmd_status(args) -> int:
                      f"{_human(n['free_bytes'])} free of {_human(n['capacity_bytes'])}, "
                      f"{n['healthy_disks']}/{n['disks']} disks healthy")
     emit(args, document, "\n".join(lines))
+    return 0
+
+
+def cmd_node_drain(args) -> int:
+    with connect(args) as client:
+        client.drain_node(args.id)
+    emit(args, {"draining": args.id}, f"data node {args.id} is draining: `cairn status` shows the fragments left")
+    return 0
+
+
+def cmd_node_undrain(args) -> int:
+    with connect(args) as client:
+        client.drain_node(args.id, drain=False)
+    emit(args, {"up": args.id}, f"data node {args.id} is back in service")
     return 0
 
 

@@ -278,3 +278,74 @@ def test_a_dead_node_and_a_damaged_fragment_are_repaired(tmp_path):
                 assert client.get("heal", key) == data
     finally:
         local.stop()
+
+
+def test_draining_moves_fragments_without_counting_them_lost():
+    from cluster.meta import repair
+
+    profile = pb.ErasureProfile(k=2, m=1)
+    states = {1: pb.UP, 2: pb.DRAINING, 3: pb.UP, 4: pb.DEAD}
+    chunks = [(b"a" * 32, pb.Chunk(profile=profile, nodes=[1, 2, 3])),
+              (b"b" * 32, pb.Chunk(profile=profile, nodes=[2, 4, 1]))]  # lost one, draining one: m=1 at a time
+    found = repair.survey(chunks, states, {})
+    assert dict(found.by_lost) == {0: 1, 1: 1} and found.draining == 2 and found.unrepairable == 0
+    order = repair.most_endangered_first(found.queue, states)
+    assert [(d.chunk_id[:1], d.lost) for d in order] == [(b"b", (1,)), (b"a", (1,))]
+
+
+def test_a_drained_node_ends_up_empty_under_a_write_load(tmp_path):
+    import threading
+
+    import grpc
+
+    import cluster
+    from cluster.proto import data_pb2, data_pb2_grpc
+
+    local = LocalCluster(str(tmp_path), metas=3, datas=7, port_base=None,
+                         meta_options=["--tick-seconds", "0.02"],
+                         data_options=["--orphan-grace-seconds", "2", "--orphan-interval-seconds", "1"])
+    local.start()
+
+    def fragments_on(number):
+        with grpc.insecure_channel(local.member("data", number).addresses[0]) as channel:
+            return data_pb2_grpc.DataStub(channel).Status(data_pb2.StatusRequest(), timeout=5)
+    try:
+        with cluster.connect(local.meta_addresses) as client:
+            client.create_bucket("drain", k=4, m=2)
+            objects = {f"before/{n}": os.urandom((1 << 20) + n) for n in range(12)}
+            for key, data in objects.items():
+                client.put("drain", key, data)
+            victim = fragments_on(1)
+            assert victim.fragments > 0
+            stop, written, errors = threading.Event(), {}, []
+
+            def load():
+                n = 0
+                while not stop.is_set() and n < 200:
+                    data = os.urandom(300_000 + n)
+                    try:
+                        client.put("drain", f"during/{n}", data)
+                        written[f"during/{n}"] = data
+                    except Exception as error:  # noqa: BLE001
+                        errors.append(error)
+                    n += 1
+            writer = threading.Thread(target=load)
+            writer.start()
+            client.drain_node(victim.node_id)
+            deadline = time.monotonic() + 90
+            try:
+                while time.monotonic() < deadline:
+                    status = client.status()
+                    if status.repair.passes and status.repair.draining == 0 and fragments_on(1).fragments == 0:
+                        break
+                    time.sleep(0.5)
+            finally:
+                stop.set()
+                writer.join()
+            assert not errors
+            assert fragments_on(1).fragments == 0, client.status().repair
+            objects.update(written)
+            for key, data in objects.items():
+                assert client.get("drain", key) == data
+    finally:
+        local.stop()

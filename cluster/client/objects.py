@@ -17,7 +17,7 @@ import os
 from dataclasses import dataclass
 from typing import AsyncIterator, Callable
 
-from cluster.client.errors import CorruptObject, raise_for
+from cluster.client.errors import CairnError, CorruptObject, InvalidArgument, raise_for
 from cluster.client.fragments import Fragments
 from cluster.client.meta import MetaClient
 from cluster.client.reader import ObjectReader
@@ -179,6 +179,22 @@ class AsyncClient:
         stats = (await self._call(get_stats=pb.GetStats())).stats
         nodes = (await self._call(list_nodes=pb.ListNodes())).list_nodes.nodes
         return Status(self.meta.leader, list(nodes), await self.buckets(), stats.chunks, stats.chunk_bytes, stats.repair)
+
+    async def drain_node(self, node_id: int, drain: bool = True) -> None:
+        """Marks a data node DRAINING: the leader moves every fragment off it (bandwidth-limited,
+        progress in status().repair.draining); drain=False puts it back in service (UP)."""
+        nodes = {n.id: n for n in (await self._call(list_nodes=pb.ListNodes())).list_nodes.nodes}
+        if node_id not in nodes:
+            raise InvalidArgument(f"no data node {node_id} (cairn status lists them)")
+        current = nodes[node_id].state
+        wanted = pb.DRAINING if drain else pb.UP
+        if current == wanted:
+            return
+        if drain and current == pb.DEAD:
+            raise InvalidArgument(f"data node {node_id} is DEAD: its fragments are being repaired, not drained")
+        result = await self._command(mark_node=pb.MarkNode(id=node_id, state=wanted, expect=current))
+        if result.message:
+            raise CairnError(f"data node {node_id} changed state meanwhile: {result.message}; try again")
 
     @property
     def fragments_sent(self) -> int:

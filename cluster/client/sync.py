@@ -75,6 +75,9 @@ class Client:
     def copy(self, source_bucket: str, source_key: str, bucket: str, key: str):
         return self._run(self._async.copy(source_bucket, source_key, bucket, key))
 
+    def drain_node(self, node_id: int, drain: bool = True) -> None:
+        self._run(self._async.drain_node(node_id, drain))
+
     def status(self) -> Status:
         return self._run(self._async.status())
 

@@ -1,7 +1,9 @@
 """Repair planning, run by the metadata leader. Pure: records in, orders out.
 
 A fragment is lost when the node its chunk's placement names is DEAD or unknown, or when a damage
-report (scrubber, client hash check) names it. A chunk that lost fragments gets an order: rebuild
+report (scrubber, client hash check) names it. A fragment on a DRAINING node is not lost, but it
+moves the same way (rebuilt from any k, the draining node's own copy included, and written
+elsewhere) until the node holds nothing. A chunk that lost fragments gets an order: rebuild
 those indexes from any k others and write them to fresh nodes, chosen by the same placement rules
 as a put (failure domains, free space), or back in place when the node is alive and no other
 node can take it. Orders come most endangered first (m lost before m-1 ...); a chunk that lost
@@ -28,12 +30,14 @@ class Survey:
     scanned: int = 0
     by_lost: Counter = field(default_factory=Counter)   # fragments lost -> chunks
     unrepairable: int = 0
+    draining: int = 0                                    # fragments still on draining nodes
     queue: list[Damaged] = field(default_factory=list)
 
     def add(self, other: "Survey") -> None:
         self.scanned += other.scanned
         self.by_lost.update(other.by_lost)
         self.unrepairable += other.unrepairable
+        self.draining += other.draining
         self.queue.extend(other.queue)
 
 
@@ -51,18 +55,24 @@ def survey(chunks, states: dict[int, int], damage: dict[bytes, set[int]]) -> Sur
         if chunk.state == pb.COLD:
             continue
         lost = lost_fragments(chunk, states, damage.get(chunk_id, set()))
+        moving = tuple(i for i, node in enumerate(chunk.nodes) if states.get(node) == pb.DRAINING and i not in lost)
         found.by_lost[len(lost)] += 1
-        if not lost:
-            continue
+        found.draining += len(moving)
         if len(lost) > chunk.profile.m:
             found.unrepairable += 1
             continue
-        found.queue.append(Damaged(chunk_id, chunk, lost))
+        # lost ones first; a drain moves at most m at a time (k must stay readable)
+        move = (lost + moving)[:chunk.profile.m]
+        if move:
+            found.queue.append(Damaged(chunk_id, chunk, tuple(sorted(move))))
     return found
 
 
-def most_endangered_first(queue: list[Damaged]) -> list[Damaged]:
-    return sorted(queue, key=lambda d: (-len(d.lost), d.chunk_id))
+def most_endangered_first(queue: list[Damaged], states: dict[int, int] | None = None) -> list[Damaged]:
+    """By fragments truly lost, most first (moves off draining nodes count as none)."""
+    def lost(d: Damaged) -> int:
+        return sum(1 for i in d.lost if states is None or states.get(d.chunk.nodes[i]) != pb.DRAINING)
+    return sorted(queue, key=lambda d: (-lost(d), d.chunk_id))
 
 
 def targets(chunk: pb.Chunk, lost: tuple[int, ...], fresh: list[int] | None, states: dict[int, int]) -> list[int]:

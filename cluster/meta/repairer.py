@@ -74,11 +74,12 @@ class Repairer:
         damage: dict[bytes, set[int]] = {}
         for record in self.state.damage():
             damage.setdefault(record.chunk, set()).add(record.index)
-        if not damage and pb.DEAD not in states.values():  # nothing can have lost a fragment
+        if not damage and pb.DEAD not in states.values() and pb.DRAINING not in states.values():
+            # nothing can have lost a fragment, nothing has to move
             self._cursor, self._pass = b"", repair.Survey()
             self.stats.chunks_by_lost.clear()
             self.stats.chunks_by_lost[0] = self.state.chunk_counts()[0]
-            self.stats.unrepairable = self.stats.queued = 0
+            self.stats.unrepairable = self.stats.queued = self.stats.draining = 0
             return 0
         records = self.state.chunks_after(self._cursor, SLICE_CHUNKS)
         found = repair.survey(records, states, damage)
@@ -88,11 +89,12 @@ class Repairer:
             self.stats.chunks_by_lost.clear()
             self.stats.chunks_by_lost.update({lost: count for lost, count in self._pass.by_lost.items()})
             self.stats.unrepairable, self.stats.passes = self._pass.unrepairable, self.stats.passes + 1
+            self.stats.draining = self._pass.draining
             self._pass = repair.Survey()
         seen = {d.chunk_id for d in found.queue}
         extra = [(c, self.state.chunk(c)) for c in damage if c not in seen]
         found.queue += repair.survey([(c, r) for c, r in extra if r is not None], states, damage).queue
-        queue = [d for d in repair.most_endangered_first(found.queue) if d.chunk_id not in self._running]
+        queue = [d for d in repair.most_endangered_first(found.queue, states) if d.chunk_id not in self._running]
         self.stats.queued = len(queue)
         by_id = {n.id: n for n in nodes}
         started = 0
