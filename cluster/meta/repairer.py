@@ -28,8 +28,9 @@ from cluster.proto import meta_pb2 as pb
 log = logging.getLogger("cairn.repair")
 
 SLICE_CHUNKS = 5000          # chunk records surveyed per round
-ORDERS_IN_FLIGHT = 8         # repairs running in the cluster at once
-ORDERS_PER_NODE = 2          # ... and on one executing node
+ORDERS_IN_FLIGHT = 16        # repairs running in the cluster at once
+ORDERS_PER_NODE = 4          # ... and on one executing node
+ORDERS_WAITING_MAX = 2000    # orders started (waiting for a slot) at most, a memory bound
 BYTES_PER_SECOND = 200e6     # chunk bytes rebuilt per second, cluster-wide
 ORDER_SECONDS = 60.0
 RATE_WINDOW_SECONDS = 30.0
@@ -98,7 +99,7 @@ class Repairer:
         self.stats.queued = len(queue)
         by_id = {n.id: n for n in nodes}
         started = 0
-        for damaged in queue[:ORDERS_IN_FLIGHT * 4]:
+        for damaged in queue[:max(0, ORDERS_WAITING_MAX - len(self._running))]:
             self._running.add(damaged.chunk_id)
             task = asyncio.ensure_future(self._repair(damaged, by_id, states))
             self._tasks.add(task)

@@ -12,6 +12,7 @@ import os
 
 import asyncio
 
+from cluster.data.server import HEARTBEAT_SECONDS
 from cluster.meta.liveness import DEAD_AFTER_SECONDS, SUSPECT_AFTER_SECONDS, FailureDetector
 from cluster.meta.repairer import BYTES_PER_SECOND
 from cluster.meta.service import GARBAGE_GRACE_SECONDS, MetaService
@@ -62,8 +63,9 @@ def main(argv: list[str] | None = None) -> None:
     args = parser.parse_args(argv)
     if args.repair_mb_per_s <= 0:
         parser.error("--repair-mb-per-s must be positive")
-    if not 0 < args.suspect_after_seconds < args.dead_after_seconds:
-        parser.error("need 0 < --suspect-after-seconds < --dead-after-seconds")
+    if not HEARTBEAT_SECONDS * 1.25 <= args.suspect_after_seconds < args.dead_after_seconds:
+        parser.error(f"need {HEARTBEAT_SECONDS * 1.25:g} <= --suspect-after-seconds < --dead-after-seconds "
+                     f"(data nodes heartbeat every {HEARTBEAT_SECONDS:g} s)")
 
     def start():
         node = MetaNode(args.id, args.data, args.peers, args.tick_seconds, args.snapshot_entries,
