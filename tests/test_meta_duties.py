@@ -349,3 +349,67 @@ def test_a_drained_node_ends_up_empty_under_a_write_load(tmp_path):
                 assert client.get("drain", key) == data
     finally:
         local.stop()
+
+
+def test_repair_finishes_under_a_new_leader_and_a_quick_restart_needs_none(tmp_path):
+    import cluster
+    from cluster.client.meta import MetaClient as Meta
+
+    local = LocalCluster(str(tmp_path), metas=3, datas=7, port_base=None,
+                         meta_options=["--tick-seconds", "0.02", "--suspect-after-seconds", "3",
+                                       "--dead-after-seconds", "5", "--repair-mb-per-s", "4"])
+    local.start()
+    try:
+        with cluster.connect(local.meta_addresses) as client:
+            client.create_bucket("lead", k=4, m=2)
+            objects = {f"o{n}": os.urandom((4 << 20) + n) for n in range(8)}
+            for key, data in objects.items():
+                client.put("lead", key, data)
+            total = client.status().chunks
+
+            # back before it is declared dead: nothing to repair
+            local.kill("data", 1, signal.SIGKILL)
+            time.sleep(1.0)
+            local.restart("data", 1)
+            time.sleep(6.0)
+            status = client.status()
+            assert status.repair.repaired == 0 and {n.state for n in status.nodes} == {pb.UP}
+
+            # dead for good; the leader dies while the (slowed) repair runs
+            local.kill("data", 2, signal.SIGKILL)
+            deadline = time.monotonic() + 60
+            while client.status().repair.repaired == 0:
+                assert time.monotonic() < deadline, "repair did not start"
+                time.sleep(0.2)
+            assert client.status().repair.queued > 0, "repair finished before the leader could be killed"
+            leader = local.meta_addresses.index(client.status().leader) + 1
+            local.kill("meta", leader, signal.SIGKILL)
+            while True:
+                assert time.monotonic() < deadline + 60, f"not healed: {client.status().repair}"
+                repair = client.status().repair
+                if repair.passes and dict(repair.chunks_by_lost) == {0: total} and repair.queued == 0:
+                    break
+                time.sleep(0.3)
+
+            async def placements():
+                meta = Meta(local.meta_addresses)
+                try:
+                    out = []
+                    for key in objects:
+                        got = (await meta.call(pb.MetaOp(get_object=pb.GetObject(
+                            bucket="lead", key=key, with_chunks=True)))).get_object
+                        out += [list(c.nodes) for c in got.chunks]
+                    nodes = (await meta.call(pb.MetaOp(list_nodes=pb.ListNodes()))).list_nodes.nodes
+                    return out, {n.id for n in nodes if n.state == pb.DEAD}
+                finally:
+                    await meta.close()
+            chunks, dead = asyncio.run(placements())
+            assert len(dead) == 1
+            for nodes in chunks:
+                assert len(set(nodes)) == 6 and not set(nodes) & dead  # no double placement, none on the dead
+            local.kill("data", 3, signal.SIGKILL)
+            local.kill("data", 4, signal.SIGKILL)
+            for key, data in objects.items():
+                assert client.get("lead", key) == data
+    finally:
+        local.stop()
