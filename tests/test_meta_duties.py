@@ -413,3 +413,52 @@ def test_repair_finishes_under_a_new_leader_and_a_quick_restart_needs_none(tmp_p
                 assert client.get("lead", key) == data
     finally:
         local.stop()
+
+
+def test_corrupt_fragments_are_found_by_the_scrubber_and_repaired(tmp_path):
+    import glob
+    import random
+
+    import cluster
+
+    local = LocalCluster(str(tmp_path), metas=3, datas=7, port_base=None,
+                         meta_options=["--tick-seconds", "0.02"],
+                         data_options=["--scrub-mb-per-s", "200", "--scrub-pause-seconds", "1"])
+    local.start()
+    try:
+        with cluster.connect(local.meta_addresses) as client:
+            client.create_bucket("rot", k=4, m=2)
+            objects = {f"o{n}": os.urandom((2 << 20) + n) for n in range(6)}
+            for key, data in objects.items():
+                client.put("rot", key, data)
+            total = client.status().chunks
+            rng = random.Random(3)
+            damaged = 0
+            for number in (1, 2):  # flip a byte deep inside payloads of two nodes' segment files
+                for path in sorted(glob.glob(str(tmp_path / f"data{number}" / "stripe-*" / "segments" / "seg-*"))):
+                    size = os.path.getsize(path)
+                    if size < 200_000:
+                        continue
+                    for offset in rng.sample(range(100_000, size - 100), 2):
+                        with open(path, "r+b") as f:
+                            f.seek(offset)
+                            byte = f.read(1)
+                            f.seek(offset)
+                            f.write(bytes([byte[0] ^ 0x40]))
+                        damaged += 1
+            assert damaged > 0
+            for key, data in objects.items():  # meanwhile, reads never see a corrupt byte
+                assert client.get("rot", key) == data
+            deadline = time.monotonic() + 60
+            while True:
+                assert time.monotonic() < deadline, f"not repaired: {client.status().repair}"
+                repair = client.status().repair
+                if repair.repaired > 0 and dict(repair.chunks_by_lost) == {0: total} and repair.queued == 0:
+                    break
+                time.sleep(0.3)
+            local.kill("data", 3, signal.SIGKILL)
+            local.kill("data", 4, signal.SIGKILL)  # m more gone: every fragment left must be good
+            for key, data in objects.items():
+                assert client.get("rot", key) == data
+    finally:
+        local.stop()

@@ -291,6 +291,7 @@ class DataNode:
         self.node_id = self._load_id(disk_paths[0])
         self._id_path = os.path.join(disk_paths[0], "node-id")
         self.scrub_bytes_per_second = scrub_bytes_per_second
+        self.scrub_pause_seconds = SCRUB_PAUSE_SECONDS
         self.orphan_grace_seconds, self.orphan_interval_seconds = orphan_grace_seconds, orphan_interval_seconds
         self.bad_fragments: list[tuple[bytes, int, str]] = []
 
@@ -388,7 +389,7 @@ class DataNode:
             for disk in self.disks.healthy():
                 Scrubber(disk.store, report, self.scrub_bytes_per_second,
                          sleep=lambda seconds: stop.wait(seconds)).run_pass(stop.is_set)
-            stop.wait(SCRUB_PAUSE_SECONDS)
+            stop.wait(self.scrub_pause_seconds)
 
     async def serve(self, stop: asyncio.Event) -> None:
         server = grpc.aio.server(options=GRPC_OPTIONS)
@@ -430,6 +431,8 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--meta", default="", help="comma-separated meta addresses (none: run alone)")
     parser.add_argument("--label", action="append", default=[], help="failure domain, KEY=VALUE (host, rack, zone)")
     parser.add_argument("--scrub-mb-per-s", type=float, default=DEFAULT_BYTES_PER_SECOND / 1e6)
+    parser.add_argument("--scrub-pause-seconds", type=float, default=SCRUB_PAUSE_SECONDS,
+                        help="rest between two scrub passes over every fragment")
     parser.add_argument("--orphan-grace-seconds", type=float, default=DEFAULT_GRACE_SECONDS,
                         help="delete a fragment no committed chunk places here after this long")
     parser.add_argument("--orphan-interval-seconds", type=float, default=600.0)
@@ -445,6 +448,7 @@ def main(argv: list[str] | None = None) -> None:
         node = DataNode(args.disks.split(","), args.listen, args.data_listen,
                         [a for a in args.meta.split(",") if a], labels, args.scrub_mb_per_s * 1e6,
                         args.orphan_grace_seconds, args.orphan_interval_seconds)
+        node.scrub_pause_seconds = args.scrub_pause_seconds
         await node.serve(stop)
     run_until_signalled(serve)
 
