@@ -384,3 +384,25 @@ def test_compaction_never_undoes_a_concurrent_overwrite_or_delete(tmp_path):
             else:
                 assert s.get(cid(n), 0) == value, n
     s.close()
+
+
+def test_a_mostly_dead_active_segment_is_closed_and_compacted(tmp_path):
+    """A quiet store gets the space of its deletes back, even when everything sits in the
+    segment it is still appending to."""
+    store = open_store(tmp_path, segment_bytes_max=64 << 20)
+    blobs = {i: os.urandom(50_000 + i) for i in range(20)}
+    chunk = os.urandom(32)
+    for i, blob in blobs.items():
+        store.put(chunk, i, blob)
+    for i in range(15):
+        store.delete(chunk, i)
+    used = store.used_bytes()
+    assert store.compact(0.5) > 0
+    assert store.used_bytes() < used / 2
+    for i in range(15, 20):
+        assert bytes(store.get(chunk, i)) == blobs[i]
+    store.close()
+    reopened = open_store(tmp_path)
+    assert all(not reopened.has(chunk, i) for i in range(15))
+    assert all(bytes(reopened.get(chunk, i)) == blobs[i] for i in range(15, 20))
+    reopened.close()

@@ -1,7 +1,7 @@
 """The metadata leader's duties. Failure detection of data nodes: the pure detector, the MarkNode
 command, and real processes (a data node killed is SUSPECT then DEAD, back UP when it returns;
 a leader change declares nobody dead). Garbage: a deleted object's chunks are forgotten after
-the grace period and their fragments deleted from the data nodes."""
+the grace period, their fragments deleted from the data nodes and the space reclaimed."""
 import asyncio
 import os
 import signal
@@ -138,8 +138,17 @@ def test_garbage_is_forgotten_and_its_fragments_deleted(tmp_path):
 
     local = LocalCluster(str(tmp_path), metas=3, datas=6, port_base=None,
                          meta_options=["--tick-seconds", "0.02", "--garbage-grace-seconds", "1"],
-                         data_options=["--orphan-grace-seconds", "1", "--orphan-interval-seconds", "1"])
+                         data_options=["--orphan-grace-seconds", "1", "--orphan-interval-seconds", "1",
+                                       "--compact-interval-seconds", "1"])
     local.start()
+
+    def used_on_nodes():
+        used = 0
+        for number in range(1, 7):
+            with grpc.insecure_channel(local.member("data", number).addresses[0]) as channel:
+                status = data_pb2_grpc.DataStub(channel).Status(data_pb2.StatusRequest(), timeout=5)
+                used += sum(d.used_bytes for d in status.disks)
+        return used
 
     def fragments_on_nodes():
         total = 0
@@ -154,7 +163,7 @@ def test_garbage_is_forgotten_and_its_fragments_deleted(tmp_path):
             client.put("garbage", "keep", keep)
             client.put("garbage", "drop", drop)
             before = client.status()
-            stored = fragments_on_nodes()
+            stored, used = fragments_on_nodes(), used_on_nodes()
             client.delete("garbage", "drop")
             deadline = time.monotonic() + 60
             while time.monotonic() < deadline:
@@ -166,6 +175,9 @@ def test_garbage_is_forgotten_and_its_fragments_deleted(tmp_path):
             while time.monotonic() < deadline and fragments_on_nodes() > after.chunks * 6:
                 time.sleep(0.5)
             assert fragments_on_nodes() == after.chunks * 6
+            while time.monotonic() < deadline and used_on_nodes() > used - len(drop):
+                time.sleep(0.5)
+            assert used_on_nodes() <= used - len(drop), "the deleted fragments' space was not reclaimed"
             assert client.get("garbage", "keep") == keep
     finally:
         local.stop()

@@ -126,6 +126,16 @@ class DiskSet:
         streams = [((c, i) for c, i, _ in d.store.fragments(start, end)) for d in self.healthy()]
         return heapq.merge(*streams)
 
+    def compact(self, threshold: float) -> int:
+        """Compacts every healthy disk's store; returns the bytes reclaimed."""
+        reclaimed = 0
+        for disk in self.healthy():
+            try:
+                reclaimed += disk.store.compact(threshold)
+            except DiskFailed as error:
+                self._retire(disk, error)
+        return reclaimed
+
     def status(self) -> list[dict]:
         out = []
         for disk in self.disks:

@@ -41,6 +41,8 @@ log = logging.getLogger("cairn.data")
 
 HEARTBEAT_SECONDS = 2.0
 SCRUB_PAUSE_SECONDS = 3600.0
+COMPACT_INTERVAL_SECONDS = 300.0
+COMPACT_THRESHOLD = 0.5  # a segment less than half live is rewritten
 LIST_ENTRIES_MAX = 10_000
 IDS_PER_CALL_MAX = 10_000
 WORKERS = 16
@@ -292,6 +294,7 @@ class DataNode:
         self._id_path = os.path.join(disk_paths[0], "node-id")
         self.scrub_bytes_per_second = scrub_bytes_per_second
         self.scrub_pause_seconds = SCRUB_PAUSE_SECONDS
+        self.compact_interval_seconds = COMPACT_INTERVAL_SECONDS
         self.orphan_grace_seconds, self.orphan_interval_seconds = orphan_grace_seconds, orphan_interval_seconds
         self.bad_fragments: list[tuple[bytes, int, str]] = []
 
@@ -380,6 +383,18 @@ class DataNode:
             except (ClusterUnavailable, RuntimeError) as error:
                 log.warning("orphan pass: %s", error)
 
+    async def compact_loop(self) -> None:
+        """Reclaims the space of deleted fragments (garbage, orphans, moved ones) now and then."""
+        loop = asyncio.get_running_loop()
+        while True:
+            await asyncio.sleep(self.compact_interval_seconds)
+            try:
+                reclaimed = await loop.run_in_executor(self.pool, self.disks.compact, COMPACT_THRESHOLD)
+                if reclaimed:
+                    log.info("compaction reclaimed %d bytes", reclaimed)
+            except Exception as error:  # noqa: BLE001 - the next round tries again
+                log.warning("compaction: %s", error)
+
     def scrub_forever(self, stop: threading.Event) -> None:
         def report(chunk_id: bytes, index: int, reason: str) -> None:
             log.error("scrub: fragment %d of chunk %s is bad: %s", index, chunk_id.hex()[:16], reason)
@@ -399,7 +414,7 @@ class DataNode:
         plane = DataPlane(self.disks, self.data_address)
         await server.start()
         loop = asyncio.get_running_loop()
-        tasks = []
+        tasks = [loop.create_task(self.compact_loop())]
         if self.meta is not None:
             tasks.append(loop.create_task(self.heartbeat_loop()))
             tasks.append(loop.create_task(self.orphan_loop(self.orphan_grace_seconds, self.orphan_interval_seconds)))
@@ -431,6 +446,8 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--meta", default="", help="comma-separated meta addresses (none: run alone)")
     parser.add_argument("--label", action="append", default=[], help="failure domain, KEY=VALUE (host, rack, zone)")
     parser.add_argument("--scrub-mb-per-s", type=float, default=DEFAULT_BYTES_PER_SECOND / 1e6)
+    parser.add_argument("--compact-interval-seconds", type=float, default=COMPACT_INTERVAL_SECONDS,
+                        help="how often segments with mostly deleted fragments are rewritten")
     parser.add_argument("--scrub-pause-seconds", type=float, default=SCRUB_PAUSE_SECONDS,
                         help="rest between two scrub passes over every fragment")
     parser.add_argument("--orphan-grace-seconds", type=float, default=DEFAULT_GRACE_SECONDS,
@@ -449,6 +466,7 @@ def main(argv: list[str] | None = None) -> None:
                         [a for a in args.meta.split(",") if a], labels, args.scrub_mb_per_s * 1e6,
                         args.orphan_grace_seconds, args.orphan_interval_seconds)
         node.scrub_pause_seconds = args.scrub_pause_seconds
+        node.compact_interval_seconds = args.compact_interval_seconds
         await node.serve(stop)
     run_until_signalled(serve)
 

@@ -449,7 +449,12 @@ class FragmentStore:
 
     def compact(self, threshold: float = 0.5) -> int:
         """Rewrites every closed segment whose live fraction is below `threshold` (oldest first)
-        and deletes it; returns the bytes reclaimed. Reads and writes go on meanwhile."""
+        and deletes it; returns the bytes reclaimed. Reads and writes go on meanwhile. An active
+        segment that is mostly dead is closed first, so a quiet store gets its space back too."""
+        with self._lock:
+            if (self.files.size(self._handles[self.active]) >= ROLL_TO_COMPACT_BYTES
+                    and self.live_fraction(self.active) < threshold):
+                self._roll()
         reclaimed = 0
         for number in sorted(list(self._handles)):
             if number != self.active and self.live_fraction(number) < threshold:
@@ -490,6 +495,9 @@ class FragmentStore:
             self._live.pop(number, None)
         self.files.delete(segment_name(number))
         return end
+
+
+ROLL_TO_COMPACT_BYTES = 64 << 10  # a mostly dead active segment this big is closed to be compacted
 
 
 class StripedStore:
