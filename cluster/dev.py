@@ -42,6 +42,7 @@ class Member:
 
 
 def free_ports(count: int) -> list[int]:
+    """Ports the kernel hands out now (held together so they are distinct)."""
     sockets = []
     try:
         for _ in range(count):

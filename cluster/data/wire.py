@@ -111,6 +111,13 @@ def decode_get(header: bytes) -> tuple[bytes, int, int, int | None]:
     return chunk_id, index, offset, None if length == TO_THE_END else length
 
 
+def _fail_all(futures, error: BaseException) -> None:
+    """Every call waiting on a batch that failed as a whole hears why (a cancellation as UNAVAILABLE)."""
+    for future in futures:
+        if not future.done():
+            future.set_exception(error if isinstance(error, Exception) else DataError(UNAVAILABLE, "cancelled"))
+
+
 class DataClient:
     """One DEALER connection to a data node; any number of concurrent calls, matched by id."""
 
@@ -164,9 +171,7 @@ class DataClient:
                 reply = await self._call(frames, max(item[2] for item in batch))
                 results = decode_statuses(reply[3].bytes if len(reply) > 3 else b"", len(batch))
         except BaseException as error:  # noqa: BLE001 - each waiting put gets the failure
-            for future in futures:
-                if not future.done():
-                    future.set_exception(error if isinstance(error, Exception) else DataError(UNAVAILABLE, "cancelled"))
+            _fail_all(futures, error)
             if not isinstance(error, Exception):
                 raise
             return
@@ -208,9 +213,7 @@ class DataClient:
             if len(payloads) != len(batch):
                 raise DataError(BAD_REQUEST, f"a GET_MANY reply with {len(payloads)} fragments for {len(batch)}")
         except BaseException as error:  # noqa: BLE001 - each waiting get gets the failure
-            for future in futures:
-                if not future.done():
-                    future.set_exception(error if isinstance(error, Exception) else DataError(UNAVAILABLE, "cancelled"))
+            _fail_all(futures, error)
             if not isinstance(error, Exception):
                 raise
             return

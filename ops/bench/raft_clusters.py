@@ -12,7 +12,6 @@ import pathlib
 import re
 import shutil
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -23,22 +22,11 @@ START_SECONDS = 60.0
 STOP_SECONDS = 5.0
 
 
+from cluster.dev import free_ports  # noqa: E402
+
+
 class ClusterError(RuntimeError):
     pass
-
-
-def free_ports(count: int) -> list[int]:
-    """Ports the kernel hands out now (held together so they are distinct)."""
-    sockets = []
-    try:
-        for _ in range(count):
-            s = socket.socket()
-            s.bind(("127.0.0.1", 0))
-            sockets.append(s)
-        return [s.getsockname()[1] for s in sockets]
-    finally:
-        for s in sockets:
-            s.close()
 
 
 def ensure_etcd() -> str:
