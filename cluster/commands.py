@@ -302,7 +302,7 @@ def cmd_status(args) -> int:
                 "chunks": status.chunks, "chunk_bytes": status.chunk_bytes, "dedup_ratio": round(status.dedup_ratio, 3),
                 "redundancy": redundancy, "unrepairable": repair.unrepairable, "repair_queue": repair.queued,
                 "repaired": repair.repaired, "repair_bytes_per_second": repair.bytes_per_second,
-                "draining_fragments": repair.draining,
+                "draining_fragments": repair.draining, "rebalance_bytes": repair.rebalance_bytes,
                 "seconds_to_full_redundancy": eta}
     lines = [f"leader     {status.leader}",
              f"objects    {document['objects']} in {document['buckets']} buckets, {_human(status.logical_bytes)}",
@@ -311,7 +311,7 @@ def cmd_status(args) -> int:
              f"redundancy {', '.join(f'{k}: {v}' for k, v in redundancy.items()) or 'no chunks'}"
              f"{f', lost: {repair.unrepairable}' if repair.unrepairable else ''}",
              f"repair     {repair.queued} queued, {repair.repaired} done, {_human(repair.bytes_per_second)}/s, "
-             f"{repair.draining} fragments left on draining nodes"
+             f"{repair.draining} fragments left on draining nodes, {_human(repair.rebalance_bytes)} to rebalance ({repair.moved} fragments moved)"
              f"{f', about {eta:.0f} s to full redundancy' if eta else ''}", "data nodes"]
     for n in nodes:
         labels = ",".join(f"{k}={v}" for k, v in sorted(n["labels"].items()))

@@ -74,13 +74,26 @@ class LocalCluster:
                 "-m", "cluster.meta.server", "--id", str(i + 1), "--data", self._path(f"meta{i + 1}"),
                 "--listen", address, "--peers", peers, *meta_options], self._path(f"meta{i + 1}.log"),
                 addresses=[address]))
+        self.data_options = list(data_options)
         for i in range(datas):
-            control, plane = f"127.0.0.1:{ports[metas + i]}", f"127.0.0.1:{ports[metas + datas + i]}"
-            self.members.append(Member("data", i + 1, [
-                "-m", "cluster.data.server", "--disks", self._path(f"data{i + 1}"), "--listen", control,
-                "--data-listen", plane, "--meta", ",".join(self.meta_addresses), "--label", f"host=h{i + 1}",
-                "--label", f"rack=r{i % 3 + 1}", *data_options], self._path(f"data{i + 1}.log"),
-                addresses=[control, plane]))
+            self._data_member(i + 1, f"127.0.0.1:{ports[metas + i]}", f"127.0.0.1:{ports[metas + datas + i]}")
+
+    def _data_member(self, number: int, control: str, plane: str) -> Member:
+        member = Member("data", number, [
+            "-m", "cluster.data.server", "--disks", self._path(f"data{number}"), "--listen", control,
+            "--data-listen", plane, "--meta", ",".join(self.meta_addresses), "--label", f"host=h{number}",
+            "--label", f"rack=r{(number - 1) % 3 + 1}", *self.data_options], self._path(f"data{number}.log"),
+            addresses=[control, plane])
+        self.members.append(member)
+        return member
+
+    def add_data(self) -> Member:
+        """Starts one more data node (on free ports); it registers and takes a share of the data."""
+        number = 1 + max((m.number for m in self.members if m.role == "data"), default=0)
+        member = self._data_member(number, *(f"127.0.0.1:{p}" for p in free_ports(2)))
+        self._spawn(member)
+        self.save()
+        return member
 
     def _path(self, name: str) -> str:
         return os.path.join(self.directory, name)
@@ -217,6 +230,7 @@ class LocalCluster:
         cluster.meta_addresses = state["meta"]
         cluster.members = [Member(**m) for m in state["members"]]
         cluster._procs = {}
+        cluster.data_options = []
         return cluster
 
 

@@ -433,7 +433,9 @@ def test_corrupt_fragments_are_found_by_the_scrubber_and_repaired(tmp_path):
 
     import cluster
 
-    local = LocalCluster(str(tmp_path), metas=3, datas=7, port_base=None,
+    # six nodes for 4+2: every chunk on every node, so no rebalancing moves fragments away from
+    # the flipped bytes, and a damaged fragment is rewritten in place
+    local = LocalCluster(str(tmp_path), metas=3, datas=6, port_base=None,
                          meta_options=["--tick-seconds", "0.02"],
                          data_options=["--scrub-mb-per-s", "200", "--scrub-pause-seconds", "1"])
     local.start()
@@ -472,5 +474,57 @@ def test_corrupt_fragments_are_found_by_the_scrubber_and_repaired(tmp_path):
             local.kill("data", 4, signal.SIGKILL)  # m more gone: every fragment left must be good
             for key, data in objects.items():
                 assert client.get("rot", key) == data
+    finally:
+        local.stop()
+
+
+def test_rebalancing_plan_moves_bytes_from_full_nodes_to_empty_ones():
+    from collections import Counter
+
+    from cluster.meta import repair
+
+    states = {n: pb.UP for n in range(1, 5)}
+    moves = repair.Moves(Counter({1: 1000, 2: 1000, 3: 1000, 4: 0}), states, 0.10)
+    assert moves and moves.excess == {1: 250, 2: 250, 3: 250} and moves.room == {4: 750}
+    chunk = pb.Chunk(length=400, profile=pb.ErasureProfile(k=2, m=1), nodes=[1, 2, 3])
+    assert moves.take(chunk) == (0, 4)   # 200 bytes off node 1 onto node 4
+    assert moves.take(chunk) == (1, 4)   # node 1 has only 50 left to give: node 2's turn
+    assert not repair.Moves(Counter({1: 1000, 2: 1050, 3: 980}), {1: pb.UP, 2: pb.UP, 3: pb.UP}, 0.10)
+    found = repair.survey([(b"z" * 32, chunk)], states, {}, repair.Moves(Counter({1: 1000, 2: 1000, 3: 1000}),
+                                                                        states, 0.10))
+    assert [(d.lost, d.target) for d in found.queue] == [((0,), 4)] and found.load == Counter({1: 200, 2: 200, 3: 200})
+
+
+def test_a_new_node_takes_a_share_of_the_fragments(tmp_path):
+    import grpc
+
+    import cluster
+    from cluster.proto import data_pb2, data_pb2_grpc
+
+    local = LocalCluster(str(tmp_path), metas=3, datas=6, port_base=None, meta_options=["--tick-seconds", "0.02"])
+    local.start()
+    try:
+        with cluster.connect(local.meta_addresses) as client:
+            client.create_bucket("spread", k=4, m=2)
+            objects = {f"o{n}": os.urandom((2 << 20) + n) for n in range(10)}
+            for key, data in objects.items():
+                client.put("spread", key, data)
+            total = client.status().chunks
+            new = local.add_data()
+            local.wait_ready()
+            deadline = time.monotonic() + 60
+
+            def fragments_on_new():
+                with grpc.insecure_channel(new.addresses[0]) as channel:
+                    return data_pb2_grpc.DataStub(channel).Status(data_pb2.StatusRequest(), timeout=5).fragments
+            while True:  # every node within the band of the mean: the new one got its ~1/7 share
+                assert time.monotonic() < deadline, f"not rebalanced: {client.status().repair}"
+                repair = client.status().repair
+                if repair.passes and repair.rebalance_bytes == 0 and fragments_on_new() >= total * 6 // 7 * 0.85:
+                    break
+                time.sleep(0.3)
+            assert dict(client.status().repair.chunks_by_lost) == {0: total}
+            for key, data in objects.items():
+                assert client.get("spread", key) == data
     finally:
         local.stop()

@@ -22,6 +22,7 @@ class Damaged:
     chunk_id: bytes
     chunk: pb.Chunk
     lost: tuple[int, ...]
+    target: int | None = None  # a rebalancing move: the node that takes the fragment
 
 
 @dataclass
@@ -31,6 +32,7 @@ class Survey:
     by_lost: Counter = field(default_factory=Counter)   # fragments lost -> chunks
     unrepairable: int = 0
     draining: int = 0                                    # fragments still on draining nodes
+    load: Counter = field(default_factory=Counter)       # node -> fragment bytes placed on it
     queue: list[Damaged] = field(default_factory=list)
 
     def add(self, other: "Survey") -> None:
@@ -38,6 +40,7 @@ class Survey:
         self.by_lost.update(other.by_lost)
         self.unrepairable += other.unrepairable
         self.draining += other.draining
+        self.load.update(other.load)
         self.queue.extend(other.queue)
 
 
@@ -46,14 +49,17 @@ def lost_fragments(chunk: pb.Chunk, states: dict[int, int], damaged: set[int]) -
                  if states.get(node, pb.DEAD) == pb.DEAD or i in damaged)
 
 
-def survey(chunks, states: dict[int, int], damage: dict[bytes, set[int]]) -> Survey:
+def survey(chunks, states: dict[int, int], damage: dict[bytes, set[int]], moves: "Moves | None" = None) -> Survey:
     """`chunks`: (id, pb.Chunk) pairs; `states`: node id -> NodeState; `damage`: chunk id ->
-    damaged fragment indexes. COLD chunks have no fragments to lose."""
+    damaged fragment indexes; `moves`: a rebalancing plan to take moves from. COLD chunks have
+    no fragments to lose."""
     found = Survey()
     for chunk_id, chunk in chunks:
         found.scanned += 1
         if chunk.state == pb.COLD:
             continue
+        for node in chunk.nodes:
+            found.load[node] += chunk.length // max(1, chunk.profile.k)
         lost = lost_fragments(chunk, states, damage.get(chunk_id, set()))
         moving = tuple(i for i, node in enumerate(chunk.nodes) if states.get(node) == pb.DRAINING and i not in lost)
         found.by_lost[len(lost)] += 1
@@ -65,7 +71,40 @@ def survey(chunks, states: dict[int, int], damage: dict[bytes, set[int]]) -> Sur
         move = (lost + moving)[:chunk.profile.m]
         if move:
             found.queue.append(Damaged(chunk_id, chunk, tuple(sorted(move))))
+        elif moves is not None:
+            taken = moves.take(chunk)
+            if taken is not None:
+                found.queue.append(Damaged(chunk_id, chunk, (taken[0],), target=taken[1]))
     return found
+
+
+class Moves:
+    """A rebalancing plan: bytes to move off nodes above the mean load by more than `band`, onto
+    nodes below it by more than `band` (UP nodes only), taken chunk by chunk as a survey passes."""
+
+    def __init__(self, load: Counter, states: dict[int, int], band: float):
+        up = [n for n, state in states.items() if state == pb.UP]
+        mean = sum(load[n] for n in up) / len(up) if up else 0
+        self.excess = {n: load[n] - mean for n in up if load[n] > mean * (1 + band)}
+        self.room = {n: mean - load[n] for n in up if load[n] < mean * (1 - band)}
+
+    def __bool__(self) -> bool:
+        return bool(self.excess and self.room)
+
+    def take(self, chunk: pb.Chunk) -> tuple[int, int] | None:
+        """(index, target) of one fragment of `chunk` to move, or None; books its bytes."""
+        size = chunk.length // max(1, chunk.profile.k)
+        for index, node in enumerate(chunk.nodes):
+            if self.excess.get(node, 0) < size:
+                continue
+            targets = [n for n, room in self.room.items() if room >= size and n not in chunk.nodes]
+            if not targets:
+                return None
+            target = max(targets, key=lambda n: (self.room[n], -n))
+            self.excess[node] -= size
+            self.room[target] -= size
+            return index, target
+        return None
 
 
 def most_endangered_first(queue: list[Damaged], states: dict[int, int] | None = None) -> list[Damaged]:

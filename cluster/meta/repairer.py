@@ -34,6 +34,7 @@ ORDERS_WAITING_MAX = 2000    # orders started (waiting for a slot) at most, a me
 BYTES_PER_SECOND = 200e6     # chunk bytes rebuilt per second, cluster-wide
 ORDER_SECONDS = 60.0
 RATE_WINDOW_SECONDS = 30.0
+REBALANCE_BAND = 0.10        # nodes within 10% of the mean fragment bytes are left alone
 
 
 class Repairer:
@@ -46,6 +47,8 @@ class Repairer:
         self._channels: dict[str, grpc.aio.Channel] = {}
         self._cursor = b""
         self._pass = repair.Survey()
+        self._moves: repair.Moves | None = None
+        self._balanced_over: frozenset | None = None  # the UP nodes of the last pass that found balance
         self.stats = pb.RepairStats()
         self._recent: deque[tuple[float, int]] = deque()
         self._budget_at = 0.0  # when the bandwidth budget next has room
@@ -75,22 +78,29 @@ class Repairer:
         damage: dict[bytes, set[int]] = {}
         for record in self.state.damage():
             damage.setdefault(record.chunk, set()).add(record.index)
-        if not damage and pb.DEAD not in states.values() and pb.DRAINING not in states.values():
-            # nothing can have lost a fragment, nothing has to move
+        up = frozenset(n for n, state in states.items() if state == pb.UP)
+        if (not damage and pb.DEAD not in states.values() and pb.DRAINING not in states.values()
+                and self._balanced_over == up):
+            # nothing can have lost a fragment, nothing has to move, no node joined
             self._cursor, self._pass = b"", repair.Survey()
             self.stats.chunks_by_lost.clear()
             self.stats.chunks_by_lost[0] = self.state.chunk_counts()[0]
-            self.stats.unrepairable = self.stats.queued = self.stats.draining = 0
+            self.stats.unrepairable = self.stats.queued = self.stats.draining = self.stats.rebalance_bytes = 0
             return 0
         records = self.state.chunks_after(self._cursor, SLICE_CHUNKS)
-        found = repair.survey(records, states, damage)
+        found = repair.survey(records, states, damage, self._moves)
         self._pass.add(found)
         self._cursor = records[-1][0] if len(records) == SLICE_CHUNKS else b""
-        if not self._cursor:  # a full pass: publish its counts
+        if not self._cursor:  # a full pass: publish its counts, plan the next pass's moves
             self.stats.chunks_by_lost.clear()
             self.stats.chunks_by_lost.update({lost: count for lost, count in self._pass.by_lost.items()})
             self.stats.unrepairable, self.stats.passes = self._pass.unrepairable, self.stats.passes + 1
             self.stats.draining = self._pass.draining
+            repairs = any(d.target is None for d in self._pass.queue)
+            moves = repair.Moves(self._pass.load, states, REBALANCE_BAND)
+            self._moves = moves if moves and not repairs else None
+            self.stats.rebalance_bytes = int(sum(moves.excess.values())) if moves else 0
+            self._balanced_over = up if not moves and not repairs else None
             self._pass = repair.Survey()
         seen = {d.chunk_id for d in found.queue}
         extra = [(c, self.state.chunk(c)) for c in damage if c not in seen]
@@ -110,10 +120,13 @@ class Repairer:
     async def _repair(self, damaged: repair.Damaged, by_id: dict, states: dict) -> None:
         chunk_id, chunk = damaged.chunk_id, damaged.chunk
         try:
-            try:
-                fresh = self.state.replace(list(chunk.nodes), list(damaged.lost), os.urandom(16))
-            except Refused:
-                fresh = None
+            if damaged.target is not None:  # a rebalancing move: the plan chose the node
+                fresh = [damaged.target if i in damaged.lost else n for i, n in enumerate(chunk.nodes)]
+            else:
+                try:
+                    fresh = self.state.replace(list(chunk.nodes), list(damaged.lost), os.urandom(16))
+                except Refused:
+                    fresh = None
             placement = repair.targets(chunk, damaged.lost, fresh, states)
             targets = [placement[i] for i in damaged.lost]
             executor = by_id[targets[0]]
@@ -127,7 +140,9 @@ class Repairer:
                 await stub.Repair(request, timeout=ORDER_SECONDS)
             result = await self.service.propose(update_placement=pb.UpdatePlacement(
                 chunk=chunk_id, nodes=placement, expect=chunk.nodes))
-            if result.code == pb.OK:
+            if result.code == pb.OK and damaged.target is not None:
+                self.stats.moved += 1
+            elif result.code == pb.OK:
                 self._count(chunk.length)
         except (repair.NoTarget, grpc.aio.AioRpcError, KeyError) as error:
             log.warning("repair of chunk %s (fragments %s) failed: %s", chunk_id.hex()[:16], list(damaged.lost),
