@@ -23,7 +23,9 @@ class MetaCluster(Cluster):
         self.processes[node_id] = subprocess.Popen(
             [sys.executable, "-m", "cluster.meta.server", "--id", str(node_id), "--data",
              str(self.tmp_path / f"m{node_id}"), "--listen", self.addresses[node_id], "--peers", self.peers,
-             "--tick-seconds", "0.02", "--snapshot-entries", "200"],
+             "--tick-seconds", "0.02", "--snapshot-entries", "200",
+             # the data nodes these tests register are records that never heartbeat
+             "--suspect-after-seconds", "1e9", "--dead-after-seconds", "2e9"],
             stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
 
     def client(self, **kwargs):

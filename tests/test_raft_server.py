@@ -105,11 +105,17 @@ def test_writes_and_linearizable_reads(cluster):
 
 def test_a_follower_names_the_leader(cluster):
     cluster.put(b"a", b"1")
-    leader = cluster.leader_address()
-    follower = next(a for a in cluster.addresses.values() if a != leader)
-    with grpc.insecure_channel(follower) as channel:
-        response = pb_grpc.KVStub(channel).Put(pb.PutRequest(key=b"b", value=b"2"), timeout=2)
-    assert not response.ok and response.leader_address == leader
+    # a follower that has not heard from a just-elected leader yet names nobody: ask again
+    for _ in range(50):
+        leader = cluster.leader_address()
+        follower = next(a for a in cluster.addresses.values() if a != leader)
+        with grpc.insecure_channel(follower) as channel:
+            response = pb_grpc.KVStub(channel).Put(pb.PutRequest(key=b"b", value=b"2"), timeout=2)
+        assert not response.ok
+        if response.leader_address == leader:
+            return
+        time.sleep(0.1)
+    raise AssertionError(f"follower {follower} never named leader {leader}: {response}")
 
 
 def test_leader_failover_and_restart_from_disk(cluster):

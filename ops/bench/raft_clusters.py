@@ -181,6 +181,7 @@ class CairnCluster(Cluster):
         self.endpoints = [f"127.0.0.1:{p}" for p in free_ports(3)]
 
     MODULE, PREFIX = "cluster.raft.server", "n"  # the node process and its data/log names
+    EXTRA_ARGS: tuple[str, ...] = ()
 
     def start(self) -> None:
         self._spawn_members()
@@ -192,7 +193,7 @@ class CairnCluster(Cluster):
         for i, address in enumerate(self.endpoints):
             self._spawn([sys.executable, "-m", self.MODULE, "--id", str(i + 1),
                          "--data", os.path.join(self.directory, f"{self.PREFIX}{i + 1}"), "--listen", address,
-                         "--peers", peers], f"{self.PREFIX}{i + 1}.log", cwd=str(ROOT), env=env)
+                         "--peers", peers, *self.EXTRA_ARGS], f"{self.PREFIX}{i + 1}.log", cwd=str(ROOT), env=env)
 
     def leader(self) -> str:
         """The address of a node that commits a put now (probed: leadership may have moved)."""
@@ -237,6 +238,9 @@ class CairnMetaCluster(CairnCluster):
     name = "cairn-meta"
     BUCKET = "bench"
     MODULE, PREFIX = "cluster.meta.server", "m"
+    # its data nodes are records only and never heartbeat: keep the failure detector from
+    # marking them SUSPECT (placement would then refuse every BeginPut)
+    EXTRA_ARGS = ("--suspect-after-seconds", "1e9", "--dead-after-seconds", "2e9")
 
     def start(self) -> None:
         self._spawn_members()
