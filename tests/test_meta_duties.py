@@ -3,17 +3,27 @@ command, and real processes (a data node killed is SUSPECT then DEAD, back UP wh
 a leader change declares nobody dead). Garbage: a deleted object's chunks are forgotten after
 the grace period, their fragments deleted from the data nodes and the space reclaimed."""
 import asyncio
+import glob
 import os
+import random
 import signal
+import threading
 import time
+from collections import Counter
 
+import grpc
 import pytest
 from hypothesis import given, strategies as st
 
+import cluster
 from cluster.client.meta import MetaClient
 from cluster.dev import LocalCluster
+from cluster.meta import repair
 from cluster.meta.liveness import REPROPOSE_SECONDS, FailureDetector
+from cluster.meta.state import MetaState
+from cluster.proto import data_pb2, data_pb2_grpc
 from cluster.proto import meta_pb2 as pb
+from cluster.storage.disk import MemoryDisk
 
 
 def node(node_id, state=pb.UP):
@@ -66,9 +76,6 @@ def test_bad_thresholds_are_refused():
 
 
 def test_mark_node_applies_only_from_the_expected_state(tmp_path):
-    from cluster.meta.state import MetaState
-    from cluster.storage.disk import MemoryDisk
-
     state = MetaState(MemoryDisk())
 
     def apply(index, **command):
@@ -80,6 +87,12 @@ def test_mark_node_applies_only_from_the_expected_state(tmp_path):
     unchanged = apply(3, mark_node=pb.MarkNode(id=node_id, state=pb.DEAD, expect=pb.UP))
     assert "unchanged" in unchanged.message and state.node(node_id).state == pb.SUSPECT
     assert apply(4, mark_node=pb.MarkNode(id=99, state=pb.DEAD, expect=pb.UP)).code == pb.UNKNOWN_NODE
+
+
+def data_status(member) -> data_pb2.StatusReply:
+    """A data node's own account: its id, disks and fragment count."""
+    with grpc.insecure_channel(member.addresses[0]) as channel:
+        return data_pb2_grpc.DataStub(channel).Status(data_pb2.StatusRequest(), timeout=5)
 
 
 async def states(client):
@@ -131,11 +144,6 @@ def test_a_killed_data_node_is_suspect_then_dead_and_up_again_when_back(tmp_path
 
 
 def test_garbage_is_forgotten_and_its_fragments_deleted(tmp_path):
-    import grpc
-
-    import cluster
-    from cluster.proto import data_pb2, data_pb2_grpc
-
     local = LocalCluster(str(tmp_path), metas=3, datas=6, port_base=None,
                          meta_options=["--tick-seconds", "0.02", "--garbage-grace-seconds", "1"],
                          data_options=["--orphan-grace-seconds", "1", "--orphan-interval-seconds", "1",
@@ -143,19 +151,10 @@ def test_garbage_is_forgotten_and_its_fragments_deleted(tmp_path):
     local.start()
 
     def used_on_nodes():
-        used = 0
-        for number in range(1, 7):
-            with grpc.insecure_channel(local.member("data", number).addresses[0]) as channel:
-                status = data_pb2_grpc.DataStub(channel).Status(data_pb2.StatusRequest(), timeout=5)
-                used += sum(d.used_bytes for d in status.disks)
-        return used
+        return sum(d.used_bytes for n in range(1, 7) for d in data_status(local.member("data", n)).disks)
 
     def fragments_on_nodes():
-        total = 0
-        for number in range(1, 7):
-            with grpc.insecure_channel(local.member("data", number).addresses[0]) as channel:
-                total += data_pb2_grpc.DataStub(channel).Status(data_pb2.StatusRequest(), timeout=5).fragments
-        return total
+        return sum(data_status(local.member("data", n)).fragments for n in range(1, 7))
     try:
         with cluster.connect(local.meta_addresses) as client:
             client.create_bucket("garbage", k=4, m=2)
@@ -184,8 +183,6 @@ def test_garbage_is_forgotten_and_its_fragments_deleted(tmp_path):
 
 
 def test_survey_orders_most_endangered_first():
-    from cluster.meta import repair
-
     profile = pb.ErasureProfile(k=2, m=2)
     states = {1: pb.UP, 2: pb.DEAD, 3: pb.UP, 4: pb.DEAD, 5: pb.UP, 6: pb.SUSPECT}
     chunks = [(b"a" * 32, pb.Chunk(profile=profile, nodes=[1, 3, 5, 6])),        # intact (suspect is not lost)
@@ -207,9 +204,6 @@ def test_survey_orders_most_endangered_first():
 
 
 def test_update_placement_applies_only_over_the_expected_placement():
-    from cluster.meta.state import MetaState
-    from cluster.storage.disk import MemoryDisk
-
     state = MetaState(MemoryDisk())
     index = iter(range(1, 100))
 
@@ -235,9 +229,6 @@ def test_update_placement_applies_only_over_the_expected_placement():
 
 
 def test_a_dead_node_and_a_damaged_fragment_are_repaired(tmp_path):
-    import cluster
-    from cluster.client.meta import MetaClient as Meta
-
     local = LocalCluster(str(tmp_path), metas=3, datas=7, port_base=None,
                          meta_options=["--tick-seconds", "0.02", "--suspect-after-seconds", "3",
                                        "--dead-after-seconds", "4"])
@@ -270,7 +261,7 @@ def test_a_dead_node_and_a_damaged_fragment_are_repaired(tmp_path):
 
             # a damage report (as the scrubber or a client's hash check sends) is repaired too
             async def report():
-                meta = Meta(local.meta_addresses)
+                meta = MetaClient(local.meta_addresses)
                 try:
                     manifest = (await meta.call(pb.MetaOp(get_object=pb.GetObject(
                         bucket="heal", key="o0", with_chunks=True)))).get_object
@@ -293,8 +284,6 @@ def test_a_dead_node_and_a_damaged_fragment_are_repaired(tmp_path):
 
 
 def test_draining_moves_fragments_without_counting_them_lost():
-    from cluster.meta import repair
-
     profile = pb.ErasureProfile(k=2, m=1)
     states = {1: pb.UP, 2: pb.DRAINING, 3: pb.UP, 4: pb.DEAD}
     chunks = [(b"a" * 32, pb.Chunk(profile=profile, nodes=[1, 2, 3])),
@@ -306,21 +295,13 @@ def test_draining_moves_fragments_without_counting_them_lost():
 
 
 def test_a_drained_node_ends_up_empty_under_a_write_load(tmp_path):
-    import threading
-
-    import grpc
-
-    import cluster
-    from cluster.proto import data_pb2, data_pb2_grpc
-
     local = LocalCluster(str(tmp_path), metas=3, datas=7, port_base=None,
                          meta_options=["--tick-seconds", "0.02"],
                          data_options=["--orphan-grace-seconds", "2", "--orphan-interval-seconds", "1"])
     local.start()
 
     def fragments_on(number):
-        with grpc.insecure_channel(local.member("data", number).addresses[0]) as channel:
-            return data_pb2_grpc.DataStub(channel).Status(data_pb2.StatusRequest(), timeout=5)
+        return data_status(local.member("data", number))
     try:
         with cluster.connect(local.meta_addresses) as client:
             client.create_bucket("drain", k=4, m=2)
@@ -364,9 +345,6 @@ def test_a_drained_node_ends_up_empty_under_a_write_load(tmp_path):
 
 
 def test_repair_finishes_under_a_new_leader_and_a_quick_restart_needs_none(tmp_path):
-    import cluster
-    from cluster.client.meta import MetaClient as Meta
-
     local = LocalCluster(str(tmp_path), metas=3, datas=7, port_base=None,
                          meta_options=["--tick-seconds", "0.02", "--suspect-after-seconds", "3",
                                        "--dead-after-seconds", "5", "--repair-mb-per-s", "4"])
@@ -404,7 +382,7 @@ def test_repair_finishes_under_a_new_leader_and_a_quick_restart_needs_none(tmp_p
                 time.sleep(0.3)
 
             async def placements():
-                meta = Meta(local.meta_addresses)
+                meta = MetaClient(local.meta_addresses)
                 try:
                     out = []
                     for key in objects:
@@ -428,11 +406,6 @@ def test_repair_finishes_under_a_new_leader_and_a_quick_restart_needs_none(tmp_p
 
 
 def test_corrupt_fragments_are_found_by_the_scrubber_and_repaired(tmp_path):
-    import glob
-    import random
-
-    import cluster
-
     # six nodes for 4+2: every chunk on every node, so no rebalancing moves fragments away from
     # the flipped bytes, and a damaged fragment is rewritten in place
     local = LocalCluster(str(tmp_path), metas=3, datas=6, port_base=None,
@@ -479,10 +452,6 @@ def test_corrupt_fragments_are_found_by_the_scrubber_and_repaired(tmp_path):
 
 
 def test_rebalancing_plan_moves_bytes_from_full_nodes_to_empty_ones():
-    from collections import Counter
-
-    from cluster.meta import repair
-
     states = {n: pb.UP for n in range(1, 5)}
     moves = repair.Moves(Counter({1: 1000, 2: 1000, 3: 1000, 4: 0}), states, 0.10)
     assert moves and moves.excess == {1: 250, 2: 250, 3: 250} and moves.room == {4: 750}
@@ -496,11 +465,6 @@ def test_rebalancing_plan_moves_bytes_from_full_nodes_to_empty_ones():
 
 
 def test_a_new_node_takes_a_share_of_the_fragments(tmp_path):
-    import grpc
-
-    import cluster
-    from cluster.proto import data_pb2, data_pb2_grpc
-
     local = LocalCluster(str(tmp_path), metas=3, datas=6, port_base=None, meta_options=["--tick-seconds", "0.02"])
     local.start()
     try:
@@ -515,8 +479,7 @@ def test_a_new_node_takes_a_share_of_the_fragments(tmp_path):
             deadline = time.monotonic() + 60
 
             def fragments_on_new():
-                with grpc.insecure_channel(new.addresses[0]) as channel:
-                    return data_pb2_grpc.DataStub(channel).Status(data_pb2.StatusRequest(), timeout=5).fragments
+                return data_status(new).fragments
             while True:  # every node within the band of the mean: the new one got its ~1/7 share
                 assert time.monotonic() < deadline, f"not rebalanced: {client.status().repair}"
                 repair = client.status().repair
