@@ -491,3 +491,58 @@ def test_a_new_node_takes_a_share_of_the_fragments(tmp_path):
                 assert client.get("spread", key) == data
     finally:
         local.stop()
+
+
+def test_a_node_back_after_it_was_declared_dead_is_reconciled(tmp_path):
+    """Its fragments were rebuilt elsewhere: once back, it keeps exactly what placements still
+    name it for (its orphan collector deletes the rest), and everything reads back."""
+    local = LocalCluster(str(tmp_path), metas=3, datas=7, port_base=None,
+                         meta_options=["--tick-seconds", "0.02", "--suspect-after-seconds", "3",
+                                       "--dead-after-seconds", "4"],
+                         data_options=["--orphan-grace-seconds", "2", "--orphan-interval-seconds", "1"])
+    local.start()
+    try:
+        with cluster.connect(local.meta_addresses) as client:
+            client.create_bucket("back", k=4, m=2)
+            objects = {f"o{n}": os.urandom((2 << 20) + n) for n in range(6)}
+            for key, data in objects.items():
+                client.put("back", key, data)
+            victim = local.member("data", 1)
+            victim_id = data_status(victim).node_id
+            assert data_status(victim).fragments > 0
+            local.kill("data", 1, signal.SIGKILL)
+            deadline = time.monotonic() + 60
+            while client.status().repair.repaired == 0 or client.status().repair.queued:
+                assert time.monotonic() < deadline, f"not repaired: {client.status().repair}"
+                time.sleep(0.3)
+            local.restart("data", 1)
+
+            async def placed_on_victim():
+                meta = MetaClient(local.meta_addresses)
+                try:
+                    count = 0
+                    for key in objects:
+                        got = (await meta.call(pb.MetaOp(get_object=pb.GetObject(
+                            bucket="back", key=key, with_chunks=True)))).get_object
+                        count += sum(list(c.nodes).count(victim_id) for c in got.chunks)
+                    return count
+                finally:
+                    await meta.close()
+            stale_seen = False
+            while True:
+                assert time.monotonic() < deadline + 60, "the returning node was not reconciled"
+                try:
+                    held = data_status(victim).fragments
+                except grpc.RpcError:
+                    time.sleep(0.2)  # still starting
+                    continue
+                placed = asyncio.run(placed_on_victim())
+                stale_seen |= held > placed  # it came back holding fragments rebuilt elsewhere
+                if stale_seen and held == placed:  # (rebalancing may give it a share again)
+                    break
+                time.sleep(0.3)
+            assert {n.state for n in client.status().nodes} == {pb.UP}
+            for key, data in objects.items():
+                assert client.get("back", key) == data
+    finally:
+        local.stop()
