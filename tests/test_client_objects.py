@@ -5,6 +5,7 @@ errors; then, on clusters of their own, reads with m data nodes down or one stal
 a put with a data node killed mid-upload, and a put across a meta leader change."""
 import asyncio
 import hashlib
+import os
 import random
 import resource
 import signal
@@ -17,6 +18,7 @@ import pytest
 import cluster
 from cluster.client import (BucketNotEmpty, InvalidArgument, NoSuchBucket, NoSuchKey, connect_async)
 from cluster.dev import LocalCluster
+from cluster.proto import meta_pb2 as pb
 
 K, M = 4, 2
 
@@ -266,3 +268,34 @@ def test_put_survives_a_meta_leader_change(fresh):
         finally:
             await client.close()
     asyncio.run(main())
+
+
+def test_a_put_whose_stored_chunks_vanish_before_its_commit_sends_them(shared):
+    """The put found its chunks stored (garbage, not yet collected) and sent nothing; they are
+    collected before its commit: the commit is refused, and the put runs again and sends them."""
+    _, client = shared
+    b = bucket(client, "vanish")
+    data = random.Random(9).randbytes(3 << 20)
+    client.put(b, "first", data)
+    client.delete(b, "first")  # its chunks have no references: garbage
+    meta = client.aio.meta
+    original, commits = meta.call, []
+
+    async def call(op):
+        committing = op.WhichOneof("op") == "command" and op.command.WhichOneof("command") == "commit_put"
+        if committing and not commits:  # the collector runs between BeginPut and the commit
+            ids = [ref.id for ref in op.command.commit_put.manifest.chunks]
+            await original(pb.MetaOp(command=pb.MetaCommand(op_id=os.urandom(16),
+                                                            forget_chunks=pb.ForgetChunks(chunks=ids))))
+        reply = await original(op)
+        if committing:
+            commits.append(reply.code)
+        return reply
+    meta.call = call
+    try:
+        sent = client.fragments_sent
+        client.put(b, "second", data)
+    finally:
+        meta.call = original
+    assert commits == [pb.MISSING_CHUNKS, pb.OK] and client.fragments_sent > sent
+    assert client.get(b, "second") == data

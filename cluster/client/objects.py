@@ -17,7 +17,7 @@ import os
 from dataclasses import dataclass
 from typing import AsyncIterator, Callable
 
-from cluster.client.errors import CairnError, CorruptObject, InvalidArgument, raise_for
+from cluster.client.errors import CairnError, CorruptObject, InvalidArgument, Refused, raise_for
 from cluster.client.fragments import Fragments
 from cluster.client.meta import MetaClient
 from cluster.client.reader import ObjectReader
@@ -92,6 +92,14 @@ class AsyncClient:
                   progress: Progress | None = None) -> pb.ObjectHead:
         """Stores bytes, a file path, a binary stream or an (async) iterable of bytes; returns the
         new version's head once it is committed."""
+        rereadable = isinstance(source, (bytes, bytearray, memoryview, str, os.PathLike))
+        try:
+            return await self.writer.put(bucket, key, source, content_type, metadata, progress)
+        except Refused as error:
+            if error.code != pb.MISSING_CHUNKS or not rereadable:
+                raise
+        # a chunk this put found stored (and did not send) was garbage-collected before the
+        # commit; the source can be read again, so the put runs again and sends it this time
         return await self.writer.put(bucket, key, source, content_type, metadata, progress)
 
     async def head(self, bucket: str, key: str, version: int = 0) -> pb.ObjectHead:
