@@ -546,3 +546,51 @@ def test_a_node_back_after_it_was_declared_dead_is_reconciled(tmp_path):
                 assert client.get("back", key) == data
     finally:
         local.stop()
+
+
+def test_two_nodes_lost_at_once_lose_nothing_and_every_chunk_is_whole_again(tmp_path):
+    """m = 2 nodes die together: nothing is lost; chunks that lost one fragment and chunks that
+    lost two are all rebuilt. (Which goes first is the planner's order, tested above: detection
+    marks the two nodes DEAD up to a heartbeat apart, so a round may see only one of them.)"""
+    local = LocalCluster(str(tmp_path), metas=3, datas=8, port_base=None,
+                         meta_options=["--tick-seconds", "0.02", "--suspect-after-seconds", "3",
+                                       "--dead-after-seconds", "4"])
+    local.start()
+    try:
+        with cluster.connect(local.meta_addresses) as client:
+            client.create_bucket("order", k=4, m=2)
+            objects = {f"o{n}": os.urandom((1 << 20) - 4096 + n) for n in range(16)}  # one chunk each
+            for key, data in objects.items():
+                client.put("order", key, data)
+            victims = {data_status(local.member("data", n)).node_id for n in (1, 2)}
+
+            async def placements():
+                meta = MetaClient(local.meta_addresses)
+                try:
+                    out = {}
+                    for key in objects:
+                        got = (await meta.call(pb.MetaOp(get_object=pb.GetObject(
+                            bucket="order", key=key, with_chunks=True)))).get_object
+                        for chunk_id, chunk in zip(got.chunk_ids, got.chunks):
+                            out[chunk_id] = list(chunk.nodes)
+                    return out
+                finally:
+                    await meta.close()
+            lost = {c: len(set(nodes) & victims) for c, nodes in asyncio.run(placements()).items()}
+            assert 2 in lost.values() and 1 in lost.values(), lost
+            local.kill("data", 1, signal.SIGKILL)
+            local.kill("data", 2, signal.SIGKILL)
+            healed_at: dict[bytes, float] = {}
+            deadline = time.monotonic() + 120
+            while len(healed_at) < sum(1 for n in lost.values() if n):
+                assert time.monotonic() < deadline, f"not healed: {client.status().repair}"
+                for chunk_id, nodes in asyncio.run(placements()).items():
+                    if lost[chunk_id] and chunk_id not in healed_at and not set(nodes) & victims:
+                        healed_at[chunk_id] = time.monotonic()
+                time.sleep(0.05)
+            for chunk_id, nodes in asyncio.run(placements()).items():
+                assert len(set(nodes)) == 6 and not set(nodes) & victims
+            for key, data in objects.items():
+                assert client.get("order", key) == data
+    finally:
+        local.stop()
