@@ -436,12 +436,20 @@ def test_corrupt_fragments_are_found_by_the_scrubber_and_repaired(tmp_path):
             assert damaged > 0
             for key, data in objects.items():  # meanwhile, reads never see a corrupt byte
                 assert client.get("rot", key) == data
-            deadline = time.monotonic() + 60
+            # scrubbers report with their heartbeats (every 2 s): healed means nothing new for a
+            # while longer than a scrub pass, a pause and a heartbeat
+            deadline, healed_since = time.monotonic() + 90, None
             while True:
                 assert time.monotonic() < deadline, f"not repaired: {client.status().repair}"
                 repair = client.status().repair
                 if repair.repaired > 0 and dict(repair.chunks_by_lost) == {0: total} and repair.queued == 0:
-                    break
+                    healed_since = healed_since or (time.monotonic(), repair.repaired)
+                    if repair.repaired != healed_since[1]:
+                        healed_since = (time.monotonic(), repair.repaired)
+                    if time.monotonic() - healed_since[0] > 6:
+                        break
+                else:
+                    healed_since = None
                 time.sleep(0.3)
             local.kill("data", 3, signal.SIGKILL)
             local.kill("data", 4, signal.SIGKILL)  # m more gone: every fragment left must be good
