@@ -25,7 +25,7 @@ class SimDisk:
     def __init__(self, rng: random.Random):
         self.rng = rng
         self._durable: dict[bytes, bytes] = {}
-        self._pending: list[tuple[list, list]] = []
+        self._pending: list[tuple[list, list, list]] = []
         self._crash_next = False
         self.full = False
         self.syncs = 0
@@ -43,14 +43,15 @@ class SimDisk:
                 return
             yield key, view[key]
 
-    def write(self, puts, delete_ranges, sync: bool) -> None:
+    def write(self, puts, deletes, sync: bool, ranges=()) -> None:
         if self.full:
             raise DiskFull("simulated disk is full")
+        batch = (list(puts), list(deletes), list(ranges))
         if self._crash_next:
             self._crash_next = False
-            self._crash_mid_write(list(puts), list(delete_ranges))
+            self._crash_mid_write(batch)
             raise Crashed("power lost during write")
-        self._pending.append((list(puts), list(delete_ranges)))
+        self._pending.append(batch)
         if sync:
             self.syncs += 1
             for batch in self._pending:
@@ -85,17 +86,19 @@ class SimDisk:
         return view
 
     @staticmethod
-    def _apply(target: dict, puts, delete_ranges) -> None:
-        for start, end in delete_ranges:
+    def _apply(target: dict, puts, deletes, ranges) -> None:
+        for start, end in ranges:
             for key in [k for k in target if start <= k < end]:
                 del target[key]
+        for key in deletes:
+            target.pop(key, None)
         for key, value in puts:
             target[key] = value
 
-    def _crash_mid_write(self, puts, delete_ranges) -> None:
+    def _crash_mid_write(self, batch) -> None:
         self.crash()
         if self.rng.random() < 0.5:
-            self._apply(self._durable, puts, delete_ranges)
+            self._apply(self._durable, *batch)
 
     def tear(self, key: bytes) -> None:
         """Cuts a stored value short."""

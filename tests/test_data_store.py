@@ -151,7 +151,7 @@ def test_an_index_behind_the_segments_catches_up(tmp_path):
     s.delete(cid(1), 0)
     s.close()
     index = RocksDisk(str(tmp_path / "index"))  # roll the index back: it lost its last writes
-    index.write(list(stale.items()), [(b"", b"\xff")], sync=True)
+    index.write(list(stale.items()), [], sync=True, ranges=[(b"", b"\xff")])
     index.close()
     s = open_store(tmp_path)
     assert s.get(cid(2), 0) == b"two" and not s.has(cid(1), 0)

@@ -158,7 +158,7 @@ class FragmentStore:
         for key, value in self.index.scan(b"F", b"G"):
             location = Location.decode(value)
             if location.segment not in self._handles:
-                dangling.append((key, key + b"\0"))  # cannot happen unless the index was damaged
+                dangling.append(key)  # cannot happen unless the index was damaged
                 continue
             self._live[location.segment] = self._live.get(location.segment, 0) + location.record_bytes
         if dangling:
@@ -193,7 +193,7 @@ class FragmentStore:
             offset += HEADER_BYTES + length
             self.recovered["records"] += 1
         self.index.write([(k, v) for k, v in changes.items() if v is not None],
-                         [(k, k + b"\0") for k, v in changes.items() if v is None], sync=False)
+                         [k for k, v in changes.items() if v is None], sync=False)
 
     def _record_at(self, handle: int, offset: int, end: int):
         """The header of an intact record (header and bytes check out) at `offset`, else None."""
@@ -378,7 +378,7 @@ class FragmentStore:
             self.files.sync(handle)
             last = dict(batch)  # in order: the last word on each key wins
             puts = [(k, v) for k, v in last.items() if v is not None] + [(b"P", _POSITION.pack(active, end))]
-            self.index.write(puts, [(k, k + b"\0") for k, v in last.items() if v is None], sync=False)
+            self.index.write(puts, [k for k, v in last.items() if v is None], sync=False)
         except Exception as failure:  # noqa: BLE001 - whatever it was, nothing it covered is durable
             error = failure
             self.failed = failure

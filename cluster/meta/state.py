@@ -139,8 +139,7 @@ class Batch:
         self.deletes.add(key)
 
     def commit(self) -> None:
-        ranges = [(key, key + b"\0") for key in sorted(self.deletes)]
-        self.disk.write(sorted(self.puts.items()), ranges, sync=False)
+        self.disk.write(sorted(self.puts.items()), sorted(self.deletes), sync=False)
 
 
 class MetaState:

@@ -98,27 +98,27 @@ class LogStore:
              snapshot: SnapshotMeta | None = None, sync: bool = True) -> None:
         """Persists one Ready atomically, and durably (one fsync) unless sync is False: a write
         that only moves the commit index may be lost in a crash (the index is learned again)."""
-        puts, deletes = [], []
+        puts, deletes, ranges = [], [], []
         if snapshot is not None:
             # The log restarts after an installed snapshot: everything before it, and any
             # suffix that disagrees with it, goes.
-            deletes.append((ENTRY_PREFIX, ENTRY_END))
+            ranges.append((ENTRY_PREFIX, ENTRY_END))
             puts.append((SNAPSHOT_KEY, _encode_snapshot(snapshot)))
         last = self._stored_last() if snapshot is None else snapshot.index
         if entries:
             # the new entries overwrite their indexes; a longer old suffix beyond them goes
             new_last = entries[-1].index
             if last - new_last > POINT_DELETES_MAX:
-                deletes.append((entry_key(new_last + 1), ENTRY_END))
+                ranges.append((entry_key(new_last + 1), ENTRY_END))
             else:
-                deletes.extend((entry_key(i), entry_key(i) + b"\0") for i in range(new_last + 1, last + 1))
+                deletes.extend(entry_key(i) for i in range(new_last + 1, last + 1))
             puts.extend((entry_key(e.index), encode_entry(e)) for e in entries)
             last = new_last
         if hard_state is not None:
             puts.append((HARD_STATE_KEY, _seal(HARD_STATE_KEY, _HARD.pack(hard_state.term, hard_state.vote, hard_state.commit))))
-        if puts or deletes:
+        if puts or deletes or ranges:
             try:
-                self.disk.write(puts, deletes, sync=sync)
+                self.disk.write(puts, deletes, sync=sync, ranges=ranges)
             except BaseException:
                 self._last = None  # the write may have landed in part: look again next time
                 raise
@@ -134,8 +134,8 @@ class LogStore:
 
     def compact(self, snapshot: SnapshotMeta) -> None:
         """Records a local snapshot and drops the entries it covers."""
-        self.disk.write([(SNAPSHOT_KEY, _encode_snapshot(snapshot))],
-                        [(ENTRY_PREFIX, entry_key(snapshot.index + 1))], sync=True)
+        self.disk.write([(SNAPSHOT_KEY, _encode_snapshot(snapshot))], [], sync=True,
+                        ranges=[(ENTRY_PREFIX, entry_key(snapshot.index + 1))])
 
     def load(self, initial_membership: Membership | None = None) -> Recovered:
         hard_state = self._load_hard_state()
@@ -145,9 +145,9 @@ class LogStore:
         torn = 0
         if bad_from is not None:
             torn = sum(1 for _ in self.disk.scan(entry_key(bad_from), ENTRY_END))
-            self.disk.write([], [(entry_key(bad_from), ENTRY_END)], sync=True)
-        self._last = None if bad_from is not None else (entries[-1].index if entries else snapshot.index)
+            self.disk.write([], [], sync=True, ranges=[(entry_key(bad_from), ENTRY_END)])
         last = entries[-1].index if entries else snapshot.index
+        self._last = None if bad_from is not None else last
         if hard_state.commit > last:
             raise LogCorrupted(f"hard state says {hard_state.commit} is committed but the log ends at {last}")
         return Recovered(hard_state, snapshot, entries, torn)

@@ -25,7 +25,12 @@ class Disk(Protocol):
     def scan(self, start: bytes, end: bytes) -> Iterator[tuple[bytes, bytes]]:
         """Items with start <= key < end, in key order."""
 
-    def write(self, puts: list[tuple[bytes, bytes]], delete_ranges: list[tuple[bytes, bytes]], sync: bool) -> None: ...
+    def write(self, puts: list[tuple[bytes, bytes]], deletes: list[bytes], sync: bool,
+              ranges: list[tuple[bytes, bytes]] = ()) -> None:
+        """One atomic batch: the key ranges [start, end) go, then the keys, then the puts land.
+        A range is for wholesale removal only: RocksDB keeps every range tombstone in its
+        memtables and re-fragments them on each flush and compaction, so a range per write
+        would grow without bound."""
 
     def close(self) -> None: ...
 
@@ -62,16 +67,14 @@ class RocksDisk:
                 return
             yield key, value
 
-    def write(self, puts, delete_ranges, sync: bool) -> None:
+    def write(self, puts, deletes, sync: bool, ranges=()) -> None:
         from rocksdict import WriteBatch
 
         batch = WriteBatch(raw_mode=True)
-        for start, end in delete_ranges:
-            if end == start + b"\0":
-                batch.delete(start)  # exactly one key: a point delete, not a range tombstone (those
-                # pile up in RocksDB's memtables and slow every read that overlaps them)
-            else:
-                batch.delete_range(start, end)
+        for start, end in ranges:
+            batch.delete_range(start, end)
+        for key in deletes:
+            batch.delete(key)
         for key, value in puts:
             batch.put(key, value)
         self._db.write(batch, self._sync if sync else self._nosync)
@@ -161,12 +164,15 @@ class MemoryDisk:
             # the list may change while a caller iterates: find our place again
             position = bisect.bisect_right(self._keys, key)
 
-    def write(self, puts, delete_ranges, sync: bool) -> None:
-        for start, end in delete_ranges:
+    def write(self, puts, deletes, sync: bool, ranges=()) -> None:
+        for start, end in ranges:
             low, high = bisect.bisect_left(self._keys, start), bisect.bisect_left(self._keys, end)
             for key in self._keys[low:high]:
                 del self._data[key]
             del self._keys[low:high]
+        for key in deletes:
+            if self._data.pop(key, None) is not None:
+                del self._keys[bisect.bisect_left(self._keys, key)]
         for key, value in puts:
             if key not in self._data:
                 bisect.insort(self._keys, key)

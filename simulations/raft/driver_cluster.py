@@ -49,12 +49,13 @@ class SimNode:
         self.boots = 0
 
     async def boot(self) -> None:
-        recovered = LogStore(self.disk).load(self.cluster.membership)
+        store = LogStore(self.disk)
+        recovered = store.load(self.cluster.membership)
         config = RaftConfig(node_id=self.id, **self.cluster.config)
         raft = Raft(config, random.Random(self.cluster.rng.getrandbits(64)), recovered.hard_state,
                     recovered.snapshot, recovered.entries)
         self.kv = kv.KeyValueStore()
-        self.driver = RaftDriver(raft, LogStore(self.disk), Sessions(self.kv), self.cluster.transport(self.id),
+        self.driver = RaftDriver(raft, store, Sessions(self.kv), self.cluster.transport(self.id),
                                  self.snapshots, tick_seconds=TICK_SECONDS * self.clock_rate,
                                  snapshot_entries=self.cluster.snapshot_entries,
                                  on_fatal=self._lost_power, call_later=self._call_later)
