@@ -50,7 +50,9 @@ class Budget:
 
 
 async def blocks(source, read_bytes: int = READ_BYTES) -> AsyncIterator[memoryview]:
-    """The source's bytes in order, as buffers (any size)."""
+    """The source's bytes in order, as flat byte views (any size) that stay valid: chunks may be
+    views into them. A block an iterable hands over in a mutable buffer is copied once, since
+    the iterable may reuse it."""
     if isinstance(source, (bytes, bytearray, memoryview)):
         view = memoryview(source).cast("B")
         for start in range(0, len(view), read_bytes):
@@ -64,34 +66,40 @@ async def blocks(source, read_bytes: int = READ_BYTES) -> AsyncIterator[memoryvi
             block = await asyncio.to_thread(source.read, read_bytes)
             if not block:
                 return
-            yield memoryview(block)
+            yield _flat(block)
     elif hasattr(source, "__aiter__"):
         async for block in source:
-            yield memoryview(block)
+            yield _flat(block if isinstance(block, bytes) else bytes(block))
     elif hasattr(source, "__iter__"):
         for block in source:
-            yield memoryview(block)
+            yield _flat(block if isinstance(block, bytes) else bytes(block))
     else:
         raise InvalidArgument(f"cannot read an object from a {type(source).__name__}: give bytes, a path, a "
                               "binary stream or an iterable of bytes")
 
 
-async def chunks(source, chunker: Chunker) -> AsyncIterator[bytes]:
-    """The source cut into content-defined chunks (the cuts do not depend on the block sizes)."""
-    pending = bytearray()
+def _flat(block) -> memoryview:
+    view = memoryview(block)
+    return view if view.format == "B" and view.ndim == 1 else view.cast("B")
+
+
+async def chunks(source, chunker: Chunker) -> AsyncIterator[memoryview]:
+    """The source cut into content-defined chunks (the cuts do not depend on the block sizes).
+    A chunk inside one block is a view of it, not a copy; only one that spans blocks is joined."""
+    carry: list[memoryview] = []  # the start of a chunk that began in earlier blocks
+    carried = 0
     async for block in blocks(source):
-        if block.format != "B" or block.ndim != 1:
-            block = block.cast("B")
-        lengths = chunker.feed(block)
-        pending += block
         start = 0
-        with memoryview(pending) as view:
-            for length in lengths:
-                yield bytes(view[start:start + length])
-                start += length
-        del pending[:start]
-    for length in chunker.finish():
-        yield bytes(pending[:length])
+        for length in chunker.feed(block):
+            piece = block[start:start + length - carried]
+            yield memoryview(b"".join([*carry, piece])) if carry else piece
+            start += len(piece)
+            carry, carried = [], 0
+        if start < len(block):
+            carry.append(block[start:])
+            carried += len(block) - start
+    if chunker.finish():
+        yield memoryview(b"".join(carry)) if len(carry) > 1 else carry[0]
 
 
 @dataclass
@@ -111,9 +119,9 @@ class WholeHash:
 
     def __init__(self):
         self._hasher: blake3.blake3 | None = None
-        self._first: tuple[bytes, bytes] | None = None  # (chunk, its hash) while it is the only one
+        self._first: tuple[memoryview, bytes] | None = None  # (chunk, its hash) while it is the only one
 
-    def add(self, chunk: bytes, digest: bytes) -> None:
+    def add(self, chunk: memoryview, digest: bytes) -> None:
         if self._hasher is None and self._first is None:
             self._first = (chunk, digest)
             return
@@ -144,7 +152,8 @@ class Writer:
         budget, slots = Budget(self.buffer_bytes), asyncio.Semaphore(self.fragments_in_flight)
         whole = WholeHash()
         uploads: set[asyncio.Task] = set()
-        batch: list[tuple[pb.ChunkRef, bytes]] = []
+        batch: list[tuple[pb.ChunkRef, memoryview]] = []
+        batch_bytes = 0
         try:
             async for chunk in chunks(source, Chunker()):
                 await budget.take(len(chunk))
@@ -154,9 +163,10 @@ class Writer:
                 whole.add(chunk, ref.id)
                 state.refs.append(ref)
                 batch.append((ref, chunk))
-                if len(batch) >= BEGIN_BATCH_CHUNKS or sum(len(c) for _, c in batch) * 4 >= self.buffer_bytes:
+                batch_bytes += len(chunk)
+                if len(batch) >= BEGIN_BATCH_CHUNKS or batch_bytes * 4 >= self.buffer_bytes:
                     await self._flush(state, batch, budget, slots, uploads, progress)
-                    batch = []
+                    batch, batch_bytes = [], 0
             await self._flush(state, batch, budget, slots, uploads, progress, last=True)
             await asyncio.gather(*uploads)
         finally:
@@ -211,7 +221,7 @@ class Writer:
             state.known.add(ref.id)
         await budget.give(held)
 
-    async def _upload(self, state: PutState, ref, data: bytes, nodes: list[int], budget: Budget, slots,
+    async def _upload(self, state: PutState, ref, data: memoryview, nodes: list[int], budget: Budget, slots,
                       progress) -> None:
         try:
             state.placements[ref.id] = await self.fragments.store(ref.id, data, nodes, state.profile, slots)
