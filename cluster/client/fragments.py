@@ -92,10 +92,7 @@ class Fragments:
             async def send(index: int) -> None:
                 async with slots:
                     try:
-                        client = await self._client(nodes[index])
-                        await client.put(chunk_id, index, fragments[index], crc32c(fragments[index]),
-                                         timeout=fragment_timeout(len(fragments[index])))
-                        self.sent += 1
+                        await self.send(nodes[index], chunk_id, index, fragments[index])
                     except _FAILURES:
                         failed.append(index)
             await asyncio.gather(*(send(i) for i in pending))
@@ -209,7 +206,7 @@ class Fragments:
             pass
 
     async def send(self, node_id: int, chunk_id: bytes, index: int, fragment) -> None:
-        """Stores one fragment on one node (a repair's rebuilt ones)."""
+        """Stores one fragment on one node."""
         client = await self._client(node_id)
         await client.put(chunk_id, index, fragment, crc32c(fragment), timeout=fragment_timeout(len(fragment)))
         self.sent += 1

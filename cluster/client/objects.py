@@ -26,7 +26,6 @@ from cluster.data.wire import DataClient
 from cluster.proto import meta_pb2 as pb
 
 LIST_PAGE_KEYS = 1000
-WRITE_BLOCK_BYTES = 8 << 20
 GET_READ_AHEAD_CHUNKS = 32  # a whole get keeps this many chunks in flight (at most 4 MiB each)
 
 
@@ -140,20 +139,15 @@ class AsyncClient:
         finally:
             await reader.close()
 
-    async def _read_span(self, reader: ObjectReader, start: int, end: int, progress, sink):
+    @staticmethod
+    async def _read_span(reader: ObjectReader, start: int, end: int, progress, sink):
         if sink is None:  # one join of verified chunks: a single copy into the result
             return await reader.read_range(start, end, progress)
-        position = start
-        reader.seek(start)
-        while position < end:
-            data = await reader.read(min(WRITE_BLOCK_BYTES, end - position))
-            if not data:
-                break
-            position += len(data)
-            await asyncio.to_thread(sink.write, data)
-            if progress:
-                progress(len(data))
-        return position - start
+        written = 0
+        async for piece in reader.pieces(start, end, progress):  # each chunk straight to the sink
+            await asyncio.to_thread(sink.write, piece)
+            written += len(piece)
+        return written
 
     async def delete(self, bucket: str, key: str) -> pb.MetaResult:
         return await self._command(delete_object=pb.DeleteObject(bucket=bucket, key=key))

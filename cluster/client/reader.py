@@ -60,38 +60,47 @@ class ObjectReader:
         return self._position
 
     async def read(self, size: int = -1) -> bytes:
-        end = self.size if size is None or size < 0 else min(self.size, self._position + size)
-        data = await self.read_range(self._position, end)
+        data = await self.read_range(self._position, self._end(size))
         self._position += len(data)
         return data
 
     async def readinto(self, buffer) -> int:
+        """Copies straight from the verified chunks into `buffer` (no intermediate bytes)."""
         view = memoryview(buffer).cast("B")
-        data = await self.read(len(view))
-        view[:len(data)] = data
-        return len(data)
+        filled = 0
+        async for piece in self.pieces(self._position, self._end(len(view))):
+            view[filled:filled + len(piece)] = piece
+            filled += len(piece)
+        self._position += filled
+        return filled
 
     async def read_range(self, start: int, end: int, progress=None) -> bytes:
         """Bytes [start, end) (clipped to the object), fetching only the chunks they cover."""
+        return b"".join([piece async for piece in self.pieces(start, end, progress)])
+
+    def _end(self, size: int | None) -> int:
+        return self.size if size is None or size < 0 else min(self.size, self._position + size)
+
+    async def pieces(self, start: int, end: int, progress=None):
+        """Views of the verified bytes [start, end), chunk by chunk, in order."""
         if start < 0 or end < start:
             raise InvalidArgument(f"bad range [{start}, {end})")
         end = min(end, self.size)
         if start >= end:
-            return b""
+            return
         if not self.manifest.chunks:
-            return bytes(self.manifest.inline_data[start:end])
+            yield memoryview(self.manifest.inline_data)[start:end]
+            return
         first = bisect.bisect_right(self._starts, start) - 1
         last = bisect.bisect_right(self._starts, end - 1) - 1
-        pieces = []
         for index in range(first, last + 1):
-            data = await self._chunk(index, ahead=True)
+            data = await self._chunk(index)
+            self._hash_in_order(index, data)
             lo = max(start - self._starts[index], 0)
             hi = min(end - self._starts[index], len(data))
-            pieces.append(data[lo:hi] if (lo, hi) != (0, len(data)) else data)
-            self._hash_in_order(index, data)
             if progress:
                 progress(hi - lo)
-        return b"".join(pieces)
+            yield memoryview(data)[lo:hi]
 
     # ---- whole-object check
 
@@ -104,7 +113,7 @@ class ObjectReader:
             return self._hashed == 1 and self.manifest.chunks[0].id == self.head.blake3
         return self._hashed == len(self.manifest.chunks) and self._whole.digest() == self.head.blake3
 
-    def _hash_in_order(self, index: int, data: bytes) -> None:
+    def _hash_in_order(self, index: int, data: bytearray) -> None:
         if index == self._hashed:
             if len(self.manifest.chunks) > 1:
                 self._whole.update(data)
@@ -112,13 +121,12 @@ class ObjectReader:
 
     # ---- chunks
 
-    async def _chunk(self, index: int, ahead: bool) -> bytes:
+    async def _chunk(self, index: int) -> bytearray:
         task = self._task(index)
-        if ahead:  # drop what is behind, fetch what is next
-            for old in [i for i in self._cache if i < index]:
-                self._cache.pop(old).cancel()
-            for following in range(index + 1, min(index + 1 + self.read_ahead, len(self.manifest.chunks))):
-                self._task(following)
+        for old in [i for i in self._cache if i < index]:  # drop what is behind, fetch what is next
+            self._cache.pop(old).cancel()
+        for following in range(index + 1, min(index + 1 + self.read_ahead, len(self.manifest.chunks))):
+            self._task(following)
         try:
             return await asyncio.shield(task)
         except BaseException:

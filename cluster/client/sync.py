@@ -8,11 +8,13 @@ fetches only the chunks a read covers), so it works wherever a file does.
 from __future__ import annotations
 
 import asyncio
+import functools
+import inspect
 import io
 import threading
 from typing import Iterator
 
-from cluster.client.objects import AsyncClient, Page, Status
+from cluster.client.objects import AsyncClient, Page
 from cluster.client.reader import ObjectReader
 
 OPEN_BUFFER_BYTES = 1 << 20
@@ -48,38 +50,15 @@ class Client:
 
     # ---- the same calls as AsyncClient, blocking
 
-    def create_bucket(self, name: str, **options) -> None:
-        self._run(self._async.create_bucket(name, **options))
-
-    def delete_bucket(self, name: str) -> None:
-        self._run(self._async.delete_bucket(name))
-
-    def buckets(self) -> list:
-        return self._run(self._async.buckets())
-
-    def put(self, bucket: str, key: str, source, **options):
-        return self._run(self._async.put(bucket, key, source, **options))
-
-    def get(self, bucket: str, key: str, out=None, **options):
-        return self._run(self._async.get(bucket, key, out, **options))
-
-    def head(self, bucket: str, key: str, version: int = 0):
-        return self._run(self._async.head(bucket, key, version))
-
-    def manifest(self, bucket: str, key: str, version: int = 0):
-        return self._run(self._async.manifest(bucket, key, version))
-
-    def delete(self, bucket: str, key: str):
-        return self._run(self._async.delete(bucket, key))
-
-    def copy(self, source_bucket: str, source_key: str, bucket: str, key: str):
-        return self._run(self._async.copy(source_bucket, source_key, bucket, key))
-
-    def drain_node(self, node_id: int, drain: bool = True) -> None:
-        self._run(self._async.drain_node(node_id, drain))
-
-    def status(self) -> Status:
-        return self._run(self._async.status())
+    def __getattr__(self, name: str):
+        """Any coroutine method of AsyncClient (create_bucket, put, get, head, manifest, delete,
+        copy, drain_node, status ...), run to completion on the loop thread."""
+        if name.startswith("_"):
+            raise AttributeError(name)
+        attribute = getattr(self._async, name)
+        if not inspect.iscoroutinefunction(attribute):
+            return attribute
+        return functools.wraps(attribute)(lambda *args, **kwargs: self._run(attribute(*args, **kwargs)))
 
     def list_pages(self, bucket: str, prefix: str = "", delimiter: str = "", **options) -> Iterator[Page]:
         pages = self._async.list_pages(bucket, prefix, delimiter, **options)
@@ -100,9 +79,6 @@ class Client:
         reader = self._run(self._async.open(bucket, key, version))
         return io.BufferedReader(RawReader(self, reader), buffer_size)
 
-    @property
-    def fragments_sent(self) -> int:
-        return self._async.fragments_sent
 
 
 class RawReader(io.RawIOBase):
