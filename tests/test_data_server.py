@@ -152,7 +152,7 @@ def test_small_puts_issued_together_share_messages(tmp_path, meta):
             part = await client.get(other, 7, offset=100, length=10, small=True)
             assert bytes(part) == small[7][100:110]
             with pytest.raises(DataError) as malformed_many:  # payload count disagrees with the header
-                await client._call([wire.OP_PUT_MANY, wire.encode_put_many([(other, 1, 0), (other, 2, 0)]), b"x"], 5.0)
+                await client._call([wire.OP_PUT_MANY, wire.join_headers([wire.encode_put(other, 1, 0), wire.encode_put(other, 2, 0)]), b"x"], 5.0)
             assert malformed_many.value.status == wire.BAD_REQUEST
             await client.close()
         asyncio.run(main())

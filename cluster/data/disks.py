@@ -64,6 +64,26 @@ class DiskSet:
         store, ticket = self.submit(chunk_id, index, data, crc)
         store.wait_durable(ticket)
 
+    def put_many(self, fragments) -> list[Exception | None]:
+        """Stores (chunk id, index, data, crc) fragments, each appended first and then waited
+        for: one group commit per stripe covers them all. Each gets its own outcome."""
+        outcomes: list = []
+        for chunk_id, index, data, crc in fragments:
+            try:
+                outcomes.append(self.submit(chunk_id, index, data, crc))
+            except Exception as error:  # noqa: BLE001 - this fragment's outcome
+                outcomes.append(error)
+        for n, outcome in enumerate(outcomes):
+            if isinstance(outcome, Exception):
+                continue
+            store, ticket = outcome
+            try:
+                store.wait_durable(ticket)
+                outcomes[n] = None
+            except Exception as error:  # noqa: BLE001
+                outcomes[n] = error
+        return outcomes
+
     def submit(self, chunk_id: bytes, index: int, data, crc: int | None = None):
         """Appends a fragment to the disk that holds it already or has the most free space
         (another if that one is full or fails); returns (stripe, ticket) for `when_durable`."""

@@ -113,22 +113,20 @@ class DataPlane:
     def _answer(self, frames) -> list:
         identity, request_id, op = frames[0], frames[1], frames[2].bytes
         try:
-            payload = self._serve(op, frames[3:])
-            if isinstance(payload, list):  # a batch: statuses, then one frame per fragment
-                return [identity, request_id, bytes([wire.OK]), b"", *payload]
-            return [identity, request_id, bytes([wire.OK]), b"", *([payload] if payload is not None else [])]
+            return [identity, request_id, bytes([wire.OK]), b"", *self._serve(op, frames[3:])]
         except Exception as error:  # noqa: BLE001 - every failure is an answer
             if not isinstance(error, (FragmentNotFound, BadFragment, ValueError)):
                 log.warning("data plane: %s", error)
             return [identity, request_id, bytes([_status_of(error)]), str(error).encode()[:1024]]
 
-    def _serve(self, op: bytes, frames):
+    def _serve(self, op: bytes, frames) -> list:
+        """The reply's frames after the status: the payloads of what was asked."""
         if op == wire.OP_PUT:
             if len(frames) != 2:
                 raise ValueError("a PUT carries a header and the bytes")
             chunk_id, index, crc = wire.decode_put(frames[0].bytes)
             self.disks.put(chunk_id, index, frames[1].buffer, crc)
-            return None
+            return []
         if op == wire.OP_PUT_MANY:
             if len(frames) < 2:
                 raise ValueError("a PUT_MANY carries a header and the payloads")
@@ -141,7 +139,7 @@ class DataPlane:
             if len(frames) != 1:
                 raise ValueError("a GET carries a header only")
             chunk_id, index, offset, length = wire.decode_get(frames[0].bytes)
-            return self.disks.get(chunk_id, index, offset, length)
+            return [self.disks.get(chunk_id, index, offset, length)]
         raise ValueError(f"unknown operation {op!r}")
 
     def _get_many(self, items) -> list:
@@ -155,26 +153,11 @@ class DataPlane:
                 results.append((_status_of(error), str(error)))
         return [wire.encode_statuses(results), *payloads]
 
-    def _put_many(self, items, payloads) -> bytes:
-        """Appends every fragment, then waits once per stripe for durability: one group commit
-        covers the message. Each fragment gets its own status."""
-        results: list[tuple[int, str]] = []
-        tickets = []
-        for (chunk_id, index, crc), payload in zip(items, payloads):
-            try:
-                tickets.append(self.disks.submit(chunk_id, index, payload.buffer, crc))
-                results.append((wire.OK, ""))
-            except Exception as error:  # noqa: BLE001 - this fragment's answer
-                tickets.append(None)
-                results.append((_status_of(error), str(error)))
-        for n, ticket in enumerate(tickets):
-            if ticket is not None:
-                try:
-                    store, number = ticket
-                    store.wait_durable(number)
-                except Exception as error:  # noqa: BLE001
-                    results[n] = (_status_of(error), str(error))
-        return wire.encode_statuses(results)
+    def _put_many(self, items, payloads) -> list:
+        outcomes = self.disks.put_many((chunk_id, index, payload.buffer, crc)
+                                       for (chunk_id, index, crc), payload in zip(items, payloads))
+        return [wire.encode_statuses([(wire.OK, "") if error is None else (_status_of(error), str(error))
+                                      for error in outcomes])]
 
     def close(self) -> None:
         self._stop.set()
@@ -284,7 +267,9 @@ class ControlService(pb_grpc.DataServicer):
 class DataNode:
     def __init__(self, disk_paths: list[str], address: str, data_address: str, meta: list[str],
                  labels: dict[str, str], scrub_bytes_per_second: float = DEFAULT_BYTES_PER_SECOND,
-                 orphan_grace_seconds: float = DEFAULT_GRACE_SECONDS, orphan_interval_seconds: float = 600.0):
+                 orphan_grace_seconds: float = DEFAULT_GRACE_SECONDS, orphan_interval_seconds: float = 600.0,
+                 scrub_pause_seconds: float = SCRUB_PAUSE_SECONDS,
+                 compact_interval_seconds: float = COMPACT_INTERVAL_SECONDS):
         self.disks = DiskSet(disk_paths)
         self.address, self.data_address, self.labels = address, data_address, labels
         self.meta = MetaClient(meta) if meta else None
@@ -293,8 +278,8 @@ class DataNode:
         self.node_id = self._load_id(disk_paths[0])
         self._id_path = os.path.join(disk_paths[0], "node-id")
         self.scrub_bytes_per_second = scrub_bytes_per_second
-        self.scrub_pause_seconds = SCRUB_PAUSE_SECONDS
-        self.compact_interval_seconds = COMPACT_INTERVAL_SECONDS
+        self.scrub_pause_seconds = scrub_pause_seconds
+        self.compact_interval_seconds = compact_interval_seconds
         self.orphan_grace_seconds, self.orphan_interval_seconds = orphan_grace_seconds, orphan_interval_seconds
         self.bad_fragments: list[tuple[bytes, int, str]] = []
 
@@ -464,9 +449,8 @@ def main(argv: list[str] | None = None) -> None:
     async def serve(stop: asyncio.Event) -> None:
         node = DataNode(args.disks.split(","), args.listen, args.data_listen,
                         [a for a in args.meta.split(",") if a], labels, args.scrub_mb_per_s * 1e6,
-                        args.orphan_grace_seconds, args.orphan_interval_seconds)
-        node.scrub_pause_seconds = args.scrub_pause_seconds
-        node.compact_interval_seconds = args.compact_interval_seconds
+                        args.orphan_grace_seconds, args.orphan_interval_seconds, args.scrub_pause_seconds,
+                        args.compact_interval_seconds)
         await node.serve(stop)
     run_until_signalled(serve)
 

@@ -43,6 +43,7 @@ CHUNK_ID_BYTES = 32
 FRAGMENT_INDEX_MAX = 254                 # k + m <= 255
 FRAGMENT_BYTES_MAX = 64 << 20
 SEGMENT_BYTES_MAX = 256 << 20
+ROLL_TO_COMPACT_BYTES = 64 << 10          # a mostly dead active segment this big is closed to be compacted
 
 
 class StoreError(Exception):
@@ -495,9 +496,6 @@ class FragmentStore:
             self._live.pop(number, None)
         self.files.delete(segment_name(number))
         return end
-
-
-ROLL_TO_COMPACT_BYTES = 64 << 10  # a mostly dead active segment this big is closed to be compacted
 
 
 class StripedStore:

@@ -12,6 +12,7 @@ from __future__ import annotations
 import asyncio
 import itertools
 import struct
+from collections import deque
 
 import zmq
 import zmq.asyncio
@@ -60,10 +61,11 @@ def decode_put(header: bytes) -> tuple[bytes, int, int]:
     return _PUT.unpack(header)
 
 
-def encode_put_many(items: list[tuple[bytes, int, int]]) -> bytes:
-    if not 0 < len(items) <= PUT_MANY_MAX:
-        raise ValueError(f"a PUT_MANY carries 1..{PUT_MANY_MAX} fragments, not {len(items)}")
-    return b"".join(encode_put(*item) for item in items)
+def join_headers(headers: list[bytes]) -> bytes:
+    """The header of a PUT_MANY or GET_MANY: its fragments' PUT or GET headers, in order."""
+    if not 0 < len(headers) <= PUT_MANY_MAX:
+        raise ValueError(f"a batch carries 1..{PUT_MANY_MAX} fragments, not {len(headers)}")
+    return b"".join(headers)
 
 
 def decode_put_many(header: bytes, payloads: int) -> list[tuple[bytes, int, int]]:
@@ -71,12 +73,6 @@ def decode_put_many(header: bytes, payloads: int) -> list[tuple[bytes, int, int]
     if rest or not 0 < count <= PUT_MANY_MAX or count != payloads:
         raise ValueError(f"a PUT_MANY header holds 1..{PUT_MANY_MAX} PUT headers, one per payload")
     return [_PUT.unpack_from(header, n * _PUT.size) for n in range(count)]
-
-
-def encode_get_many(items: list[tuple[bytes, int, int, int | None]]) -> bytes:
-    if not 0 < len(items) <= PUT_MANY_MAX:
-        raise ValueError(f"a GET_MANY carries 1..{PUT_MANY_MAX} fragment names, not {len(items)}")
-    return b"".join(encode_get(*item) for item in items)
 
 
 def decode_get_many(header: bytes) -> list[tuple[bytes, int, int, int | None]]:
@@ -111,13 +107,6 @@ def decode_get(header: bytes) -> tuple[bytes, int, int, int | None]:
     return chunk_id, index, offset, None if length == TO_THE_END else length
 
 
-def _fail_all(futures, error: BaseException) -> None:
-    """Every call waiting on a batch that failed as a whole hears why (a cancellation as UNAVAILABLE)."""
-    for future in futures:
-        if not future.done():
-            future.set_exception(error if isinstance(error, Exception) else DataError(UNAVAILABLE, "cancelled"))
-
-
 class DataClient:
     """One DEALER connection to a data node; any number of concurrent calls, matched by id."""
 
@@ -132,97 +121,77 @@ class DataClient:
         self._pending: dict[int, asyncio.Future] = {}
         self._slots = asyncio.Semaphore(in_flight_max)
         self._reader: asyncio.Task | None = None
-        self._outbox: list[tuple[tuple[bytes, int, int], object, float, asyncio.Future]] = []
-        self._inbox: list[tuple[tuple, float, asyncio.Future]] = []
+        self._puts: deque = deque()   # small puts waiting for the end of this loop turn
+        self._gets: deque = deque()
         self._batches: set[asyncio.Task] = set()
         self.messages = 0  # requests sent, for tests and diagnostics
 
     async def put(self, chunk_id: bytes, index: int, data, crc: int, timeout: float = CALL_SECONDS) -> None:
+        header = encode_put(chunk_id, index, crc)
         if len(data) > COALESCE_BYTES_MAX:
-            await self._call([OP_PUT, encode_put(chunk_id, index, crc), data], timeout)
-            return
-        # small puts issued in the same turn of the event loop share one message (and one fsync)
-        future = asyncio.get_running_loop().create_future()
-        if not self._outbox:
-            asyncio.get_running_loop().call_soon(self._send_outbox)
-        self._outbox.append(((chunk_id, index, crc), data, timeout, future))
-        await future
-
-    def _send_outbox(self) -> None:
-        while self._outbox:
-            batch, size = [], 0
-            while self._outbox and len(batch) < PUT_MANY_MAX and (
-                    not batch or size + len(self._outbox[0][1]) <= PUT_MANY_BYTES_MAX):
-                batch.append(self._outbox.pop(0))
-                size += len(batch[-1][1])
-            task = asyncio.ensure_future(self._put_batch(batch))
-            self._batches.add(task)
-            task.add_done_callback(self._batches.discard)
-
-    async def _put_batch(self, batch) -> None:
-        futures = [item[3] for item in batch]
-        try:
-            if len(batch) == 1:
-                (header, data, timeout, _), = batch
-                await self._call([OP_PUT, encode_put(*header), data], timeout)
-                results = [(OK, "")]
-            else:
-                frames = [OP_PUT_MANY, encode_put_many([item[0] for item in batch]), *(item[1] for item in batch)]
-                reply = await self._call(frames, max(item[2] for item in batch))
-                results = decode_statuses(reply[3].bytes if len(reply) > 3 else b"", len(batch))
-        except BaseException as error:  # noqa: BLE001 - each waiting put gets the failure
-            _fail_all(futures, error)
-            if not isinstance(error, Exception):
-                raise
-            return
-        for future, (status, text) in zip(futures, results):
-            if not future.done():
-                if status == OK:
-                    future.set_result(None)
-                else:
-                    future.set_exception(DataError(status, text))
+            await self._call([OP_PUT, header, data], timeout)
+        else:  # small puts issued in the same turn of the event loop share one message (and fsync)
+            await self._join(self._puts, self._send_puts, (header, data, timeout))
 
     async def get(self, chunk_id: bytes, index: int, offset: int = 0, length: int | None = None,
                   timeout: float = CALL_SECONDS, small: bool = False):
         """The bytes (a zero-copy buffer), verified by the node against the fragment's CRC32C.
         `small` (the caller expects at most COALESCE_BYTES_MAX): may share a message with other
         small gets to this node issued in the same turn of the event loop."""
+        header = encode_get(chunk_id, index, offset, length)
         if not small:
-            frames = await self._call([OP_GET, encode_get(chunk_id, index, offset, length)], timeout)
+            frames = await self._call([OP_GET, header], timeout)
             return frames[3].buffer if len(frames) > 3 else b""
-        future = asyncio.get_running_loop().create_future()
-        if not self._inbox:
-            asyncio.get_running_loop().call_soon(self._send_inbox)
-        self._inbox.append(((chunk_id, index, offset, length), timeout, future))
-        return await future
+        return await self._join(self._gets, self._send_gets, (header, timeout))
 
-    def _send_inbox(self) -> None:
-        while self._inbox:
-            batch, self._inbox = self._inbox[:PUT_MANY_MAX], self._inbox[PUT_MANY_MAX:]
-            task = asyncio.ensure_future(self._get_batch(batch))
-            self._batches.add(task)
-            task.add_done_callback(self._batches.discard)
+    def _join(self, waiting: deque, send, item) -> asyncio.Future:
+        """Queues a call to go out with the others of this loop turn; its own outcome comes back."""
+        loop = asyncio.get_running_loop()
+        if not waiting:
+            loop.call_soon(send)
+        future = loop.create_future()
+        waiting.append((*item, future))
+        return future
 
-    async def _get_batch(self, batch) -> None:
-        futures = [item[2] for item in batch]
+    def _send_puts(self) -> None:
+        while self._puts:
+            batch, size = [], 0
+            while self._puts and len(batch) < PUT_MANY_MAX and (
+                    not batch or size + len(self._puts[0][1]) <= PUT_MANY_BYTES_MAX):
+                batch.append(self._puts.popleft())
+                size += len(batch[-1][1])
+            frames = [OP_PUT_MANY, join_headers([header for header, *_ in batch]), *(data for _, data, *_ in batch)]
+            self._start(batch, frames, max(timeout for _, _, timeout, _ in batch), payloads=False)
+
+    def _send_gets(self) -> None:
+        while self._gets:
+            batch = [self._gets.popleft() for _ in range(min(PUT_MANY_MAX, len(self._gets)))]
+            frames = [OP_GET_MANY, join_headers([header for header, *_ in batch])]
+            self._start(batch, frames, max(timeout for _, timeout, _ in batch), payloads=True)
+
+    def _start(self, batch: list, frames: list, timeout: float, payloads: bool) -> None:
+        task = asyncio.ensure_future(self._batch([item[-1] for item in batch], frames, timeout, payloads))
+        self._batches.add(task)
+        task.add_done_callback(self._batches.discard)
+
+    async def _batch(self, futures: list, frames: list, timeout: float, payloads: bool) -> None:
+        """Sends one PUT_MANY or GET_MANY and settles each waiting call with its own outcome."""
         try:
-            reply = await self._call([OP_GET_MANY, encode_get_many([item[0] for item in batch])],
-                                     max(item[1] for item in batch))
-            results = decode_statuses(reply[3].bytes if len(reply) > 3 else b"", len(batch))
-            payloads = reply[4:]
-            if len(payloads) != len(batch):
-                raise DataError(BAD_REQUEST, f"a GET_MANY reply with {len(payloads)} fragments for {len(batch)}")
-        except BaseException as error:  # noqa: BLE001 - each waiting get gets the failure
-            _fail_all(futures, error)
+            reply = await self._call(frames, timeout)
+            results = decode_statuses(reply[3].bytes if len(reply) > 3 else b"", len(futures))
+            values = [frame.buffer for frame in reply[4:]] if payloads else [None] * len(futures)
+            if len(values) != len(futures):
+                raise DataError(BAD_REQUEST, f"a batch reply with {len(values)} fragments for {len(futures)}")
+        except BaseException as error:  # noqa: BLE001 - each waiting call gets the failure
+            for future in futures:
+                if not future.done():
+                    future.set_exception(error if isinstance(error, Exception) else DataError(UNAVAILABLE, "cancelled"))
             if not isinstance(error, Exception):
                 raise
             return
-        for future, (status, text), payload in zip(futures, results, payloads):
+        for future, (status, text), value in zip(futures, results, values):
             if not future.done():
-                if status == OK:
-                    future.set_result(payload.buffer)
-                else:
-                    future.set_exception(DataError(status, text))
+                future.set_result(value) if status == OK else future.set_exception(DataError(status, text))
 
     async def _call(self, frames: list, timeout: float) -> list:
         async with self._slots:
