@@ -194,6 +194,7 @@ def test_survey_orders_most_endangered_first():
     found = repair.survey(chunks, states, {b"e" * 32: {0}})
     assert found.scanned == 6 and found.unrepairable == 1
     assert dict(found.by_lost) == {0: 1, 1: 2, 2: 1, 3: 1}
+    assert found.repairs == 3  # the beyond-repair chunk is counted apart
     order = repair.most_endangered_first(found.queue)
     assert [(d.chunk_id[:1], d.lost) for d in order] == [(b"c", (0, 1)), (b"b", (1,)), (b"e", (0,))]
     # no replacement node: a damaged fragment on a live node is rewritten in place; a dead one cannot be
@@ -290,6 +291,7 @@ def test_draining_moves_fragments_without_counting_them_lost():
               (b"b" * 32, pb.Chunk(profile=profile, nodes=[2, 4, 1]))]  # lost one, draining one: m=1 at a time
     found = repair.survey(chunks, states, {})
     assert dict(found.by_lost) == {0: 1, 1: 1} and found.draining == 2 and found.unrepairable == 0
+    assert found.repairs == 3  # one chunk lost a fragment, two fragments must move
     order = repair.most_endangered_first(found.queue, states)
     assert [(d.chunk_id[:1], d.lost) for d in order] == [(b"b", (1,)), (b"a", (1,))]
 

@@ -33,15 +33,20 @@ class Survey:
     unrepairable: int = 0
     draining: int = 0                                    # fragments still on draining nodes
     load: Counter = field(default_factory=Counter)       # node -> fragment bytes placed on it
-    queue: list[Damaged] = field(default_factory=list)
+    queue: list[Damaged] = field(default_factory=list)   # this survey's orders (not summed by add)
+
+    @property
+    def repairs(self) -> int:
+        """Repairable chunks that lost fragments, plus fragments to move off draining nodes."""
+        return sum(count for lost, count in self.by_lost.items() if lost) - self.unrepairable + self.draining
 
     def add(self, other: "Survey") -> None:
+        """Sums another slice's counts into this pass's."""
         self.scanned += other.scanned
         self.by_lost.update(other.by_lost)
         self.unrepairable += other.unrepairable
         self.draining += other.draining
         self.load.update(other.load)
-        self.queue.extend(other.queue)
 
 
 def lost_fragments(chunk: pb.Chunk, states: dict[int, int], damaged: set[int]) -> tuple[int, ...]:

@@ -91,31 +91,34 @@ class Repairer:
         found = repair.survey(records, states, damage, self._moves)
         self._pass.add(found)
         self._cursor = records[-1][0] if len(records) == SLICE_CHUNKS else b""
-        if not self._cursor:  # a full pass: publish its counts, plan the next pass's moves
-            self.stats.chunks_by_lost.clear()
-            self.stats.chunks_by_lost.update({lost: count for lost, count in self._pass.by_lost.items()})
-            self.stats.unrepairable, self.stats.passes = self._pass.unrepairable, self.stats.passes + 1
-            self.stats.draining = self._pass.draining
-            repairs = any(d.target is None for d in self._pass.queue)
-            moves = repair.Moves(self._pass.load, states, REBALANCE_BAND)
-            self._moves = moves if moves and not repairs else None
-            self.stats.rebalance_bytes = int(sum(moves.excess.values())) if moves else 0
-            self._balanced_over = up if not moves and not repairs else None
-            self._pass = repair.Survey()
-        seen = {d.chunk_id for d in found.queue}
-        extra = [(c, self.state.chunk(c)) for c in damage if c not in seen]
-        found.queue += repair.survey([(c, r) for c, r in extra if r is not None], states, damage).queue
-        queue = [d for d in repair.most_endangered_first(found.queue, states) if d.chunk_id not in self._running]
+        if not self._cursor:
+            self._end_pass(states, up)
+        seen = {d.chunk_id for d in found.queue}  # damage reports outside this slice count now
+        extra = [(c, r) for c, r in ((c, self.state.chunk(c)) for c in damage if c not in seen) if r is not None]
+        queue = [d for d in repair.most_endangered_first(found.queue + repair.survey(extra, states, damage).queue,
+                                                         states)
+                 if d.chunk_id not in self._running]
         self.stats.queued = len(queue)
         by_id = {n.id: n for n in nodes}
-        started = 0
-        for damaged in queue[:max(0, ORDERS_WAITING_MAX - len(self._running))]:
+        started = queue[:max(0, ORDERS_WAITING_MAX - len(self._running))]
+        for damaged in started:
             self._running.add(damaged.chunk_id)
             task = asyncio.ensure_future(self._repair(damaged, by_id, states))
             self._tasks.add(task)
             task.add_done_callback(self._tasks.discard)
-            started += 1
-        return started
+        return len(started)
+
+    def _end_pass(self, states: dict, up: frozenset) -> None:
+        """Publishes a full pass's counts and plans the next pass's moves for balance."""
+        finished, self._pass = self._pass, repair.Survey()
+        self.stats.chunks_by_lost.clear()
+        self.stats.chunks_by_lost.update(finished.by_lost)
+        self.stats.unrepairable, self.stats.draining = finished.unrepairable, finished.draining
+        self.stats.passes += 1
+        moves = repair.Moves(finished.load, states, REBALANCE_BAND)
+        self._moves = moves if moves and not finished.repairs else None
+        self.stats.rebalance_bytes = int(sum(moves.excess.values())) if moves else 0
+        self._balanced_over = up if not moves and not finished.repairs else None
 
     async def _repair(self, damaged: repair.Damaged, by_id: dict, states: dict) -> None:
         chunk_id, chunk = damaged.chunk_id, damaged.chunk

@@ -200,9 +200,8 @@ class MetaService(pb_grpc.MetaServicer):
         self.detector.heard(beat.id, self.clock())
         if _moved(node.disks, beat.disks) or node.state in (pb.SUSPECT, pb.DEAD):
             state = pb.UP if node.state in (pb.SUSPECT, pb.DEAD) else node.state
-            command = pb.MetaCommand(op_id=os.urandom(16), now_ms=int(self.clock() * 1000),
-                                     node_report=pb.NodeReport(id=beat.id, disks=beat.disks, state=state))
-            self._batcher.submit(command, lambda result, error: None)  # the next beat repeats it if lost
+            self._propose_and_forget(node_report=pb.NodeReport(id=beat.id, disks=beat.disks, state=state))
+            # (the next beat repeats it if it is lost)
         return pb.MetaReply(tag=op.tag)
 
     # ---- failure detection
@@ -218,8 +217,7 @@ class MetaService(pb_grpc.MetaServicer):
         marks = self.detector.verdicts(self.state.nodes(), now)
         for mark in marks:
             log.warning("data node %d not heard from: marking it %s", mark.id, pb.NodeState.Name(mark.state))
-            command = pb.MetaCommand(op_id=os.urandom(16), now_ms=int(now * 1000), mark_node=mark)
-            self._batcher.submit(command, lambda result, error: None)  # proposed again if lost
+            self._propose_and_forget(mark_node=mark)  # the detector proposes it again if it is lost
         return len(marks)
 
     # ---- garbage
@@ -235,20 +233,25 @@ class MetaService(pb_grpc.MetaServicer):
         before_ms = int((self.clock() - self.garbage_grace_seconds) * 1000)
         chunks = self.state.garbage(max(0, before_ms), GARBAGE_PER_ROUND)
         if chunks:
-            command = pb.MetaCommand(op_id=os.urandom(16), now_ms=int(self.clock() * 1000),
-                                     forget_chunks=pb.ForgetChunks(chunks=chunks))
-            self._batcher.submit(command, lambda result, error: None)  # the next round repeats it if lost
+            self._propose_and_forget(forget_chunks=pb.ForgetChunks(chunks=chunks))  # repeated if lost
         return len(chunks)
 
     async def propose(self, **command) -> pb.MetaResult:
-        """Proposes one command (a field of MetaCommand) and waits for its result."""
+        """Proposes one of the leader's own commands (a field of MetaCommand); waits for its result."""
         done = asyncio.get_running_loop().create_future()
 
         def finish(result, error) -> None:
             if not done.done():
                 done.set_exception(error) if error is not None else done.set_result(result)
-        self._batcher.submit(pb.MetaCommand(op_id=os.urandom(16), now_ms=int(self.clock() * 1000), **command), finish)
+        self._batcher.submit(self._own_command(command), finish)
         return await done
+
+    def _propose_and_forget(self, **command) -> None:
+        """Proposes one of the leader's own commands for a duty that repeats it if it is lost."""
+        self._batcher.submit(self._own_command(command), lambda result, error: None)
+
+    def _own_command(self, fields: dict) -> pb.MetaCommand:
+        return pb.MetaCommand(op_id=os.urandom(16), now_ms=int(self.clock() * 1000), **fields)
 
     async def keep_house(self, every_seconds: float = 1.0, garbage_every: int = 10) -> None:
         """The leader's periodic duties: failure detection and repair every round, garbage
