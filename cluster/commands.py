@@ -59,9 +59,11 @@ def add_commands(commands) -> None:
     command("rm", cmd_bucket_rm, "delete an empty bucket", buckets).add_argument("name")
 
     node = commands.add_parser("node", help="data node operations").add_subparsers(dest="node_command", required=True)
-    command("drain", cmd_node_drain, "move every fragment off a data node (then it can leave)", node).add_argument(
-        "id", type=int)
-    command("undrain", cmd_node_undrain, "put a draining data node back in service", node).add_argument("id", type=int)
+    for name, drain, help_text in (("drain", True, "move every fragment off a data node (then it can leave)"),
+                                   ("undrain", False, "put a draining data node back in service")):
+        sub = command(name, cmd_node_drain, help_text, node)
+        sub.add_argument("id", type=int)
+        sub.set_defaults(drain=drain)
 
     for role in ("meta", "data"):
         server = commands.add_parser(role, help=f"run a {role} node (flags, or --config FILE.toml)", add_help=False)
@@ -324,15 +326,11 @@ def cmd_status(args) -> int:
 
 def cmd_node_drain(args) -> int:
     with connect(args) as client:
-        client.drain_node(args.id)
-    emit(args, {"draining": args.id}, f"data node {args.id} is draining: `cairn status` shows the fragments left")
-    return 0
-
-
-def cmd_node_undrain(args) -> int:
-    with connect(args) as client:
-        client.drain_node(args.id, drain=False)
-    emit(args, {"up": args.id}, f"data node {args.id} is back in service")
+        client.drain_node(args.id, drain=args.drain)
+    if args.drain:
+        emit(args, {"draining": args.id}, f"data node {args.id} is draining: `cairn status` shows the fragments left")
+    else:
+        emit(args, {"up": args.id}, f"data node {args.id} is back in service")
     return 0
 
 

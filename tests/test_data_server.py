@@ -17,7 +17,7 @@ from cluster.proto import data_pb2 as pb
 from cluster.proto import data_pb2_grpc as pb_grpc
 from cluster.proto import meta_pb2 as meta_pb
 from tests.test_meta_server import MetaCluster
-from tests.test_raft_server import free_ports
+from cluster.dev import free_ports
 
 
 @pytest.fixture

@@ -2,7 +2,6 @@
 restart from disk, and a follower pointing clients at the leader."""
 import os
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -10,20 +9,11 @@ import time
 import grpc
 import pytest
 
+from cluster.dev import free_ports
 from cluster.proto import raft_pb2 as pb
 from cluster.proto import raft_pb2_grpc as pb_grpc
 
 START_SECONDS_MAX = 30
-
-
-def free_ports(count):
-    sockets = [socket.socket() for _ in range(count)]
-    for s in sockets:
-        s.bind(("127.0.0.1", 0))
-    ports = [s.getsockname()[1] for s in sockets]
-    for s in sockets:
-        s.close()
-    return ports
 
 
 class Cluster:

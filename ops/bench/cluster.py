@@ -20,7 +20,6 @@ gets >= 5,000/s. Rounds alternate Cairn and the directory; medians.
 """
 from __future__ import annotations
 
-import argparse
 import asyncio
 import concurrent.futures
 import os
@@ -34,7 +33,7 @@ import numpy as np
 
 ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 sys.path.insert(0, ROOT)  # first: `cluster` is the package, not ops/bench/cluster.py
-from common import print_table, progress, row, write_json  # noqa: E402
+from common import bench_parser, print_table, progress, row, write_json  # noqa: E402
 
 K, M = 4, 2
 SMALL_IN_FLIGHT = 64
@@ -190,11 +189,7 @@ async def measure(bench: Bench, rounds: int, big: int, medium: int, small: int) 
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--quick", action="store_true", help="reduced run, about a minute")
-    parser.add_argument("--json", metavar="PATH", help="write the result rows as JSON")
-    parser.add_argument("--dir", help="where the cluster and the directory live (default: a temp dir)")
-    args = parser.parse_args()
+    args = bench_parser(__doc__, "where the cluster and the directory live").parse_args()
     rounds, big, medium, small = (1, 256 << 20, 64, 2000) if args.quick else (3, 1 << 30, 256, 10_000)
     work = tempfile.mkdtemp(prefix="cairn-cluster-bench-", dir=args.dir)
     bench = Bench(work, args.quick)

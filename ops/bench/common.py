@@ -16,6 +16,18 @@ import time
 from typing import Callable
 
 
+def bench_parser(doc: str, dir_help: str | None = None, quick_help: str = "reduced run, about a minute"):
+    """The flags every benchmark takes: --quick, --json PATH, and --dir where it keeps data."""
+    import argparse
+
+    parser = argparse.ArgumentParser(description=doc.splitlines()[0])
+    parser.add_argument("--quick", action="store_true", help=quick_help)
+    parser.add_argument("--json", metavar="PATH", help="write the result rows as JSON")
+    if dir_help:
+        parser.add_argument("--dir", help=f"{dir_help} (default: a temp dir)")
+    return parser
+
+
 def row(metric: str, value: float, unit: str, ref: str, ref_value: float, higher_is_better: bool = True) -> dict:
     if higher_is_better:
         ratio = value / ref_value if ref_value else float("inf")

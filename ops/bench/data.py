@@ -16,13 +16,11 @@ from the page cache (fadvise DONTNEED) first, so both read from the disk. Each p
 """
 from __future__ import annotations
 
-import argparse
 import asyncio
 import concurrent.futures
 import os
 import shutil
 import signal
-import socket
 import statistics
 import subprocess
 import sys
@@ -31,22 +29,18 @@ import time
 
 ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 sys.path.insert(0, ROOT)  # first: `cluster` is the package, not ops/bench/cluster.py
-from common import print_table, progress, row, write_json  # noqa: E402
+from common import bench_parser, print_table, progress, row, write_json  # noqa: E402
+
+from cluster.dev import free_ports  # noqa: E402
 
 POINTS = [(128 << 10, 1), (128 << 10, 16), (1 << 20, 1), (1 << 20, 16), (4 << 10, 16)]
 SYNC_BATCH = 16
 
 
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 class Node:
     def __init__(self, directory: str):
         self.directory = directory
-        self.control, self.data = free_port(), free_port()
+        self.control, self.data = free_ports(2)
         self.log = open(os.path.join(directory, "node.log"), "wb")
         self.proc = subprocess.Popen(
             [sys.executable, "-m", "cluster.data.server", "--disks", os.path.join(directory, "disk"),
@@ -150,11 +144,7 @@ def plain_point(directory: str, size: int, streams: int, count: int) -> tuple[fl
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--quick", action="store_true")
-    parser.add_argument("--json", metavar="PATH")
-    parser.add_argument("--dir", default=None, help="working directory (default: a temp dir under the repo's disk)")
-    args = parser.parse_args()
+    args = bench_parser(__doc__, "working directory").parse_args()
     rounds, volume = (1, 128 << 20) if args.quick else (3, 512 << 20)
     work = tempfile.mkdtemp(prefix="cairn-data-bench-", dir=args.dir or os.path.dirname(ROOT))
     node = Node(work)

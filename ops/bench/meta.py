@@ -15,7 +15,6 @@ rate is compared with the target of 200,000 keys/s.
 """
 from __future__ import annotations
 
-import argparse
 import asyncio
 import os
 import pathlib
@@ -31,7 +30,7 @@ BENCH = ROOT / "ops" / "bench"
 sys.path.insert(0, str(BENCH))
 sys.path.insert(0, str(ROOT))  # first: `cluster` is the package, not ops/bench/cluster.py
 import raft  # noqa: E402
-from common import print_table, progress, row, write_json  # noqa: E402
+from common import bench_parser, print_table, progress, row, write_json  # noqa: E402
 from raft_clusters import CairnMetaCluster, ClusterError, EtcdCluster, ensure_etcd  # noqa: E402
 
 CLIENTS = [1, 16, 64]
@@ -126,11 +125,8 @@ async def list_all(endpoints: list[str], bucket: str) -> tuple[int, float]:
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--quick", action="store_true", help="reduced run, about a minute")
-    parser.add_argument("--json", metavar="PATH", help="write the result rows as JSON")
+    parser = bench_parser(__doc__, "where the clusters keep their data")
     parser.add_argument("--keys", type=int, help="keys in the listed bucket (default 1,000,000; quick 100,000)")
-    parser.add_argument("--dir", help="where the clusters keep their data (default: a temp dir)")
     parser.add_argument("--only", choices=("puts", "listing"), help="run one part (listing: no etcd)")
     args = parser.parse_args()
     keys = args.keys or (100_000 if args.quick else 1_000_000)

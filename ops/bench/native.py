@@ -17,7 +17,6 @@ The benchmark installs its references itself (apt-get for libisal-dev, pip for t
 """
 from __future__ import annotations
 
-import argparse
 import glob
 import os
 import pathlib
@@ -31,7 +30,7 @@ import numpy as np
 ROOT = pathlib.Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(ROOT / "ops" / "bench"))
 sys.path.insert(0, str(ROOT))  # first: `cluster` is the package, not ops/bench/cluster.py
-from common import pip_install, print_table, progress, rates_side_by_side, row, write_json  # noqa: E402
+from common import bench_parser, pip_install, print_table, progress, rates_side_by_side, row, write_json  # noqa: E402
 
 CACHE = ROOT / ".bench"
 DEBIAN_ISAL = "/usr/lib/x86_64-linux-gnu/libisal.so.2"
@@ -214,10 +213,7 @@ def python_crc_rows(quick: bool) -> list[dict]:
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--quick", action="store_true", help="reduced run, about a minute")
-    parser.add_argument("--json", metavar="PATH", help="write the result rows as JSON")
-    args = parser.parse_args()
+    args = bench_parser(__doc__).parse_args()
     if platform.machine() not in ("x86_64", "AMD64") or shutil.which(os.environ.get("CC", "cc")) is None:
         sys.exit("native.py: needs an x86-64 machine with a C compiler (the ISA-L references are x86 builds)")
 

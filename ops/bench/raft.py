@@ -19,7 +19,6 @@ generator used most of a core: there it, not the cluster, may set the figure.
 """
 from __future__ import annotations
 
-import argparse
 import json
 import os
 import pathlib
@@ -37,7 +36,7 @@ ROOT = pathlib.Path(__file__).resolve().parents[2]
 BENCH = ROOT / "ops" / "bench"
 sys.path.insert(0, str(BENCH))
 sys.path.insert(0, str(ROOT))  # first: `cluster` is the package, not ops/bench/cluster.py
-from common import pip_install, print_table, progress, row, write_json  # noqa: E402
+from common import bench_parser, pip_install, print_table, progress, row, write_json  # noqa: E402
 from raft_clusters import CairnCluster, ClusterError, EtcdCluster, ensure_etcd  # noqa: E402
 from raft_load import DRAIN_SECONDS as LOADGEN_DRAIN_SECONDS  # noqa: E402
 
@@ -258,9 +257,7 @@ def print_diagnostics(results: dict, systems: list[str], procs: int) -> None:
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--quick", action="store_true", help="reduced run (3 s per point, one round), 1-2 minutes")
-    parser.add_argument("--json", metavar="PATH", help="write the result rows as JSON")
+    parser = bench_parser(__doc__, quick_help="reduced run (3 s per point, one round), 1-2 minutes")
     parser.add_argument("--loadgen-procs", type=int, default=1, help="load-generator processes per point (default 1)")
     parser.add_argument("--etcd-clients", choices=("leader", "spread"), default="leader",
                         help="etcd clients all at the leader (default, like Cairn's) or spread over the members")

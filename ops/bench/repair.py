@@ -16,7 +16,6 @@ repair >= 50% of it, and the client keeps >= 50% of its read throughput during r
 """
 from __future__ import annotations
 
-import argparse
 import asyncio
 import os
 import random
@@ -32,7 +31,7 @@ import numpy as np
 ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, ROOT)  # first: `cluster` is the package, not ops/bench/cluster.py
-from common import print_table, progress, row, write_json  # noqa: E402
+from common import bench_parser, print_table, progress, row, write_json  # noqa: E402
 
 K, M = 4, 2
 OBJECT_BYTES = 4 << 20
@@ -91,11 +90,7 @@ class Reader(threading.Thread):
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--quick", action="store_true", help="reduced run, about a minute")
-    parser.add_argument("--json", metavar="PATH", help="write the result rows as JSON")
-    parser.add_argument("--dir", help="where the cluster lives (default: a temp dir)")
-    args = parser.parse_args()
+    args = bench_parser(__doc__, "where the cluster lives").parse_args()
     stored = (256 << 20) if args.quick else (2 << 30)
 
     import cluster

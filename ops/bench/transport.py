@@ -21,7 +21,7 @@ import time
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__)))))  # first: `cluster` is the package, not ops/bench/cluster.py
-from common import print_table, progress, row, write_json  # noqa: E402
+from common import bench_parser, print_table, progress, row, write_json  # noqa: E402
 
 WINDOW = 16
 SIZES = [128 << 10, 1 << 20]
@@ -196,9 +196,7 @@ KINDS = ["zmq", "grpc-stream", "grpc-unary", "raw"]
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--quick", action="store_true")
-    parser.add_argument("--json", metavar="PATH")
+    parser = bench_parser(__doc__)
     parser.add_argument("--serve", choices=KINDS, help=argparse.SUPPRESS)
     parser.add_argument("--port", type=int, help=argparse.SUPPRESS)
     args = parser.parse_args()
