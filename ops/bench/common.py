@@ -84,5 +84,34 @@ def pip_install(*packages: str) -> None:
     subprocess.run([sys.executable, "-m", "pip", "install", "-q", *packages], check=True)
 
 
+class PeakResident:
+    """Samples the resident memory of some processes in a thread: `peak` is the largest any of
+    them reached (bytes), so a benchmark can report what its servers needed."""
+
+    def __init__(self, pids: list[int], every_seconds: float = 1.0):
+        import threading
+
+        self.pids, self.every_seconds, self.peak = list(pids), every_seconds, 0
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, daemon=True)
+
+    def __enter__(self) -> "PeakResident":
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self._stop.set()
+        self._thread.join()
+
+    def _run(self) -> None:
+        while not self._stop.wait(self.every_seconds):
+            for pid in self.pids:
+                try:
+                    with open(f"/proc/{pid}/status") as f:
+                        self.peak = max(self.peak, int(f.read().split("VmRSS:")[1].split()[0]) << 10)
+                except (OSError, IndexError, ValueError):
+                    pass  # gone: nothing to sample
+
+
 def progress(message: str) -> None:
     print(message, file=sys.stderr, flush=True)

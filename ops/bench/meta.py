@@ -30,7 +30,7 @@ BENCH = ROOT / "ops" / "bench"
 sys.path.insert(0, str(BENCH))
 sys.path.insert(0, str(ROOT))  # first: `cluster` is the package, not ops/bench/cluster.py
 import raft  # noqa: E402
-from common import bench_parser, print_table, progress, row, write_json  # noqa: E402
+from common import PeakResident, bench_parser, print_table, progress, row, write_json  # noqa: E402
 from raft_clusters import CairnMetaCluster, ClusterError, EtcdCluster, ensure_etcd  # noqa: E402
 
 CLIENTS = [1, 16, 64]
@@ -148,13 +148,14 @@ def main() -> None:
             clusters[system] = make(directory)
             clusters[system].start()
         puts, listed = {}, 0
-        if args.only != "listing":
-            stubs = raft.etcd_stubs(work)
-            raft.check_etcd_api(clusters["etcd"], stubs)
-            puts = measure_puts(clusters, args.quick, work, stubs)
-            clusters.pop("etcd").stop()
-        if args.only != "puts":
-            listed, seconds, fill_rate = fill_and_list(clusters["cairn"], keys)
+        with PeakResident([p.pid for p in clusters["cairn"].procs]) as memory:
+            if args.only != "listing":
+                stubs = raft.etcd_stubs(work)
+                raft.check_etcd_api(clusters["etcd"], stubs)
+                puts = measure_puts(clusters, args.quick, work, stubs)
+                clusters.pop("etcd").stop()
+            if args.only != "puts":
+                listed, seconds, fill_rate = fill_and_list(clusters["cairn"], keys)
     except ClusterError as error:
         sys.exit(f"meta.py: {error}")
     finally:
@@ -175,6 +176,7 @@ def main() -> None:
                 f"and listing {keys:,} keys ({'quick' if args.quick else 'full'}; ratio > 1: Cairn better)", rows)
     if listed:
         print(f"(filling the bucket ran at {fill_rate:,.0f} commits/s with {FILL_CONCURRENCY} concurrent commits)")
+    print(f"(peak resident memory of a Cairn meta node over the run: {memory.peak / 1e6:,.0f} MB)")
     write_json(args.json, rows)
 
 
