@@ -197,6 +197,9 @@ def test_survey_orders_most_endangered_first():
     assert found.repairs == 3  # the beyond-repair chunk is counted apart
     order = repair.most_endangered_first(found.queue)
     assert [(d.chunk_id[:1], d.lost) for d in order] == [(b"c", (0, 1)), (b"b", (1,)), (b"e", (0,))]
+    # a fragment on a SUSPECT node is not lost, but it ranks the chunk as more endangered
+    order = repair.most_endangered_first(found.queue, states)
+    assert [(d.chunk_id[:1], repair.endangerment(d, states)) for d in order] == [(b"c", 2), (b"e", 2), (b"b", 1)]
     # no replacement node: a damaged fragment on a live node is rewritten in place; a dead one cannot be
     assert repair.targets(chunks[4][1], (0,), None, states) == [1, 3, 5, 6]
     with pytest.raises(repair.NoTarget):
@@ -461,6 +464,56 @@ def test_corrupt_fragments_are_found_by_the_scrubber_and_repaired(tmp_path):
         local.stop()
 
 
+class FixedPlacement:
+    """A stand-in for the state in the repairer's planning: lost fragments go to node 9, or to 4
+    when 9 holds one already."""
+
+    def replace(self, nodes, lost, seed):
+        return [(4 if 9 in nodes else 9) if i in lost else n for i, n in enumerate(nodes)]
+
+
+def damaged_chunk(name: bytes, nodes, lost) -> repair.Damaged:
+    return repair.Damaged(name * 32, pb.Chunk(length=4 << 20, profile=pb.ErasureProfile(k=2, m=2), nodes=nodes),
+                          tuple(lost))
+
+
+def test_the_repairer_starts_the_most_endangered_level_only_when_no_worse_one_runs():
+    from cluster.meta import repairer as repairer_module
+    now = [100.0]
+    repairer = repairer_module.Repairer(service=None, clock=lambda: now[0])
+    states = {1: pb.UP, 2: pb.DEAD, 3: pb.SUSPECT, 4: pb.UP}
+    two = damaged_chunk(b"a", [1, 2, 3, 4], [1])  # one lost, one on a suspect node
+    one = damaged_chunk(b"b", [1, 2, 4, 5], [1])
+    queue = repair.most_endangered_first([one, two], states)
+    assert repairer._startable(queue, states) == [two]
+    repairer._running[two.chunk_id] = 2
+    assert repairer._startable([one], states) == []  # waits for the worse one
+    del repairer._running[two.chunk_id]
+    assert repairer._startable([one], states) == [one]
+    repairer._retry_at[one.chunk_id] = now[0] + 1  # failed just now: waits
+    assert repairer._startable([one], states) == []
+    now[0] += 2
+    assert repairer._startable([one], states) == [one]
+
+
+def test_the_repairer_batches_orders_per_executing_node_in_queue_order(monkeypatch):
+    from cluster.meta import repairer as repairer_module
+    monkeypatch.setattr(repairer_module, "BATCH_CHUNKS", 3)
+    service = type("Service", (), {"state": FixedPlacement()})()
+    repairer = repairer_module.Repairer(service)
+    states = {n: pb.UP for n in (1, 4, 5, 9)} | {2: pb.DEAD, 3: pb.SUSPECT}
+    by_id = {n: pb.Node(id=n, address=f"a{n}", data_address=f"d{n}") for n in states}
+    queue = [damaged_chunk(bytes([n]), [1, 2, 5, 4], [1]) for n in range(7)]
+    queue.insert(3, damaged_chunk(b"x", [2, 3, 5, 9], [0]))  # rebuilt on node 4; its node 3 is in doubt
+    batches = list(repairer._batches(queue, by_id, states))
+    assert [(executor.id, [o.damaged.chunk_id[:1] for o in batch]) for executor, batch in batches] == [
+        (9, [b"\x00", b"\x01", b"\x02"]), (9, [b"\x03", b"\x04", b"\x05"]), (4, [b"x"]), (9, [b"\x06"])]
+    first = batches[0][1][0]
+    assert list(first.request.targets) == [9] and list(first.request.target_addresses) == ["d9"]
+    assert first.placement == [1, 9, 5, 4] and list(first.request.avoid) == []
+    assert list(batches[2][1][0].request.avoid) == [1]  # read from the suspect node only if need be
+
+
 def test_rebalancing_plan_moves_bytes_from_full_nodes_to_empty_ones():
     states = {n: pb.UP for n in range(1, 5)}
     moves = repair.Moves(Counter({1: 1000, 2: 1000, 3: 1000, 4: 0}), states, 0.10)
@@ -558,49 +611,77 @@ def test_a_node_back_after_it_was_declared_dead_is_reconciled(tmp_path):
         local.stop()
 
 
-def test_two_nodes_lost_at_once_lose_nothing_and_every_chunk_is_whole_again(tmp_path):
-    """m = 2 nodes die together: nothing is lost; chunks that lost one fragment and chunks that
-    lost two are all rebuilt. (Which goes first is the planner's order, tested above: detection
-    marks the two nodes DEAD up to a heartbeat apart, so a round may see only one of them.)"""
+def wait_until_balanced(client, seconds: float = 60.0) -> None:
+    """Until the leader's passes find the nodes balanced and no rebalancing move is running."""
+    deadline, moved = time.monotonic() + seconds, None
+    while time.monotonic() < deadline:
+        repair_stats = client.status().repair
+        if repair_stats.passes and repair_stats.rebalance_bytes == 0 and repair_stats.moved == moved:
+            return
+        moved = repair_stats.moved
+        time.sleep(1.5)
+    raise AssertionError(f"not balanced: {client.status().repair}")
+
+
+def test_two_nodes_lost_at_once_lose_nothing_and_the_chunks_on_both_are_repaired_first(tmp_path):
+    """m = 2 nodes die together: nothing is lost, every chunk is whole again, and the chunks that
+    had a fragment on both are repaired before any chunk that had one on only one of them.
+    (Detection declares the two DEAD up to a heartbeat apart; with suspect-after at least a
+    heartbeat shorter than dead-after, the other is SUSPECT by then, which ranks the shared
+    chunks first.)"""
     local = LocalCluster(str(tmp_path), metas=3, datas=8, port_base=None,
-                         meta_options=["--tick-seconds", "0.02", "--suspect-after-seconds", "3",
-                                       "--dead-after-seconds", "4"])
+                         meta_options=["--tick-seconds", "0.02", "--suspect-after-seconds", "2.5",
+                                       "--dead-after-seconds", "5"])
     local.start()
     try:
         with cluster.connect(local.meta_addresses) as client:
             client.create_bucket("order", k=4, m=2)
-            objects = {f"o{n}": os.urandom((1 << 20) - 4096 + n) for n in range(16)}  # one chunk each
+            objects = {f"o{n}": os.urandom((1 << 20) - 4096 + n) for n in range(24)}  # one chunk each
             for key, data in objects.items():
                 client.put("order", key, data)
             victims = {data_status(local.member("data", n)).node_id for n in (1, 2)}
+            wait_until_balanced(client)  # no rebalancing move in the way
 
-            async def placements():
+            async def chunk_ids():
                 meta = MetaClient(local.meta_addresses)
                 try:
-                    out = {}
-                    for key in objects:
-                        got = (await meta.call(pb.MetaOp(get_object=pb.GetObject(
-                            bucket="order", key=key, with_chunks=True)))).get_object
-                        for chunk_id, chunk in zip(got.chunk_ids, got.chunks):
-                            out[chunk_id] = list(chunk.nodes)
-                    return out
+                    return [c for key in objects for c in (await meta.call(pb.MetaOp(
+                        get_object=pb.GetObject(bucket="order", key=key, with_chunks=True)))).get_object.chunk_ids]
                 finally:
                     await meta.close()
-            lost = {c: len(set(nodes) & victims) for c, nodes in asyncio.run(placements()).items()}
+            ids = asyncio.run(chunk_ids())
+
+            async def placements():  # every chunk's placement in one read, so one moment
+                meta = MetaClient(local.meta_addresses)
+                try:
+                    reply = (await meta.call(pb.MetaOp(get_chunks=pb.GetChunks(ids=ids)))).get_chunks
+                    return {c: list(chunk.nodes) for c, chunk in zip(ids, reply.chunks)}
+                finally:
+                    await meta.close()
+            before = asyncio.run(placements())
+            lost = {c: len(set(nodes) & victims) for c, nodes in before.items()}
             assert 2 in lost.values() and 1 in lost.values(), lost
             local.kill("data", 1, signal.SIGKILL)
             local.kill("data", 2, signal.SIGKILL)
-            healed_at: dict[bytes, float] = {}
+            first_repaired: dict[bytes, float] = {}  # when a fragment on a victim was first rebuilt elsewhere
             deadline = time.monotonic() + 120
-            while len(healed_at) < sum(1 for n in lost.values() if n):
+            while True:
+                now, seen_at = asyncio.run(placements()), time.monotonic()
+                for chunk_id, nodes in now.items():
+                    if len(set(nodes) & victims) < lost[chunk_id]:
+                        first_repaired.setdefault(chunk_id, seen_at)
+                if all(not set(nodes) & victims for nodes in now.values()):
+                    break
                 assert time.monotonic() < deadline, f"not healed: {client.status().repair}"
-                for chunk_id, nodes in asyncio.run(placements()).items():
-                    if lost[chunk_id] and chunk_id not in healed_at and not set(nodes) & victims:
-                        healed_at[chunk_id] = time.monotonic()
                 time.sleep(0.05)
-            for chunk_id, nodes in asyncio.run(placements()).items():
-                assert len(set(nodes)) == 6 and not set(nodes) & victims
+            for chunk_id, nodes in now.items():
+                assert len(set(nodes)) == 6
+            both = [first_repaired[c] for c, n in lost.items() if n == 2]
+            one = [first_repaired[c] for c, n in lost.items() if n == 1]
+            assert max(both) <= min(one), (sorted(both), sorted(one))
             for key, data in objects.items():
                 assert client.get("order", key) == data
+            repair_stats = client.status().repair
+            assert repair_stats.fragments_read <= 4 * repair_stats.repaired  # k per rebuilt chunk
     finally:
         local.stop()

@@ -111,23 +111,26 @@ class Fragments:
 
     # ---- read
 
-    async def read(self, chunk_id: bytes, length: int, chunk: pb.Chunk, last: tuple[int, ...] = ()) -> bytearray:
+    async def read(self, chunk_id: bytes, length: int, chunk: pb.Chunk, last: tuple[int, ...] = (),
+                   asked: list[int] | None = None) -> bytearray:
         """The chunk's bytes, verified against its name. Fragments in `last` are asked for only
-        if the others cannot do (a repair's lost ones)."""
+        if the others cannot do (a repair's lost ones). The indexes fetched go into `asked`."""
+        asked = [] if asked is None else asked
         k, m = chunk.profile.k, chunk.profile.m
         if len(chunk.nodes) != k + m:
             raise NotEnoughFragmentsError(f"chunk {chunk_id.hex()[:16]} has {len(chunk.nodes)} placements, "
                                           f"not {k + m}")
         codec = self.codec(k, m)
-        have, bad = await self._fetch_k(chunk_id, length, chunk, set(last))
+        have, bad = await self._fetch_k(chunk_id, length, chunk, tuple(dict.fromkeys(last)), asked)
         if len(have) >= k:
             data = self._verified(codec, chunk_id, length, have)
             if data is not None:
                 return data
             # decoded, but not to the chunk's name: one fragment is wrong in a way its CRC could
             # not show. Read them all and leave each out in turn.
-            await self._fetch(chunk_id, length, chunk, [i for i in range(k + m) if i not in have and i not in bad],
-                              have, bad)
+            rest = [i for i in range(k + m) if i not in have and i not in bad]
+            asked.extend(rest)
+            await self._fetch(chunk_id, length, chunk, rest, have, bad)
             for left_out in sorted(have):
                 data = self._verified(codec, chunk_id, length, {i: f for i, f in have.items() if i != left_out})
                 if data is not None:
@@ -138,15 +141,16 @@ class Fragments:
         raise NotEnoughFragmentsError(f"chunk {chunk_id.hex()[:16]}: fewer than {k} of its {k + m} fragments "
                                       f"could be read intact (unreadable: {sorted(bad)}); check the data nodes")
 
-    async def _fetch_k(self, chunk_id: bytes, length: int, chunk: pb.Chunk, last: set[int]):
+    async def _fetch_k(self, chunk_id: bytes, length: int, chunk: pb.Chunk, last: tuple[int, ...], asked: list[int]):
         """Fragments until k are in hand: data first (parity in place of suspect nodes), more
-        parity for the ones that fail or are late by the hedge delay."""
+        parity for the ones that fail or are late by the hedge delay; `last` at the very end,
+        in its order."""
         k, m = chunk.profile.k, chunk.profile.m
         have: dict[int, object] = {}
         bad: set[int] = set()
         now = self._clock()
-        suspect = {i for i in range(k + m) if self._suspect_until.get(chunk.nodes[i], 0) > now} - last
-        order = [i for i in range(k + m) if i not in suspect and i not in last] + sorted(suspect) + sorted(last)
+        suspect = {i for i in range(k + m) if self._suspect_until.get(chunk.nodes[i], 0) > now} - set(last)
+        order = [i for i in range(k + m) if i not in suspect and i not in last] + sorted(suspect) + list(last)
         tasks = {index: self._spawn(chunk_id, length, chunk, index, have, bad) for index in order[:k]}
         untried = order[k:]
         timeout = self.hedge_seconds
@@ -165,6 +169,7 @@ class Fragments:
                 tasks[index] = self._spawn(chunk_id, length, chunk, index, have, bad)
         for task in tasks.values():
             task.cancel()
+        asked.extend(tasks)
         self._suspect(chunk.nodes[i] for i in bad)
         return have, bad
 

@@ -22,16 +22,15 @@ import time
 import grpc
 import zmq
 
-from cluster.client.errors import CairnError
 from cluster.client.fragments import Fragments
 from cluster.client.meta import ClusterUnavailable, MetaClient
 from cluster.data import wire
 from cluster.data.disks import DiskSet
 from cluster.data.orphans import DEFAULT_GRACE_SECONDS, OrphanCollector
+from cluster.data.repairs import RepairExecutor, check_request
 from cluster.data.scrubber import DEFAULT_BYTES_PER_SECOND, Scrubber
-from cluster.data.store import (FRAGMENT_BYTES_MAX, BadFragment, DiskFailed, DiskFull, FragmentCorrupt,
+from cluster.data.store import (BadFragment, DiskFailed, DiskFull, FragmentCorrupt,
                                 FragmentNotFound)
-from cluster.data.wire import DataError
 from cluster.process import run_until_signalled
 from cluster.proto import data_pb2 as pb
 from cluster.proto import data_pb2_grpc as pb_grpc
@@ -169,25 +168,6 @@ class DataPlane:
         self._threads[0].join(5)
 
 
-def _check_repair(request) -> tuple[int, ...]:
-    width = request.k + request.m
-    if len(request.chunk) != 32:
-        raise ValueError("a chunk id is 32 bytes")
-    if not (1 <= request.k and 1 <= request.m and width <= 255):
-        raise ValueError(f"bad profile {request.k}+{request.m}")
-    if not 0 < request.length <= FRAGMENT_BYTES_MAX * request.k:
-        raise ValueError(f"bad chunk length {request.length}")
-    if len(request.nodes) != width or len(request.data_addresses) != width:
-        raise ValueError(f"a {request.k}+{request.m} chunk needs {width} nodes and addresses")
-    if not request.lost or len(set(request.lost)) != len(request.lost) or any(i >= width for i in request.lost):
-        raise ValueError(f"bad lost indexes {list(request.lost)}")
-    if len(request.lost) > request.m:
-        raise ValueError(f"{len(request.lost)} lost fragments: at most {request.m} can be rebuilt")
-    if len(request.targets) != len(request.lost) or len(request.target_addresses) != len(request.lost):
-        raise ValueError("one target node and address per lost index")
-    return tuple(request.lost)
-
-
 class ControlService(pb_grpc.DataServicer):
     def __init__(self, node: "DataNode"):
         self.node = node
@@ -202,28 +182,14 @@ class ControlService(pb_grpc.DataServicer):
         return [(f.chunk, f.index) for f in request.fragments]
 
     async def Repair(self, request, context):
-        """Rebuilds a chunk's lost fragments from any k of the others (checked against the
-        chunk's BLAKE3 before anything is written) and stores each on its target node."""
+        """Rebuilds a batch of chunks' lost fragments (cluster/data/repairs.py)."""
         try:
-            order = _check_repair(request)
+            check_request(request)
         except ValueError as error:
             await context.abort(grpc.StatusCode.INVALID_ARGUMENT, str(error))
         if self.node.meta is None:
             await context.abort(grpc.StatusCode.FAILED_PRECONDITION, "this node runs without a metadata cluster")
-        fragments = self.node.repair_fragments()
-        fragments.learn(meta_pb.Node(id=n, data_address=a) for n, a in zip(request.nodes, request.data_addresses))
-        fragments.learn(meta_pb.Node(id=n, data_address=a) for n, a in zip(request.targets, request.target_addresses))
-        chunk = meta_pb.Chunk(length=request.length, profile=meta_pb.ErasureProfile(k=request.k, m=request.m),
-                              nodes=request.nodes)
-        try:
-            data = await fragments.read(request.chunk, request.length, chunk, last=order)
-            encoded = fragments.codec(request.k, request.m).encode_chunk(data)
-            await asyncio.gather(*(fragments.send(target, request.chunk, index, encoded[index])
-                                   for index, target in zip(request.lost, request.targets)))
-        except (CairnError, DataError, OSError, asyncio.TimeoutError) as error:
-            await context.abort(grpc.StatusCode.UNAVAILABLE, f"repair of {request.chunk.hex()[:16]}: {error}")
-        return pb.RepairReply(bytes_read=request.length,
-                              bytes_written=sum(len(encoded[i]) for i in request.lost))
+        return await self.node.repairs().run(request)
 
     async def Has(self, request, context):
         try:
@@ -273,7 +239,7 @@ class DataNode:
         self.disks = DiskSet(disk_paths)
         self.address, self.data_address, self.labels = address, data_address, labels
         self.meta = MetaClient(meta) if meta else None
-        self._repair_fragments: Fragments | None = None
+        self._repairs: RepairExecutor | None = None
         self.pool = concurrent.futures.ThreadPoolExecutor(WORKERS, thread_name_prefix="data-io")
         self.node_id = self._load_id(disk_paths[0])
         self._id_path = os.path.join(disk_paths[0], "node-id")
@@ -291,11 +257,15 @@ class DataNode:
         except (OSError, ValueError):
             return 0
 
-    def repair_fragments(self) -> Fragments:
-        """The fragment reader and writer repairs share (its connections to other nodes stay open)."""
-        if self._repair_fragments is None:
-            self._repair_fragments = Fragments(self.meta)
-        return self._repair_fragments
+    def repairs(self) -> RepairExecutor:
+        """The repair executor (its connections to other nodes stay open between batches)."""
+        if self._repairs is None:
+            loop = asyncio.get_running_loop()
+
+            async def store_local(items):
+                return await loop.run_in_executor(self.pool, self.disks.put_many, items)
+            self._repairs = RepairExecutor(Fragments(self.meta), lambda: self.node_id, store_local)
+        return self._repairs
 
     def _disk_records(self) -> list:
         return [meta_pb.Disk(path=d["path"], capacity_bytes=d["capacity_bytes"], free_bytes=d["free_bytes"],
@@ -414,8 +384,8 @@ class DataNode:
         await asyncio.gather(*tasks, return_exceptions=True)
         await server.stop(1)
         plane.close()
-        if self._repair_fragments is not None:
-            await self._repair_fragments.close()
+        if self._repairs is not None:
+            await self._repairs.fragments.close()
         if self.meta is not None:
             await self.meta.close()
         scrubber.join(5)

@@ -112,11 +112,20 @@ class Moves:
         return None
 
 
+def endangerment(d: Damaged, states: dict[int, int] | None = None) -> int:
+    """How close the chunk is to loss: fragments truly lost (moves off draining nodes count as
+    none), plus its fragments on SUSPECT nodes (not lost yet, but nodes that die together are
+    declared dead up to a heartbeat apart: this ranks their shared chunks first from the start)."""
+    if d.target is not None:
+        return 0  # a rebalancing move
+    if states is None:
+        return len(d.lost)
+    lost = sum(1 for i in d.lost if states.get(d.chunk.nodes[i]) != pb.DRAINING)
+    return lost + sum(1 for i, node in enumerate(d.chunk.nodes) if i not in d.lost and states.get(node) == pb.SUSPECT)
+
+
 def most_endangered_first(queue: list[Damaged], states: dict[int, int] | None = None) -> list[Damaged]:
-    """By fragments truly lost, most first (moves off draining nodes count as none)."""
-    def lost(d: Damaged) -> int:
-        return sum(1 for i in d.lost if states is None or states.get(d.chunk.nodes[i]) != pb.DRAINING)
-    return sorted(queue, key=lambda d: (-lost(d), d.chunk_id))
+    return sorted(queue, key=lambda d: (-endangerment(d, states), d.chunk_id))
 
 
 def targets(chunk: pb.Chunk, lost: tuple[int, ...], fresh: list[int] | None, states: dict[int, int]) -> list[int]:

@@ -38,6 +38,7 @@ ENTRY_COMMANDS_MAX = 256
 ENTRY_BYTES_MAX = 4 << 20
 GARBAGE_GRACE_SECONDS = 3600.0  # a chunk without references is forgotten after this long
 GARBAGE_PER_ROUND = 1000
+MARK_APPLIED_SECONDS = 0.2  # a DEAD mark is applied by then, usually: the repair round comes after it
 
 
 class CommandBatcher:
@@ -100,7 +101,8 @@ class MetaService(pb_grpc.MetaServicer):
         self.clock = clock
         self.detector = detector or FailureDetector()
         self.garbage_grace_seconds = garbage_grace_seconds
-        self.repairer = Repairer(self, repair_bytes_per_second)
+        self.wake = asyncio.Event()  # set: the leader's duties run now, not at the next round
+        self.repairer = Repairer(self, repair_bytes_per_second, on_progress=self.wake.set)
         self._mux = MuxServer(pb.MetaReplies, "ops", "replies")
         self._batcher = CommandBatcher(driver)
 
@@ -218,6 +220,8 @@ class MetaService(pb_grpc.MetaServicer):
         for mark in marks:
             log.warning("data node %d not heard from: marking it %s", mark.id, pb.NodeState.Name(mark.state))
             self._propose_and_forget(mark_node=mark)  # the detector proposes it again if it is lost
+        if any(mark.state == pb.DEAD for mark in marks):  # repair starts once the mark is applied
+            asyncio.get_running_loop().call_later(MARK_APPLIED_SECONDS, self.wake.set)
         return len(marks)
 
     # ---- garbage
@@ -253,15 +257,21 @@ class MetaService(pb_grpc.MetaServicer):
     def _own_command(self, fields: dict) -> pb.MetaCommand:
         return pb.MetaCommand(op_id=os.urandom(16), now_ms=int(self.clock() * 1000), **fields)
 
-    async def keep_house(self, every_seconds: float = 1.0, garbage_every: int = 10) -> None:
+    async def keep_house(self, every_seconds: float = 1.0, garbage_every_seconds: float = 10.0) -> None:
         """The leader's periodic duties: failure detection and repair every round, garbage
-        every tenth."""
-        rounds = 0
+        every ten seconds. A round comes early when woken (a node declared dead, a repair batch
+        done), so repair neither waits for the clock to start nor to go on."""
+        garbage_at = self.clock() + garbage_every_seconds
         while True:
-            await asyncio.sleep(every_seconds)
-            rounds += 1
-            duties = (self.check_liveness, self.repairer.round,
-                      *((self.collect_garbage,) if rounds % garbage_every == 0 else ()))
+            try:
+                await asyncio.wait_for(self.wake.wait(), every_seconds)
+            except asyncio.TimeoutError:
+                pass
+            self.wake.clear()
+            garbage = self.clock() >= garbage_at
+            if garbage:
+                garbage_at = self.clock() + garbage_every_seconds
+            duties = (self.check_liveness, self.repairer.round, *((self.collect_garbage,) if garbage else ()))
             for duty in duties:
                 try:
                     duty()

@@ -1,0 +1,108 @@
+"""A data node's side of repair: a batch of orders from the metadata leader, each rebuilding a
+chunk's lost fragments from any k of the others and storing them on their targets.
+
+Every chunk is decoded and checked against its BLAKE3 before a byte is written (Fragments.read
+never returns anything else); fragments that land on this node go straight to its disks, the
+others over the data plane. A batch is one call so the per-call costs (gRPC, the leader's
+bookkeeping) are paid once per batch; inside it a few chunks are rebuilt at once, so fetching,
+decoding and writing overlap. Each order succeeds or fails alone: the reply says which, and the
+leader records only the placements that really moved.
+"""
+from __future__ import annotations
+
+import asyncio
+from typing import Awaitable, Callable
+
+from cluster.client.errors import CairnError
+from cluster.client.fragments import Fragments
+from cluster.codec import crc32c
+from cluster.data.store import FRAGMENT_BYTES_MAX
+from cluster.data.wire import DataError
+from cluster.proto import data_pb2 as pb
+from cluster.proto import meta_pb2 as meta_pb
+
+ORDERS_PER_CALL_MAX = 256
+CHUNK_BYTES_PER_CALL_MAX = 256 << 20
+CHUNKS_AT_ONCE = 4  # chunks rebuilt concurrently within one batch
+
+# (chunk id, index, bytes, crc) items -> one error or None per item, durable when it returns
+StoreLocal = Callable[[list], Awaitable[list]]
+
+
+def check_order(order: pb.RepairOrder) -> None:
+    width = order.k + order.m
+    if len(order.chunk) != 32:
+        raise ValueError("a chunk id is 32 bytes")
+    if not (1 <= order.k and 1 <= order.m and width <= 255):
+        raise ValueError(f"bad profile {order.k}+{order.m}")
+    if not 0 < order.length <= FRAGMENT_BYTES_MAX * order.k:
+        raise ValueError(f"bad chunk length {order.length}")
+    if len(order.nodes) != width or len(order.data_addresses) != width:
+        raise ValueError(f"a {order.k}+{order.m} chunk needs {width} nodes and addresses")
+    if not order.lost or len(set(order.lost)) != len(order.lost) or any(i >= width for i in order.lost):
+        raise ValueError(f"bad lost indexes {list(order.lost)}")
+    if len(order.lost) > order.m:
+        raise ValueError(f"{len(order.lost)} lost fragments: at most {order.m} can be rebuilt")
+    if len(order.targets) != len(order.lost) or len(order.target_addresses) != len(order.lost):
+        raise ValueError("one target node and address per lost index")
+    if any(i >= width for i in order.avoid):
+        raise ValueError(f"bad indexes to avoid {list(order.avoid)}")
+
+
+def check_request(request: pb.RepairRequest) -> None:
+    if not 0 < len(request.orders) <= ORDERS_PER_CALL_MAX:
+        raise ValueError(f"{len(request.orders)} orders in one call; 1 to {ORDERS_PER_CALL_MAX}")
+    total = sum(order.length for order in request.orders)
+    if total > CHUNK_BYTES_PER_CALL_MAX:
+        raise ValueError(f"{total} chunk bytes in one call; at most {CHUNK_BYTES_PER_CALL_MAX}")
+    for number, order in enumerate(request.orders):
+        try:
+            check_order(order)
+        except ValueError as error:
+            raise ValueError(f"order {number}: {error}") from None
+
+
+class RepairExecutor:
+    """Runs batches of repair orders. `node_id()` names this node (fragments it is the target
+    of are stored through `store_local`, not sent to itself)."""
+
+    def __init__(self, fragments: Fragments, node_id: Callable[[], int], store_local: StoreLocal,
+                 chunks_at_once: int = CHUNKS_AT_ONCE):
+        self.fragments = fragments
+        self._node_id = node_id
+        self._store_local = store_local
+        self._chunks_at_once = chunks_at_once
+
+    async def run(self, request: pb.RepairRequest) -> pb.RepairReply:
+        """The batch's outcomes, one per order. `request` must have passed check_request."""
+        slots = asyncio.Semaphore(self._chunks_at_once)
+
+        async def one(order):
+            async with slots:
+                return await self._repair(order)
+        return pb.RepairReply(outcomes=await asyncio.gather(*(one(o) for o in request.orders)))
+
+    async def _repair(self, order: pb.RepairOrder) -> pb.RepairOutcome:
+        self.fragments.learn(meta_pb.Node(id=n, data_address=a) for n, a in zip(order.nodes, order.data_addresses))
+        self.fragments.learn(meta_pb.Node(id=n, data_address=a)
+                             for n, a in zip(order.targets, order.target_addresses))
+        chunk = meta_pb.Chunk(length=order.length, profile=meta_pb.ErasureProfile(k=order.k, m=order.m),
+                              nodes=order.nodes)
+        asked: list[int] = []
+        try:
+            data = await self.fragments.read(order.chunk, order.length, chunk, last=(*order.avoid, *order.lost),
+                                             asked=asked)
+            encoded = self.fragments.codec(order.k, order.m).encode_chunk(data)
+            here = self._node_id()
+            local = [(order.chunk, i, encoded[i], crc32c(encoded[i]))
+                     for i, target in zip(order.lost, order.targets) if target == here]
+            await asyncio.gather(*(self.fragments.send(target, order.chunk, i, encoded[i])
+                                   for i, target in zip(order.lost, order.targets) if target != here))
+            if local:
+                errors = [e for e in await self._store_local(local) if e is not None]
+                if errors:
+                    raise OSError(f"storing here: {errors[0]}")
+        except (CairnError, DataError, OSError, asyncio.TimeoutError) as error:
+            return pb.RepairOutcome(ok=False, error=f"{order.chunk.hex()[:16]}: {error}", fragments_read=len(asked))
+        return pb.RepairOutcome(ok=True, fragments_read=len(asked),
+                                bytes_written=sum(len(encoded[i]) for i in order.lost))
