@@ -11,6 +11,9 @@ leader records only the placements that really moved.
 from __future__ import annotations
 
 import asyncio
+import logging
+import os
+import threading
 from typing import Awaitable, Callable
 
 from cluster.client.errors import CairnError
@@ -21,9 +24,12 @@ from cluster.data.wire import DataError
 from cluster.proto import data_pb2 as pb
 from cluster.proto import meta_pb2 as meta_pb
 
+log = logging.getLogger("cairn.data")
+
 ORDERS_PER_CALL_MAX = 256
 CHUNK_BYTES_PER_CALL_MAX = 256 << 20
 CHUNKS_AT_ONCE = 4  # chunks rebuilt concurrently within one batch
+NICE = 10           # the repair thread's CPU priority below the threads that serve clients
 
 # (chunk id, index, bytes, crc) items -> one error or None per item, durable when it returns
 StoreLocal = Callable[[list], Awaitable[list]]
@@ -106,3 +112,41 @@ class RepairExecutor:
             return pb.RepairOutcome(ok=False, error=f"{order.chunk.hex()[:16]}: {error}", fragments_read=len(asked))
         return pb.RepairOutcome(ok=True, fragments_read=len(asked),
                                 bytes_written=sum(len(encoded[i]) for i in order.lost))
+
+
+class RepairThread:
+    """Runs repair batches on a thread and event loop of their own, at a lower CPU priority
+    (`nice`, Linux threads have their own): when the machine is busy, the data-plane threads that
+    serve clients come first, and repair takes what is left; on an idle machine it runs at full
+    speed. `make_executor` is called on that thread (its connections belong to its loop)."""
+
+    def __init__(self, make_executor: Callable[[], RepairExecutor], nice: int = NICE):
+        self._loop = asyncio.new_event_loop()
+        self._nice = nice
+        self._thread = threading.Thread(target=self._run, daemon=True, name="repair")
+        self._thread.start()
+
+        async def make():
+            return make_executor()
+        self.executor = asyncio.run_coroutine_threadsafe(make(), self._loop).result()
+
+    def _run(self) -> None:
+        try:
+            os.setpriority(os.PRIO_PROCESS, threading.get_native_id(), self._nice)
+        except (OSError, AttributeError) as error:  # not Linux, or not allowed: run at normal priority
+            log.warning("repair thread keeps the normal CPU priority: %s", error)
+        asyncio.set_event_loop(self._loop)
+        self._loop.run_forever()
+
+    async def run(self, request: pb.RepairRequest) -> pb.RepairReply:
+        return await asyncio.wrap_future(asyncio.run_coroutine_threadsafe(self.executor.run(request), self._loop))
+
+    async def close(self) -> None:
+        async def close():
+            await self.executor.fragments.close()
+            if self.executor.fragments.meta is not None:
+                await self.executor.fragments.meta.close()
+        await asyncio.wrap_future(asyncio.run_coroutine_threadsafe(close(), self._loop))
+        self._loop.call_soon_threadsafe(self._loop.stop)
+        await asyncio.to_thread(self._thread.join, 5)
+        self._loop.close()

@@ -27,7 +27,7 @@ from cluster.client.meta import ClusterUnavailable, MetaClient
 from cluster.data import wire
 from cluster.data.disks import DiskSet
 from cluster.data.orphans import DEFAULT_GRACE_SECONDS, OrphanCollector
-from cluster.data.repairs import RepairExecutor, check_request
+from cluster.data.repairs import NICE, RepairExecutor, RepairThread, check_request
 from cluster.data.scrubber import DEFAULT_BYTES_PER_SECOND, Scrubber
 from cluster.data.store import (BadFragment, DiskFailed, DiskFull, FragmentCorrupt,
                                 FragmentNotFound)
@@ -235,11 +235,13 @@ class DataNode:
                  labels: dict[str, str], scrub_bytes_per_second: float = DEFAULT_BYTES_PER_SECOND,
                  orphan_grace_seconds: float = DEFAULT_GRACE_SECONDS, orphan_interval_seconds: float = 600.0,
                  scrub_pause_seconds: float = SCRUB_PAUSE_SECONDS,
-                 compact_interval_seconds: float = COMPACT_INTERVAL_SECONDS):
+                 compact_interval_seconds: float = COMPACT_INTERVAL_SECONDS, repair_nice: int = NICE):
         self.disks = DiskSet(disk_paths)
+        self.repair_nice = repair_nice
         self.address, self.data_address, self.labels = address, data_address, labels
+        self.meta_addresses = meta
         self.meta = MetaClient(meta) if meta else None
-        self._repairs: RepairExecutor | None = None
+        self._repairs: RepairThread | None = None
         self.pool = concurrent.futures.ThreadPoolExecutor(WORKERS, thread_name_prefix="data-io")
         self.node_id = self._load_id(disk_paths[0])
         self._id_path = os.path.join(disk_paths[0], "node-id")
@@ -257,14 +259,16 @@ class DataNode:
         except (OSError, ValueError):
             return 0
 
-    def repairs(self) -> RepairExecutor:
-        """The repair executor (its connections to other nodes stay open between batches)."""
+    def repairs(self) -> RepairThread:
+        """The repair executor, on its own thread (its connections stay open between batches)."""
         if self._repairs is None:
-            loop = asyncio.get_running_loop()
+            def make_executor() -> RepairExecutor:
+                loop = asyncio.get_running_loop()
 
-            async def store_local(items):
-                return await loop.run_in_executor(self.pool, self.disks.put_many, items)
-            self._repairs = RepairExecutor(Fragments(self.meta), lambda: self.node_id, store_local)
+                async def store_local(items):
+                    return await loop.run_in_executor(self.pool, self.disks.put_many, items)
+                return RepairExecutor(Fragments(MetaClient(self.meta_addresses)), lambda: self.node_id, store_local)
+            self._repairs = RepairThread(make_executor, self.repair_nice)
         return self._repairs
 
     def _disk_records(self) -> list:
@@ -385,7 +389,7 @@ class DataNode:
         await server.stop(1)
         plane.close()
         if self._repairs is not None:
-            await self._repairs.fragments.close()
+            await self._repairs.close()
         if self.meta is not None:
             await self.meta.close()
         scrubber.join(5)
@@ -408,6 +412,8 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--orphan-grace-seconds", type=float, default=DEFAULT_GRACE_SECONDS,
                         help="delete a fragment no committed chunk places here after this long")
     parser.add_argument("--orphan-interval-seconds", type=float, default=600.0)
+    parser.add_argument("--repair-nice", type=int, default=NICE, choices=range(0, 20), metavar="0..19",
+                        help="CPU priority of repair work below the threads that serve clients")
     args = parser.parse_args(argv)
     labels = {}
     for item in args.label:
@@ -420,7 +426,7 @@ def main(argv: list[str] | None = None) -> None:
         node = DataNode(args.disks.split(","), args.listen, args.data_listen,
                         [a for a in args.meta.split(",") if a], labels, args.scrub_mb_per_s * 1e6,
                         args.orphan_grace_seconds, args.orphan_interval_seconds, args.scrub_pause_seconds,
-                        args.compact_interval_seconds)
+                        args.compact_interval_seconds, args.repair_nice)
         await node.serve(stop)
     run_until_signalled(serve)
 
