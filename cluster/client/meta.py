@@ -29,23 +29,33 @@ _OPTIONS = [("grpc.max_send_message_length", MESSAGE_BYTES_MAX),
 
 
 class MetaClient:
-    def __init__(self, addresses: list[str], timeout: float = TIMEOUT_SECONDS, rng: random.Random | None = None):
+    """`transport(address)` gives an object with `call(op, timeout)` and `close()` (by default a
+    gRPC stream multiplexer to that node; the simulator passes its own network), `clock` the
+    time deadlines are measured on."""
+
+    def __init__(self, addresses: list[str], timeout: float = TIMEOUT_SECONDS, rng: random.Random | None = None,
+                 transport=None, clock=time.monotonic):
         if not addresses:
             raise ValueError("at least one meta address is needed")
         self.addresses = list(addresses)
         self.timeout = timeout
         self.leader = self.addresses[0]
         self._rng = rng or random.Random()
+        self._transport = transport or self._grpc_mux
+        self._clock = clock
         self._channels: dict[str, grpc.aio.Channel] = {}
         self._muxes: dict[str, StreamMux] = {}
         self.retries = 0  # attempts beyond the first, for diagnostics
 
-    def _mux(self, address: str) -> StreamMux:
+    def _mux(self, address: str):
         mux = self._muxes.get(address)
         if mux is None:
-            channel = self._channels[address] = grpc.aio.insecure_channel(address, options=_OPTIONS)
-            mux = self._muxes[address] = StreamMux(pb_grpc.MetaStub(channel).Pipeline, pb.MetaOps, "ops", "replies")
+            mux = self._muxes[address] = self._transport(address)
         return mux
+
+    def _grpc_mux(self, address: str) -> StreamMux:
+        channel = self._channels[address] = grpc.aio.insecure_channel(address, options=_OPTIONS)
+        return StreamMux(pb_grpc.MetaStub(channel).Pipeline, pb.MetaOps, "ops", "replies")
 
     async def close(self) -> None:
         for mux in self._muxes.values():
@@ -60,7 +70,7 @@ class MetaClient:
         return await self.call(pb.MetaOp(command=pb.MetaCommand(op_id=os.urandom(16), **command)))
 
     async def call(self, op: pb.MetaOp) -> pb.MetaReply:
-        deadline = time.monotonic() + self.timeout
+        deadline = self._clock() + self.timeout
         delay, last = BACKOFF_SECONDS[0], "no attempt"
         while True:
             address = self.leader
@@ -80,7 +90,7 @@ class MetaClient:
                 others = [a for a in self.addresses if a != address] or self.addresses
                 self.leader = self._rng.choice(others)
             self.retries += 1
-            if time.monotonic() + delay > deadline:
+            if self._clock() + delay > deadline:
                 raise ClusterUnavailable(f"no metadata leader answered in {self.timeout:.0f} s (last: {last})")
             await asyncio.sleep(delay)
             delay = min(delay * 2, BACKOFF_SECONDS[1])

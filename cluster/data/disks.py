@@ -29,24 +29,32 @@ class DiskState:
     free_checked: float = -1e9
 
 
+def open_local_store(path: str, stripes: int) -> StripedStore:
+    """A disk directory's stores: per stripe, segment files and a RocksDB index."""
+    return StripedStore([FragmentStore(LocalFiles(os.path.join(path, f"stripe-{k}", "segments")),
+                                       RocksDisk(os.path.join(path, f"stripe-{k}", "index")))
+                         for k in range(stripes)])
+
+
 class DiskSet:
-    def __init__(self, paths: list[str], stripes: int = STRIPES):
+    """`files(path)` gives a disk's free space and capacity, `open_store(path, stripes)` its
+    stores (local directories by default; the simulator passes simulated disks)."""
+
+    def __init__(self, paths: list[str], stripes: int = STRIPES, files=LocalFiles, open_store=open_local_store):
         if not paths:
             raise ValueError("a data node needs at least one disk directory")
         self.disks: list[DiskState] = []
         self._lock = threading.Lock()
         for path in paths:
-            files = LocalFiles(path)  # for the disk's free space and capacity
+            space = files(path)
             try:
-                store = StripedStore([FragmentStore(LocalFiles(os.path.join(path, f"stripe-{k}", "segments")),
-                                                    RocksDisk(os.path.join(path, f"stripe-{k}", "index")))
-                                      for k in range(stripes)])
+                store = open_store(path, stripes)
                 if store.recovered["torn_bytes"] or store.recovered["damaged_segments"]:
                     log.warning("disk %s: recovered %s", path, store.recovered)
-                self.disks.append(DiskState(path, files, store))
+                self.disks.append(DiskState(path, space, store))
             except (OSError, Exception) as error:  # noqa: BLE001 - a disk that cannot open is out, not fatal
                 log.error("disk %s is out of service: %s", path, error)
-                self.disks.append(DiskState(path, files, None, f"{type(error).__name__}: {error}"))
+                self.disks.append(DiskState(path, space, None, f"{type(error).__name__}: {error}"))
         if not self.healthy():
             raise OSError(f"no usable disk among {paths}")
 

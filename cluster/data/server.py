@@ -26,6 +26,7 @@ from cluster.client.fragments import Fragments
 from cluster.client.meta import ClusterUnavailable, MetaClient
 from cluster.data import wire
 from cluster.data.disks import DiskSet
+from cluster.data.membership import Membership
 from cluster.data.orphans import DEFAULT_GRACE_SECONDS, OrphanCollector
 from cluster.data.repairs import NICE, RepairExecutor, RepairThread, check_request
 from cluster.data.scrubber import DEFAULT_BYTES_PER_SECOND, Scrubber
@@ -38,7 +39,6 @@ from cluster.proto import meta_pb2 as meta_pb
 
 log = logging.getLogger("cairn.data")
 
-HEARTBEAT_SECONDS = 2.0
 SCRUB_PAUSE_SECONDS = 3600.0
 COMPACT_INTERVAL_SECONDS = 300.0
 COMPACT_THRESHOLD = 0.5  # a segment less than half live is rewritten
@@ -243,13 +243,13 @@ class DataNode:
         self.meta = MetaClient(meta) if meta else None
         self._repairs: RepairThread | None = None
         self.pool = concurrent.futures.ThreadPoolExecutor(WORKERS, thread_name_prefix="data-io")
-        self.node_id = self._load_id(disk_paths[0])
         self._id_path = os.path.join(disk_paths[0], "node-id")
+        self.membership = Membership(self.meta, address, data_address, labels, self._disk_records_off_loop,
+                                     self._load_id(disk_paths[0]), self._save_id)
         self.scrub_bytes_per_second = scrub_bytes_per_second
         self.scrub_pause_seconds = scrub_pause_seconds
         self.compact_interval_seconds = compact_interval_seconds
         self.orphan_grace_seconds, self.orphan_interval_seconds = orphan_grace_seconds, orphan_interval_seconds
-        self.bad_fragments: list[tuple[bytes, int, str]] = []
 
     @staticmethod
     def _load_id(path: str) -> int:
@@ -275,44 +275,19 @@ class DataNode:
         return [meta_pb.Disk(path=d["path"], capacity_bytes=d["capacity_bytes"], free_bytes=d["free_bytes"],
                              healthy=d["healthy"]) for d in self.disks.status()]
 
-    async def register(self) -> None:
-        node = meta_pb.Node(id=self.node_id, address=self.address, data_address=self.data_address,
-                            labels=self.labels, disks=self._disk_records())
-        reply = await self.meta.command(register_node=meta_pb.RegisterNode(node=node))
-        if reply.code != meta_pb.OK:
-            raise RuntimeError(f"registration refused: {reply.message}")
-        if reply.result.node_id != self.node_id:
-            self.node_id = reply.result.node_id
-            with open(self._id_path + ".tmp", "w") as f:
-                f.write(str(self.node_id))
-                f.flush()
-                os.fsync(f.fileno())
-            os.replace(self._id_path + ".tmp", self._id_path)
-        log.info("registered as data node %d", self.node_id)
+    async def _disk_records_off_loop(self) -> list:
+        return await asyncio.get_running_loop().run_in_executor(self.pool, self._disk_records)
 
-    async def heartbeat_loop(self) -> None:
-        while True:
-            try:
-                if self.node_id == 0:
-                    await self.register()
-                disks = await asyncio.get_running_loop().run_in_executor(self.pool, self._disk_records)
-                reply = await self.meta.call(meta_pb.MetaOp(heartbeat=meta_pb.Heartbeat(id=self.node_id, disks=disks)))
-                if reply.code == meta_pb.UNKNOWN_NODE:
-                    self.node_id = 0  # the cluster forgot us (a new cluster): register again
-                await self.report_damage()
-            except (ClusterUnavailable, RuntimeError) as error:
-                log.warning("heartbeat: %s", error)
-            await asyncio.sleep(HEARTBEAT_SECONDS)
+    def _save_id(self, node_id: int) -> None:
+        with open(self._id_path + ".tmp", "w") as f:
+            f.write(str(node_id))
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(self._id_path + ".tmp", self._id_path)
 
-    async def report_damage(self) -> None:
-        """Sends what the scrubber found to the leader (repair acts on it); keeps it if that fails."""
-        if not self.bad_fragments or not self.node_id:
-            return
-        taken = self.bad_fragments[:1000]
-        damage = [meta_pb.Damage(chunk=c, index=i, node=self.node_id, reason=r) for c, i, r in taken]
-        reply = await self.meta.command(report_damage=meta_pb.ReportDamage(damage=damage))
-        if reply.code == meta_pb.OK:
-            del self.bad_fragments[:len(taken)]
+    @property
+    def node_id(self) -> int:
+        return self.membership.node_id
 
     async def orphan_loop(self, grace_seconds: float, interval_seconds: float) -> None:
         loop = asyncio.get_running_loop()
@@ -357,8 +332,7 @@ class DataNode:
     def scrub_forever(self, stop: threading.Event) -> None:
         def report(chunk_id: bytes, index: int, reason: str) -> None:
             log.error("scrub: fragment %d of chunk %s is bad: %s", index, chunk_id.hex()[:16], reason)
-            self.bad_fragments.append((chunk_id, index, reason))
-            del self.bad_fragments[:-10_000]
+            self.membership.found_damage(chunk_id, index, reason)
         while not stop.is_set():
             for disk in self.disks.healthy():
                 Scrubber(disk.store, report, self.scrub_bytes_per_second,
@@ -375,7 +349,7 @@ class DataNode:
         loop = asyncio.get_running_loop()
         tasks = [loop.create_task(self.compact_loop())]
         if self.meta is not None:
-            tasks.append(loop.create_task(self.heartbeat_loop()))
+            tasks.append(loop.create_task(self.membership.run()))
             tasks.append(loop.create_task(self.orphan_loop(self.orphan_grace_seconds, self.orphan_interval_seconds)))
         scrub_stop = threading.Event()
         scrubber = threading.Thread(target=self.scrub_forever, args=(scrub_stop,), daemon=True, name="scrubber")

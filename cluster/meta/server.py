@@ -12,7 +12,7 @@ import os
 
 import asyncio
 
-from cluster.data.server import HEARTBEAT_SECONDS
+from cluster.data.membership import HEARTBEAT_SECONDS
 from cluster.meta.liveness import DEAD_AFTER_SECONDS, SUSPECT_AFTER_SECONDS, FailureDetector
 from cluster.meta.repairer import BYTES_PER_SECOND
 from cluster.meta.service import GARBAGE_GRACE_SECONDS, MetaService

@@ -16,6 +16,8 @@ import os
 import time
 from typing import Callable
 
+import grpc
+
 from cluster.meta import names
 from cluster.meta.liveness import FailureDetector
 from cluster.meta.repairer import BYTES_PER_SECOND, Repairer
@@ -95,14 +97,18 @@ class CommandBatcher:
 class MetaService(pb_grpc.MetaServicer):
     def __init__(self, driver: RaftDriver, state: MetaState, address_of, clock=time.time,
                  detector: FailureDetector | None = None, garbage_grace_seconds: float = GARBAGE_GRACE_SECONDS,
-                 repair_bytes_per_second: float = BYTES_PER_SECOND):
+                 repair_bytes_per_second: float = BYTES_PER_SECOND, monotonic=time.monotonic,
+                 repair_channel=grpc.aio.insecure_channel):
+        """`clock` is wall time (commands carry it), `monotonic` paces repairs, `repair_channel`
+        opens a channel to a data node (the simulator passes its own network)."""
         self.driver, self.state = driver, state
         self.address_of = address_of  # Raft node id -> client address
         self.clock = clock
         self.detector = detector or FailureDetector()
         self.garbage_grace_seconds = garbage_grace_seconds
         self.wake = asyncio.Event()  # set: the leader's duties run now, not at the next round
-        self.repairer = Repairer(self, repair_bytes_per_second, on_progress=self.wake.set)
+        self.repairer = Repairer(self, repair_bytes_per_second, channel=repair_channel, clock=monotonic,
+                                 on_progress=self.wake.set)
         self._mux = MuxServer(pb.MetaReplies, "ops", "replies")
         self._batcher = CommandBatcher(driver)
 

@@ -1,0 +1,300 @@
+"""The whole Cairn cluster in one process, on simulated time, network and disks.
+
+Metadata nodes run the real Raft driver and log store, the real metadata state machine and the
+real MetaService (failure detection, repair planning, the repairer, garbage collection). Data
+nodes run the real fragment store over simulated files and index, the real membership
+(registration, heartbeats) and the real repair executor. Clients are the real AsyncClient with its
+writer, reader and fragment protocol. Only time (SimLoop), the network (network.py) and the disks
+(SimFiles, SimDisk) are substitutes: the clients and nodes talk through the same interfaces
+they use over gRPC and ZeroMQ (MetaClient's transport, Fragments' connect, the repairer's channel).
+"""
+from __future__ import annotations
+
+import asyncio
+import random
+
+import grpc
+
+from cluster.client.fragments import Fragments
+from cluster.client.meta import MetaClient
+from cluster.client.objects import AsyncClient
+from cluster.data.disks import DiskSet
+from cluster.data.membership import Membership
+from cluster.data.repairs import RepairExecutor, check_request
+from cluster.data.server import _status_of
+from cluster.data.store import FragmentStore, StripedStore
+from cluster.data.wire import DataError
+from cluster.meta.liveness import FailureDetector
+from cluster.meta.service import MetaService
+from cluster.meta.state import MetaState
+from cluster.proto import meta_pb2 as pb
+from cluster.raft.config import RaftConfig
+from cluster.raft.core import Raft
+from cluster.raft.driver import RaftDriver
+from cluster.raft.log_store import LogStore
+from simulations.cluster.network import Network
+from simulations.disk import SimDisk
+from simulations.files import SimFiles
+from simulations.raft.driver_cluster import TICK_SECONDS, DriverCluster, SimNode
+
+DATA_CALL_SECONDS = 2.0
+META_TIMEOUT_SECONDS = 20.0
+SEGMENT_BYTES_MAX = 256 << 10       # small segments: rolling and compaction happen in short runs
+DISK_BYTES = 64 << 20
+SUSPECT_AFTER_SECONDS = 5.0
+DEAD_AFTER_SECONDS = 20.0
+GARBAGE_GRACE_SECONDS = 30.0
+WALL_EPOCH = 1_800_000_000.0         # the simulated wall clock starts here (commands carry it)
+
+
+class Tasks:
+    """The tasks of one simulated process: a crash cancels them all."""
+
+    def __init__(self):
+        self._tasks: set[asyncio.Task] = set()
+
+    def spawn(self, coroutine) -> asyncio.Task:
+        task = asyncio.get_running_loop().create_task(coroutine)
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+        return task
+
+    async def cancel(self) -> None:
+        tasks = [t for t in self._tasks if not t.done()]
+        for task in tasks:
+            task.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)
+
+
+class SimMetaNode(SimNode):
+    """A metadata node: the real Raft driver and metadata service over simulated disks."""
+
+    def __init__(self, node_id: int, group: "MetaGroup"):
+        super().__init__(node_id, group)
+        self.name = f"m{node_id}"
+        self.state_disk = SimDisk(random.Random(group.rng.getrandbits(64)))
+        self.state: MetaState | None = None
+        self.service: MetaService | None = None
+        self.tasks = Tasks()
+        self.clock_offset = 0.0  # skew of this node's wall clock
+
+    def spawn(self, coroutine) -> asyncio.Task:
+        return self.tasks.spawn(coroutine)
+
+    async def boot(self) -> None:
+        group, loop = self.cluster, asyncio.get_running_loop()
+        store = LogStore(self.disk)
+        recovered = store.load(group.membership)
+        raft = Raft(RaftConfig(node_id=self.id, **group.config), random.Random(group.rng.getrandbits(64)),
+                    recovered.hard_state, recovered.snapshot, recovered.entries)
+        self.state = MetaState(self.state_disk)
+        self.driver = RaftDriver(raft, store, self.state, group.transport(self.id), self.snapshots,
+                                 tick_seconds=TICK_SECONDS * self.clock_rate, snapshot_entries=group.snapshot_entries,
+                                 on_fatal=self._lost_power, call_later=self._call_later)
+        world = group.world
+        self.service = MetaService(
+            self.driver, self.state, lambda n: f"m{n}", clock=lambda: WALL_EPOCH + loop.time() + self.clock_offset,
+            detector=FailureDetector(SUSPECT_AFTER_SECONDS, DEAD_AFTER_SECONDS),
+            garbage_grace_seconds=GARBAGE_GRACE_SECONDS, monotonic=loop.time,
+            repair_channel=lambda address: SimChannel(world, self.name, address))
+        await self.driver.start()
+        self.spawn(self.service.keep_house())
+        self.boots += 1
+
+    async def crash(self) -> None:
+        await self.tasks.cancel()
+        if self.service is not None:
+            await self.service.repairer.close()
+        self.service = None
+        await super().crash()
+        self.state_disk.crash()
+
+
+class MetaGroup(DriverCluster):
+    def __init__(self, world: "World", node_ids: list[int], seed: int, **config):
+        self.world = world
+        super().__init__(node_ids, seed, **config)
+        self.nodes = {n: SimMetaNode(n, self) for n in sorted(node_ids)}
+
+
+class SimDataNode:
+    """A data node: the real fragment store on a simulated disk, membership and repair."""
+
+    def __init__(self, world: "World", number: int):
+        self.world, self.number, self.name = world, number, f"d{number}"
+        self.rng = random.Random(world.rng.getrandbits(64))
+        self.labels = {"host": f"h{number}", "rack": f"r{(number - 1) % 3 + 1}"}
+        self.saved_id = 0  # the node-id file: survives crashes, not a lost disk
+        self.up, self.boots = False, 0
+        self.tasks = Tasks()
+        self.disks: DiskSet | None = None
+        self.membership: Membership | None = None
+        self.repairs: RepairExecutor | None = None
+        self.new_disk()
+
+    def new_disk(self) -> None:
+        self.files = SimFiles(random.Random(self.rng.getrandbits(64)), capacity=DISK_BYTES)
+        self.index = SimDisk(random.Random(self.rng.getrandbits(64)))
+        self.saved_id = 0
+
+    def spawn(self, coroutine) -> asyncio.Task:
+        return self.tasks.spawn(coroutine)
+
+    async def boot(self) -> None:
+        loop = asyncio.get_running_loop()
+        self.disks = DiskSet([self.name], stripes=1, files=lambda path: self.files,
+                             open_store=lambda path, stripes: StripedStore(
+                                 [FragmentStore(self.files, self.index, SEGMENT_BYTES_MAX)]))
+        meta = self.world.meta_client(self.name)
+
+        async def disk_records():
+            return [pb.Disk(path=d["path"], capacity_bytes=d["capacity_bytes"], free_bytes=d["free_bytes"],
+                            healthy=d["healthy"]) for d in self.disks.status()]
+
+        def save_id(node_id: int) -> None:
+            self.saved_id = node_id
+        self.membership = Membership(meta, self.name, self.name, self.labels, disk_records, self.saved_id, save_id)
+
+        async def store_local(items):
+            return self.disks.put_many(items)
+        fragments = Fragments(meta, self.world.data_connect(self.name), clock=loop.time)
+        self.repairs = RepairExecutor(fragments, lambda: self.membership.node_id, store_local)
+        self.up, self.boots = True, self.boots + 1
+        self.spawn(self.membership.run())
+
+    async def crash(self) -> None:
+        self.up = False
+        await self.tasks.cancel()
+        self.files.crash()
+        self.index.crash()
+        self.disks = None
+
+    # ---- what the network delivers
+
+    async def put(self, chunk_id: bytes, index: int, data: bytes, crc: int) -> None:
+        try:
+            self.disks.put(chunk_id, index, data, crc)
+        except Exception as error:  # noqa: BLE001 - the data plane answers every failure with a status
+            raise DataError(_status_of(error), str(error)) from None
+
+    async def get(self, chunk_id: bytes, index: int, offset: int, length: int | None) -> bytes:
+        try:
+            return self.disks.get(chunk_id, index, offset, length)
+        except Exception as error:  # noqa: BLE001
+            raise DataError(_status_of(error), str(error)) from None
+
+    async def control(self, method: str, request):
+        if method != "Repair":
+            raise _rpc_error(grpc.StatusCode.UNIMPLEMENTED, method)
+        try:
+            check_request(request)
+        except ValueError as error:
+            raise _rpc_error(grpc.StatusCode.INVALID_ARGUMENT, str(error)) from None
+        return await self.repairs.run(request)
+
+
+def _rpc_error(code: grpc.StatusCode, details: str) -> grpc.aio.AioRpcError:
+    return grpc.aio.AioRpcError(code, grpc.aio.Metadata(), grpc.aio.Metadata(), details=details)
+
+
+class SimDataClient:
+    """Fragments' view of one data node (DataClient's put, get and close) over the network."""
+
+    def __init__(self, world: "World", source: str, target: str):
+        self.world, self.source, self.target = world, source, target
+
+    async def put(self, chunk_id: bytes, index: int, data, crc: int, timeout: float = DATA_CALL_SECONDS) -> None:
+        data = bytes(data)  # the bytes leave the sender
+        await self.world.network.call(self.source, self.target, lambda node: node.put(chunk_id, index, data, crc),
+                                      min(timeout, DATA_CALL_SECONDS))
+
+    async def get(self, chunk_id: bytes, index: int, offset: int = 0, length: int | None = None,
+                  timeout: float = DATA_CALL_SECONDS, small: bool = False):
+        return await self.world.network.call(self.source, self.target,
+                                             lambda node: node.get(chunk_id, index, offset, length),
+                                             min(timeout, DATA_CALL_SECONDS))
+
+    async def close(self) -> None:
+        pass
+
+
+class SimMetaTransport:
+    """MetaClient's transport to one metadata node: each op is one Call over the network."""
+
+    def __init__(self, world: "World", source: str, target: str):
+        self.world, self.source, self.target = world, source, target
+
+    async def call(self, op: pb.MetaOp, timeout: float) -> pb.MetaReply:
+        async def handle(node):
+            if node.service is None:
+                await asyncio.Future()  # booting: no answer
+            return await node.service.Call(op, None)
+        return await self.world.network.call(self.source, self.target, handle, timeout)
+
+    async def close(self) -> None:
+        pass
+
+
+class SimChannel:
+    """A gRPC channel to a data node's control API for the repairer (DataStub's calls)."""
+
+    def __init__(self, world: "World", source: str, target: str):
+        self.world, self.source, self.target = world, source, target
+
+    def unary_unary(self, path: str, request_serializer=None, response_deserializer=None, **options):
+        method = path.rsplit("/", 1)[-1]
+
+        async def call(request, timeout: float | None = None, **kwargs):
+            try:
+                return await self.world.network.call(self.source, self.target,
+                                                     lambda node: node.control(method, request), timeout or 60.0)
+            except asyncio.TimeoutError:
+                raise _rpc_error(grpc.StatusCode.DEADLINE_EXCEEDED, f"{method} to {self.target}") from None
+        return call
+
+    async def close(self) -> None:
+        pass
+
+
+class World:
+    def __init__(self, seed: int, metas: int = 3, datas: int = 6, snapshot_entries: int = 200):
+        self.seed = seed
+        self.rng = random.Random(seed)
+        self.network = Network(random.Random(self.rng.getrandbits(64)))
+        self.meta = MetaGroup(self, list(range(1, metas + 1)), self.rng.getrandbits(64),
+                              snapshot_entries=snapshot_entries)
+        self.datas = {n: SimDataNode(self, n) for n in range(1, datas + 1)}
+        for node in self.meta.nodes.values():
+            self.network.endpoints[node.name] = node
+        for node in self.datas.values():
+            self.network.endpoints[node.name] = node
+        self.meta_names = [node.name for node in self.meta.nodes.values()]
+
+    async def start(self) -> None:
+        await self.meta.start()
+        for node in self.datas.values():
+            await node.boot()
+
+    def meta_client(self, source: str) -> MetaClient:
+        loop = asyncio.get_running_loop()
+        return MetaClient(self.meta_names, timeout=META_TIMEOUT_SECONDS, rng=random.Random(self.rng.getrandbits(64)),
+                          transport=lambda address: SimMetaTransport(self, source, address), clock=loop.time)
+
+    def data_connect(self, source: str):
+        return lambda address: SimDataClient(self, source, address)
+
+    def client(self, name: str) -> AsyncClient:
+        loop = asyncio.get_running_loop()
+        return AsyncClient(self.meta_names, meta=self.meta_client(name), connect=self.data_connect(name),
+                           clock=loop.time)
+
+    def leader(self) -> SimMetaNode | None:
+        leader = self.meta.leader()
+        return self.meta.nodes[leader] if leader is not None else None
+
+    async def stop(self) -> None:
+        for node in self.datas.values():
+            if node.up:
+                await node.crash()
+        for node in self.meta.nodes.values():
+            await node.crash()
