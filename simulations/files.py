@@ -70,6 +70,9 @@ class SimFiles:
     def list(self) -> list[str]:
         return sorted(self._data)
 
+    def size_of(self, name: str) -> int:
+        return len(self._data[name])
+
     def used(self) -> int:
         return sum(len(b) for b in self._data.values())
 

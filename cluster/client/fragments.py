@@ -44,11 +44,15 @@ def fragment_timeout(size: int) -> float:
 
 class Fragments:
     def __init__(self, meta: MetaClient, connect: Callable[[str], DataClient] = DataClient,
-                 hedge_seconds: float = HEDGE_SECONDS, clock: Callable[[], float] = time.monotonic):
+                 hedge_seconds: float = HEDGE_SECONDS, clock: Callable[[], float] = time.monotonic,
+                 offload=asyncio.to_thread):
+        """`offload(function, *args)` runs CPU work off the event loop (the simulator runs it
+        inline: a real thread would race its virtual clock)."""
         self.meta = meta
         self._connect = connect
         self.hedge_seconds = hedge_seconds
         self._clock = clock
+        self._offload = offload
         self._suspect_until: dict[int, float] = {}  # node id -> until when reads go elsewhere first
         self._clients: dict[str, DataClient] = {}
         self._nodes: dict[int, pb.Node] = {}
@@ -82,7 +86,7 @@ class Fragments:
         """Stores the chunk's k+m fragments; returns the nodes that hold them (replacements in)."""
         codec = self.codec(profile.k, profile.m)
         if len(data) >= THREAD_ENCODE_BYTES:  # the native code releases the GIL: use the other core
-            fragments = await asyncio.to_thread(codec.encode_chunk, data)
+            fragments = await self._offload(codec.encode_chunk, data)
         else:  # a thread hop costs more than the encoding
             fragments = codec.encode_chunk(data)
         nodes, pending = list(nodes), list(range(len(nodes)))

@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import asyncio
 import os
-import time
 from dataclasses import dataclass
 from typing import AsyncIterator, Callable
 
@@ -58,9 +57,9 @@ class Status:
 class AsyncClient:
     def __init__(self, meta_addresses: list[str], timeout: float = 30.0, buffer_bytes: int = BUFFER_BYTES,
                  connect: Callable[[str], DataClient] = DataClient, meta: MetaClient | None = None,
-                 clock: Callable[[], float] = time.monotonic):
+                 fragments: Fragments | None = None):
         self.meta = meta or MetaClient(meta_addresses, timeout=timeout)
-        self.fragments = Fragments(self.meta, connect, clock=clock)
+        self.fragments = fragments or Fragments(self.meta, connect)
         self.writer = Writer(self.fragments, buffer_bytes)
 
     async def close(self) -> None:

@@ -14,6 +14,8 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Awaitable, Callable, Iterable
 
+from cluster.proto import meta_pb2 as pb
+
 DEFAULT_GRACE_SECONDS = 3600.0
 QUERY_BATCH = 1000
 CANDIDATES_MAX = 1_000_000  # memory bound: past it, new candidates wait for the next pass
@@ -83,3 +85,14 @@ class OrphanCollector:
                 if nodes is None or index >= len(nodes) or nodes[index] != me:
                     out.append((chunk, index))
         return out
+
+
+def placements_from(meta) -> Callable[[list[bytes]], Awaitable[dict[bytes, list[int] | None]]]:
+    """The collector's `placements`, asked of the metadata leader through a MetaClient."""
+    async def placements(ids: list[bytes]) -> dict[bytes, list[int] | None]:
+        reply = await meta.call(pb.MetaOp(get_chunks=pb.GetChunks(ids=ids)))
+        if reply.code != pb.OK:
+            raise RuntimeError(f"GetChunks: {reply.message}")
+        return {i: (list(c.nodes) if found else None)
+                for i, found, c in zip(ids, reply.get_chunks.found, reply.get_chunks.chunks)}
+    return placements

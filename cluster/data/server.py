@@ -27,7 +27,7 @@ from cluster.client.meta import ClusterUnavailable, MetaClient
 from cluster.data import wire
 from cluster.data.disks import DiskSet
 from cluster.data.membership import Membership
-from cluster.data.orphans import DEFAULT_GRACE_SECONDS, OrphanCollector
+from cluster.data.orphans import DEFAULT_GRACE_SECONDS, OrphanCollector, placements_from
 from cluster.data.repairs import NICE, RepairExecutor, RepairThread, check_request
 from cluster.data.scrubber import DEFAULT_BYTES_PER_SECOND, Scrubber
 from cluster.data.store import (BadFragment, DiskFailed, DiskFull, FragmentCorrupt,
@@ -292,13 +292,6 @@ class DataNode:
     async def orphan_loop(self, grace_seconds: float, interval_seconds: float) -> None:
         loop = asyncio.get_running_loop()
 
-        async def placements(ids):
-            reply = await self.meta.call(meta_pb.MetaOp(get_chunks=meta_pb.GetChunks(ids=ids)))
-            if reply.code != meta_pb.OK:
-                raise RuntimeError(f"GetChunks: {reply.message}")
-            return {i: (list(c.nodes) if found else None)
-                    for i, found, c in zip(ids, reply.get_chunks.found, reply.get_chunks.chunks)}
-
         async def delete(fragments):
             await loop.run_in_executor(self.pool, lambda: [self.disks.delete(c, i) for c, i in fragments])
             log.info("deleted %d orphan fragments", len(fragments))
@@ -306,8 +299,8 @@ class DataNode:
 
         def list_fragments():
             return listing
-        collector = OrphanCollector(lambda: self.node_id, list_fragments, placements, delete, time.monotonic,
-                                    grace_seconds)
+        collector = OrphanCollector(lambda: self.node_id, list_fragments, placements_from(self.meta), delete,
+                                    time.monotonic, grace_seconds)
         while True:
             await asyncio.sleep(interval_seconds)
             try:

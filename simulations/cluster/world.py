@@ -16,10 +16,11 @@ import random
 import grpc
 
 from cluster.client.fragments import Fragments
-from cluster.client.meta import MetaClient
+from cluster.client.meta import ClusterUnavailable, MetaClient
 from cluster.client.objects import AsyncClient
 from cluster.data.disks import DiskSet
 from cluster.data.membership import Membership
+from cluster.data.orphans import OrphanCollector, placements_from
 from cluster.data.repairs import RepairExecutor, check_request
 from cluster.data.server import _status_of
 from cluster.data.store import FragmentStore, StripedStore
@@ -44,6 +45,8 @@ DISK_BYTES = 64 << 20
 SUSPECT_AFTER_SECONDS = 5.0
 DEAD_AFTER_SECONDS = 20.0
 GARBAGE_GRACE_SECONDS = 30.0
+ORPHAN_GRACE_SECONDS = 30.0
+ORPHAN_INTERVAL_SECONDS = 10.0
 WALL_EPOCH = 1_800_000_000.0         # the simulated wall clock starts here (commands carry it)
 
 
@@ -141,7 +144,6 @@ class SimDataNode:
         return self.tasks.spawn(coroutine)
 
     async def boot(self) -> None:
-        loop = asyncio.get_running_loop()
         self.disks = DiskSet([self.name], stripes=1, files=lambda path: self.files,
                              open_store=lambda path, stripes: StripedStore(
                                  [FragmentStore(self.files, self.index, SEGMENT_BYTES_MAX)]))
@@ -157,10 +159,24 @@ class SimDataNode:
 
         async def store_local(items):
             return self.disks.put_many(items)
-        fragments = Fragments(meta, self.world.data_connect(self.name), clock=loop.time)
-        self.repairs = RepairExecutor(fragments, lambda: self.membership.node_id, store_local)
+        self.repairs = RepairExecutor(self.world.fragments(self.name, meta), lambda: self.membership.node_id, store_local)
         self.up, self.boots = True, self.boots + 1
         self.spawn(self.membership.run())
+        self.spawn(self._collect_orphans(meta))
+
+    async def _collect_orphans(self, meta) -> None:
+        async def delete(fragments):
+            for chunk_id, index in fragments:
+                self.disks.delete(chunk_id, index)
+        collector = OrphanCollector(lambda: self.membership.node_id,
+                                    lambda: list(self.disks.fragments(b"", b"\xff" * 32)),
+                                    placements_from(meta), delete, asyncio.get_running_loop().time, ORPHAN_GRACE_SECONDS)
+        while True:
+            await asyncio.sleep(ORPHAN_INTERVAL_SECONDS)
+            try:
+                await collector.run_pass()
+            except (ClusterUnavailable, RuntimeError):
+                pass  # the next pass tries again
 
     async def crash(self) -> None:
         self.up = False
@@ -191,6 +207,10 @@ class SimDataNode:
         except ValueError as error:
             raise _rpc_error(grpc.StatusCode.INVALID_ARGUMENT, str(error)) from None
         return await self.repairs.run(request)
+
+
+async def _inline(function, *args):
+    return function(*args)
 
 
 def _rpc_error(code: grpc.StatusCode, details: str) -> grpc.aio.AioRpcError:
@@ -283,10 +303,34 @@ class World:
     def data_connect(self, source: str):
         return lambda address: SimDataClient(self, source, address)
 
+    def fragments(self, name: str, meta: MetaClient) -> Fragments:
+        return Fragments(meta, self.data_connect(name), clock=asyncio.get_running_loop().time, offload=_inline)
+
     def client(self, name: str) -> AsyncClient:
-        loop = asyncio.get_running_loop()
-        return AsyncClient(self.meta_names, meta=self.meta_client(name), connect=self.data_connect(name),
-                           clock=loop.time)
+        meta = self.meta_client(name)
+        return AsyncClient(self.meta_names, meta=meta, fragments=self.fragments(name, meta))
+
+    def isolate(self, name: str, one_way: bool = False) -> None:
+        """Cuts a process off from every other (one way: only what it sends is lost)."""
+        others = [n for n in self.network.endpoints if n != name]
+        self.network.faults.cut |= {(name, o) for o in others} | (set() if one_way else {(o, name) for o in others})
+        if name.startswith("m"):
+            me = int(name[1:])
+            peers = [n for n in self.meta.nodes if n != me]
+            self.meta.faults.cut |= {(me, p) for p in peers} | (set() if one_way else {(p, me) for p in peers})
+
+    def rejoin(self, name: str) -> None:
+        self.network.faults.cut = {(a, b) for a, b in self.network.faults.cut if name not in (a, b)}
+        if name.startswith("m"):
+            me = int(name[1:])
+            self.meta.faults.cut = {(a, b) for a, b in self.meta.faults.cut if me not in (a, b)}
+
+    def heal(self) -> None:
+        """No more network faults: links whole, no loss, short delays."""
+        self.network.heal()
+        self.meta.heal()
+        self.meta.faults.loss = self.meta.faults.duplicate = 0.0
+        self.meta.faults.delay_seconds_max = 0.002
 
     def leader(self) -> SimMetaNode | None:
         leader = self.meta.leader()

@@ -1,0 +1,427 @@
+"""One simulated run of the whole Cairn cluster from a seed: a safety phase in which clients put,
+get and delete objects while faults hit, a liveness phase without faults, then the checks.
+
+The seed decides everything: the cluster's shape (data nodes, erasure profile), the fault rates,
+which faults hit when, the clients' operations and object sizes, every network delay, and the
+bytes production code draws from os.urandom (op ids, placement seeds), which the run takes from
+the seed too. Faults are capped so recovery stays possible: at most m data nodes are impaired at
+once (down, cut off, or with a lost or corrupted disk, which counts for the rest of the run), and
+at most a minority of metadata nodes are down.
+
+Checks: the clients' history (objects as registers: put, delete, get) is linearizable, which
+also means an acknowledged put reads back byte-identical at the end and a get never returns bytes
+that were not put (every value is named by its BLAKE3); the metadata replicas agree; every
+chunk's reference count equals the references of the manifests; and within a bound after the
+faults stop, every chunk has all k+m fragments intact on live nodes where its placement says,
+no chunk without references is left, and no data node keeps a fragment no placement names.
+"""
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import os
+import random
+import signal
+from collections import Counter
+from dataclasses import dataclass, field
+
+import blake3
+
+from cluster.client.errors import CairnError, NoSuchKey
+from cluster.proto import meta_pb2 as pb
+from simulations import linearizability
+from simulations.cluster.world import DEAD_AFTER_SECONDS, World
+from simulations.loop import SimLoop, cancel_all
+
+BUCKET = "sim"
+KEYS = [f"k{n}" for n in range(6)]
+SIZES = [0, 100, 3000, 20_000, 150_000, 600_000]  # inline, one chunk, several chunks
+SAFETY_SECONDS = 60.0
+LIVENESS_SECONDS = 400.0
+OPERATION_ERRORS = (CairnError, asyncio.TimeoutError, OSError)
+
+
+class Violation(AssertionError):
+    pass
+
+
+@dataclass
+class SeedReport:
+    seed: int
+    shape: str
+    simulated_seconds: float
+    operations: int
+    faults: Counter = field(default_factory=Counter)
+    violation: str | None = None
+    trace: str = ""
+
+
+class Recorder:
+    """The history of client operations, and a hash of everything that happened (the trace)."""
+
+    def __init__(self, verbose: bool = False):
+        self.history = linearizability.History()
+        self.trace = hashlib.blake2b(digest_size=16)
+        self.verbose = verbose
+        self._events = 0
+        self.operations = 0
+
+    def now(self) -> tuple[float, int]:
+        self._events += 1
+        return (asyncio.get_running_loop().time(), self._events)
+
+    def event(self, *parts) -> None:
+        line = " ".join(str(p) for p in parts)
+        self.trace.update(line.encode() + b"\n")
+        if self.verbose:
+            print(f"{asyncio.get_running_loop().time():10.3f} {line}", flush=True)
+
+
+def _name(data: bytes) -> str:
+    return blake3.blake3(data).hexdigest()[:16]
+
+
+async def _put(client, name: str, key: str, data: bytes, rec: Recorder) -> None:
+    op = rec.history.invoke(name, "put", key, (_name(data),), rec.now())
+    try:
+        await client.put(BUCKET, key, data)
+    except OPERATION_ERRORS as error:
+        rec.event(name, "put", key, _name(data), "->", type(error).__name__)
+        return  # outcome unknown: it stays pending
+    rec.history.complete(op, None, rec.now())
+    rec.event(name, "put", key, _name(data), "-> ok")
+
+
+async def _delete(client, name: str, key: str, rec: Recorder) -> None:
+    op = rec.history.invoke(name, "put", key, (None,), rec.now())
+    try:
+        await client.delete(BUCKET, key)
+    except NoSuchKey:
+        pass  # nothing there: the same outcome as deleting it
+    except OPERATION_ERRORS as error:
+        rec.event(name, "delete", key, "->", type(error).__name__)
+        return
+    rec.history.complete(op, None, rec.now())
+    rec.event(name, "delete", key, "-> ok")
+
+
+async def _get(client, name: str, key: str, rec: Recorder) -> None:
+    op = rec.history.invoke(name, "get", key, (), rec.now())
+    try:
+        value = _name(await client.get(BUCKET, key))
+    except NoSuchKey:
+        value = None
+    except OPERATION_ERRORS as error:
+        rec.event(name, "get", key, "->", type(error).__name__)
+        return  # no answer: a pending read constrains nothing
+    rec.history.complete(op, value, rec.now())
+    rec.event(name, "get", key, "->", value)
+
+
+async def _workload(world: World, name: str, rng: random.Random, until: float, rec: Recorder) -> None:
+    loop = asyncio.get_running_loop()
+    client = world.client(name)
+    try:
+        while loop.time() < until:
+            key, roll = rng.choice(KEYS), rng.random()
+            if roll < 0.45:
+                await _put(client, name, key, rng.randbytes(rng.choice(SIZES)), rec)
+            elif roll < 0.9:
+                await _get(client, name, key, rec)
+            else:
+                await _delete(client, name, key, rec)
+            rec.operations += 1
+            await asyncio.sleep(rng.uniform(0, 0.5))
+    finally:
+        await client.close()
+
+
+class Faults:
+    """Injects faults at seeded rates while keeping recovery possible (see the module's doc)."""
+
+    def __init__(self, world: World, rng: random.Random, m: int, report: SeedReport, rec: Recorder):
+        self.world, self.rng, self.m, self.report, self.rec = world, rng, m, report, rec
+        self.rates = {kind: rng.uniform(0, top) for kind, top in (
+            ("data crash", 0.04), ("disk lost", 0.01), ("corruption", 0.02), ("meta crash", 0.03),
+            ("isolation", 0.02), ("lossy network", 0.03), ("slow node", 0.03), ("clock skew", 0.02))}
+        self.harmed: set[str] = set()    # data nodes whose disk was lost or corrupted
+        self.isolated: set[str] = set()
+        self._pending: list[asyncio.Task] = []
+
+    def _impaired(self) -> set[str]:
+        down = {n.name for n in self.world.datas.values() if not n.up}
+        return self.harmed | down | (self.isolated & {n.name for n in self.world.datas.values()})
+
+    def _may_impair(self) -> bool:
+        return len(self._impaired()) < self.m
+
+    def _count(self, kind: str, *detail) -> None:
+        self.report.faults[kind] += 1
+        self.rec.event("FAULT", kind, *detail)
+
+    def _later(self, seconds: float, coroutine_function, *args) -> None:
+        async def run():
+            await asyncio.sleep(seconds)
+            await coroutine_function(*args)
+        self._pending.append(asyncio.get_running_loop().create_task(run()))
+
+    async def run(self, until: float) -> None:
+        loop = asyncio.get_running_loop()
+        while loop.time() < until:
+            await asyncio.sleep(0.5)
+            for kind, rate in self.rates.items():
+                if self.rng.random() < rate:
+                    await getattr(self, "_" + kind.replace(" ", "_"))()
+
+    async def _data_crash(self) -> None:
+        up = [n for n in self.world.datas.values() if n.up and n.name not in self._impaired()]
+        if up and self._may_impair():
+            node = self.rng.choice(up)
+            await node.crash()
+            # back before DEAD (no repair) or after (repaired elsewhere, then reconciled)
+            self._later(self.rng.uniform(1.0, DEAD_AFTER_SECONDS * 2), self._boot, node)
+            self._count("data crash", node.name)
+
+    async def _boot(self, node) -> None:
+        if not node.up:
+            await node.boot()
+
+    async def _disk_lost(self) -> None:
+        up = [n for n in self.world.datas.values() if n.up and n.name not in self._impaired()]
+        if up and self._may_impair():
+            node = self.rng.choice(up)
+            await node.crash()
+            node.new_disk()
+            self.harmed.add(node.name)
+            self._later(self.rng.uniform(1.0, 30.0), self._boot, node)
+            self._count("disk lost", node.name)
+
+    async def _corruption(self) -> None:
+        candidates = [n for n in self.world.datas.values() if n.up and n.files.used()
+                      and (n.name in self.harmed or self._may_impair())]
+        if candidates:
+            node = self.rng.choice(candidates)
+            files = [name for name in node.files.list() if node.files.size_of(name)]
+            name = self.rng.choice(files)
+            node.files.flip(name, self.rng.randrange(node.files.size_of(name)))
+            self.harmed.add(node.name)
+            self._count("corruption", node.name, name)
+
+    async def _meta_crash(self) -> None:
+        nodes = self.world.meta.nodes
+        down = [n for n in nodes.values() if not n.up]
+        if len(down) < (len(nodes) - 1) // 2:
+            leader = self.world.leader()
+            up = [n for n in nodes.values() if n.up]
+            node = leader if leader is not None and self.rng.random() < 0.5 else self.rng.choice(up)
+            await node.crash()
+            self._later(self.rng.uniform(0.5, 10.0), self._boot_meta, node)
+            self._count("meta crash", node.name, "(leader)" if node is leader else "")
+
+    async def _boot_meta(self, node) -> None:
+        if not node.up:
+            await node.boot()
+
+    async def _isolation(self) -> None:
+        names = [n.name for n in self.world.meta.nodes.values()] + [n.name for n in self.world.datas.values()]
+        name = self.rng.choice(names)
+        is_data = name.startswith("d")
+        if name in self.isolated or (is_data and not self._may_impair()):
+            return
+        if not is_data and any(n.startswith("m") for n in self.isolated):
+            return  # one metadata node cut off at a time
+        one_way = self.rng.random() < 0.3
+        self.world.isolate(name, one_way)
+        self.isolated.add(name)
+        self._later(self.rng.uniform(1.0, 30.0), self._rejoin, name)
+        self._count("one-way isolation" if one_way else "isolation", name)
+
+    async def _rejoin(self, name: str) -> None:
+        self.world.rejoin(name)
+        self.isolated.discard(name)
+
+    async def _lossy_network(self) -> None:
+        faults = self.world.network.faults
+        faults.loss = self.rng.uniform(0, 0.05)
+        faults.delay_seconds_max = self.rng.uniform(0.001, 0.05)
+        self.world.meta.faults.loss = self.rng.uniform(0, 0.1)
+        self.world.meta.faults.duplicate = self.rng.uniform(0, 0.1)
+        self._count("lossy network")
+
+    async def _slow_node(self) -> None:
+        node = self.rng.choice(list(self.world.datas.values()))
+        self.world.network.faults.slow[node.name] = self.rng.uniform(0.1, 1.0)
+        self._later(self.rng.uniform(1.0, 20.0), self._unslow, node.name)
+        self._count("slow node", node.name)
+
+    async def _unslow(self, name: str) -> None:
+        self.world.network.faults.slow.pop(name, None)
+
+    async def _clock_skew(self) -> None:
+        self.world.meta.skew_clocks(self.rng.uniform(0.05, 0.3))
+        for node in self.world.meta.nodes.values():
+            node.clock_offset = self.rng.uniform(-5.0, 5.0)
+        self._count("clock skew")
+
+    async def stop(self) -> None:
+        for task in self._pending:
+            task.cancel()
+        await asyncio.gather(*self._pending, return_exceptions=True)
+        self.world.heal()
+        for node in self.world.meta.nodes.values():
+            if not node.up:
+                await node.boot()
+        for node in self.world.datas.values():
+            if not node.up:
+                await node.boot()
+        self.isolated.clear()
+
+
+# ---- checks
+
+
+def _manifest_references(state) -> Counter:
+    references = Counter()
+    for _, raw in state.disk.scan(b"M", b"N"):
+        references.update(ref.id for ref in pb.Manifest.FromString(raw).chunks)
+    return references
+
+
+def _chunks(state) -> dict[bytes, pb.Chunk]:
+    return {key[1:]: pb.Chunk.FromString(raw) for key, raw in state.disk.scan(b"C", b"D")}
+
+
+def check_references(state) -> None:
+    references = _manifest_references(state)
+    chunks = _chunks(state)
+    for chunk_id, chunk in chunks.items():
+        if chunk.refs != references.get(chunk_id, 0):
+            raise Violation(f"chunk {chunk_id.hex()[:16]} counts {chunk.refs} references; the manifests "
+                            f"hold {references.get(chunk_id, 0)}")
+    missing = [c for c in references if c not in chunks]
+    if missing:
+        raise Violation(f"manifests reference {len(missing)} chunks without a record, e.g. {missing[0].hex()[:16]}")
+
+
+def check_replicas_agree(world: World) -> None:
+    states = {}
+    for node in world.meta.nodes.values():
+        if node.up:
+            states.setdefault(node.state.applied, []).append((node.name, node.state.disk.export_state()))
+    for applied, copies in states.items():
+        if len({data for _, data in copies}) > 1:
+            raise Violation(f"metadata replicas {[n for n, _ in copies]} differ at applied index {applied}")
+
+
+def healing_left(world: World) -> str | None:
+    """What still keeps the cluster from full health, or None."""
+    leader = world.leader()
+    if leader is None:
+        return "no leader"
+    state = leader.state
+    nodes = {n.id: n for n in state.nodes()}
+    by_id = {d.membership.node_id: d for d in world.datas.values() if d.up and d.membership.node_id}
+    placed: set[tuple[bytes, int, int]] = set()
+    for chunk_id, chunk in _chunks(state).items():
+        if chunk.refs == 0:
+            return f"chunk {chunk_id.hex()[:16]} has no references and is not collected yet"
+        for index, node_id in enumerate(chunk.nodes):
+            placed.add((chunk_id, index, node_id))
+            if node_id not in nodes or nodes[node_id].state != pb.UP or node_id not in by_id:
+                return f"chunk {chunk_id.hex()[:16]} fragment {index} is on node {node_id}, not up"
+            try:
+                by_id[node_id].disks.get(chunk_id, index)
+            except Exception as error:  # noqa: BLE001 - missing or corrupt: not healed yet
+                return f"chunk {chunk_id.hex()[:16]} fragment {index} on node {node_id}: {type(error).__name__}"
+    for node_id, node in by_id.items():
+        for chunk_id, index in node.disks.fragments(b"", b"\xff" * 32):
+            if (chunk_id, index, node_id) not in placed:
+                return f"node {node_id} keeps fragment {index} of {chunk_id.hex()[:16]}, which no placement names"
+    return None
+
+
+async def _liveness(world: World, rec: Recorder, report: SeedReport) -> None:
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + LIVENESS_SECONDS
+    left = "not checked"
+    while loop.time() < deadline:
+        await asyncio.sleep(5.0)
+        left = healing_left(world)
+        if left is None:
+            break
+    else:
+        raise Violation(f"liveness: not healed {LIVENESS_SECONDS:.0f} s after faults stopped: {left}")
+    rec.event("healed")
+    client = world.client("final")
+    try:
+        for key in KEYS:
+            await _get(client, "final", key, rec)
+    finally:
+        await client.close()
+
+
+async def simulate(seed: int, safety_seconds: float = SAFETY_SECONDS, verbose: bool = False) -> SeedReport:
+    rng = random.Random(seed)
+    datas = rng.choice([5, 6, 7, 8])
+    k, m = rng.choice([(k, m) for k, m in ((2, 1), (2, 2), (3, 1), (3, 2), (4, 2)) if k + m <= datas - 1])
+    world = World(rng.getrandbits(64), metas=3, datas=datas, snapshot_entries=rng.choice([100, 500, 2000]))
+    report = SeedReport(seed, f"3 meta, {datas} data, {k}+{m}", 0.0, 0)
+    rec = Recorder(verbose)
+    loop = asyncio.get_running_loop()
+    await world.start()
+    admin = world.client("admin")
+    try:
+        await admin.create_bucket(BUCKET, k=k, m=m, inline_max_bytes=rng.choice([0, 1024, 4096]))
+    finally:
+        await admin.close()
+    rec.event("bucket", k, m)
+    until = loop.time() + safety_seconds
+    faults = Faults(world, random.Random(rng.getrandbits(64)), m, report, rec)
+    clients = [loop.create_task(_workload(world, f"c{n}", random.Random(rng.getrandbits(64)), until, rec))
+               for n in range(rng.randint(2, 4))]
+    await faults.run(until)
+    await asyncio.gather(*clients)
+    await faults.stop()
+    try:
+        await _liveness(world, rec, report)
+        check_replicas_agree(world)
+        check_references(world.leader().state)
+    finally:
+        await world.stop()
+    result = linearizability.check(rec.history.operations())
+    if not result.ok:
+        raise Violation("linearizability: " + result.explain())
+    report.operations = rec.operations
+    report.simulated_seconds = loop.time()
+    report.trace = rec.trace.hexdigest()
+    return report
+
+
+WALL_SECONDS_MAX = 300
+
+
+class WallClockExceeded(BaseException):
+    """Not an Exception, so that no handler in the code under test can swallow it."""
+
+
+def _wall_clock_exceeded(signum, frame):
+    raise WallClockExceeded(f"hung: the seed ran over {WALL_SECONDS_MAX} s of real time")
+
+
+def run_seed(seed: int, safety_seconds: float = SAFETY_SECONDS, verbose: bool = False) -> SeedReport:
+    """Runs one seed on a fresh SimLoop; os.urandom draws from the seed meanwhile."""
+    loop = SimLoop()
+    entropy = random.Random(f"urandom-{seed}")
+    real_urandom, os.urandom = os.urandom, entropy.randbytes
+    previous = signal.signal(signal.SIGALRM, _wall_clock_exceeded)
+    signal.alarm(WALL_SECONDS_MAX)
+    try:
+        return loop.run_until_complete(simulate(seed, safety_seconds, verbose))
+    except (Violation, WallClockExceeded) as violation:
+        return SeedReport(seed, "", loop.time(), 0, violation=str(violation))
+    finally:
+        signal.alarm(0)
+        signal.signal(signal.SIGALRM, previous)
+        cancel_all(loop)
+        loop.close()
+        os.urandom = real_urandom
