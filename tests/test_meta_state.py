@@ -364,7 +364,8 @@ def test_commands_in_one_entry_see_each_other(cluster):
         pb.MetaCommand(op_id=b"g" * 16, commit_put=pb.CommitPut(bucket="fresh", key="bad/../key", manifest=manifest)))
     assert [r.code for r in results] == [pb.OK, pb.OK, pb.OK, pb.BUCKET_NOT_EMPTY, pb.OK, pb.OK, pb.INVALID_ARGUMENT]
     assert results[1].head.version != results[2].head.version  # one entry, distinct versions
-    assert results[4].node_id == results[5].node_id == 5  # the same address registers once
+    assert (results[4].node_id, results[5].node_id) == (5, 6)  # registering without an id: new disks
+    assert cluster.state.node(5).state == pb.DEAD  # what the address held before is gone
     assert cluster.state.chunk(chunk).refs == 1  # the overwrite dropped the first version's reference
     assert cluster.state.bucket("fresh").objects == 1
 
@@ -390,6 +391,13 @@ def test_a_page_that_ends_on_a_directory_marker_continues_inside_it(cluster):
         if not token:
             break
     assert pages == [["photos/"], ["photos/a"], ["photos/b"], ["photos/c/"]]
+
+
+def test_a_node_back_with_new_disks_is_a_new_node_and_the_old_one_is_dead(cluster):
+    assert cluster.apply(register_node=pb.RegisterNode(node=pb.Node(id=2, address="10.0.0.1:7000"))).node_id == 2
+    # the same address without its id file (a lost disk): a new node; node 2's fragments are gone
+    assert cluster.apply(register_node=pb.RegisterNode(node=pb.Node(address="10.0.0.1:7000"))).node_id == 5
+    assert {n.id: n.state for n in cluster.state.nodes()} == {1: pb.UP, 2: pb.DEAD, 3: pb.UP, 4: pb.UP, 5: pb.UP}
 
 
 def test_a_node_registering_with_its_own_id_is_never_given_away(cluster):

@@ -8,9 +8,10 @@ import os
 import threading
 import time
 from dataclasses import dataclass
+from typing import Callable
 
-from cluster.data.store import (DiskFailed, DiskFull, FragmentNotFound, FragmentStore, StripedStore,
-                                check_fragment_id)
+from cluster.data.store import (DiskFailed, DiskFull, FragmentCorrupt, FragmentNotFound, FragmentStore,
+                                StripedStore, check_fragment_id)
 from cluster.storage.disk import RocksDisk
 from cluster.storage.files import Files, LocalFiles
 
@@ -45,6 +46,7 @@ class DiskSet:
             raise ValueError("a data node needs at least one disk directory")
         self.disks: list[DiskState] = []
         self._lock = threading.Lock()
+        self.on_corrupt: Callable[[bytes, int, str], None] = lambda chunk_id, index, reason: None
         for path in paths:
             space = files(path)
             try:
@@ -132,6 +134,9 @@ class DiskSet:
                 return disk.store.get(chunk_id, index, offset, length)
             except FragmentNotFound:
                 continue
+            except FragmentCorrupt as error:  # whoever read it, the leader hears of it (repair)
+                self.on_corrupt(chunk_id, index, str(error))
+                raise
             except OSError as error:
                 self._retire(disk, error)
                 disk.store.failed = error

@@ -246,6 +246,7 @@ class DataNode:
         self._id_path = os.path.join(disk_paths[0], "node-id")
         self.membership = Membership(self.meta, address, data_address, labels, self._disk_records_off_loop,
                                      self._load_id(disk_paths[0]), self._save_id)
+        self.disks.on_corrupt = self._found_damage
         self.scrub_bytes_per_second = scrub_bytes_per_second
         self.scrub_pause_seconds = scrub_pause_seconds
         self.compact_interval_seconds = compact_interval_seconds
@@ -322,13 +323,14 @@ class DataNode:
             except Exception as error:  # noqa: BLE001 - the next round tries again
                 log.warning("compaction: %s", error)
 
+    def _found_damage(self, chunk_id: bytes, index: int, reason: str) -> None:
+        log.error("fragment %d of chunk %s is bad: %s", index, chunk_id.hex()[:16], reason)
+        self.membership.found_damage(chunk_id, index, reason)
+
     def scrub_forever(self, stop: threading.Event) -> None:
-        def report(chunk_id: bytes, index: int, reason: str) -> None:
-            log.error("scrub: fragment %d of chunk %s is bad: %s", index, chunk_id.hex()[:16], reason)
-            self.membership.found_damage(chunk_id, index, reason)
         while not stop.is_set():
             for disk in self.disks.healthy():
-                Scrubber(disk.store, report, self.scrub_bytes_per_second,
+                Scrubber(disk.store, self._found_damage, self.scrub_bytes_per_second,
                          sleep=lambda seconds: stop.wait(seconds)).run_pass(stop.is_set)
             stop.wait(self.scrub_pause_seconds)
 

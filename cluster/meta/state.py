@@ -302,12 +302,15 @@ class MetaState:
         if not node.address:
             raise Refused(pb.INVALID_ARGUMENT, "a data node registers with its address")
         if node.id == 0:
+            # A node without an id has no id file: new disks. Whatever an earlier node at this
+            # address held is gone, so that node is DEAD now (its fragments get repaired), and
+            # this one is a new node.
             for key, value in batch.items(b"N", b"O"):
-                if pb.Node.FromString(value).address == node.address:
-                    node.id = _U64.unpack(key[1:])[0]  # the same node registering again
-                    break
-            else:
-                node.id = _U64.unpack(batch.get(b"S") or _u64(0))[0] + 1
+                earlier = pb.Node.FromString(value)
+                if earlier.address == node.address and earlier.state != pb.DEAD:
+                    earlier.state = pb.DEAD
+                    batch.put(key, earlier.SerializeToString())
+            node.id = _U64.unpack(batch.get(b"S") or _u64(0))[0] + 1
         if node.id > _U64.unpack(batch.get(b"S") or _u64(0))[0]:
             batch.put(b"S", _u64(node.id))  # never hand out an id a node already uses
         raw = batch.get(node_key(node.id))

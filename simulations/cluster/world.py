@@ -22,6 +22,7 @@ from cluster.data.disks import DiskSet
 from cluster.data.membership import Membership
 from cluster.data.orphans import OrphanCollector, placements_from
 from cluster.data.repairs import RepairExecutor, check_request
+from cluster.data.scrubber import Scrubber
 from cluster.data.server import _status_of
 from cluster.data.store import FragmentStore, StripedStore
 from cluster.data.wire import DataError
@@ -47,6 +48,7 @@ DEAD_AFTER_SECONDS = 20.0
 GARBAGE_GRACE_SECONDS = 30.0
 ORPHAN_GRACE_SECONDS = 30.0
 ORPHAN_INTERVAL_SECONDS = 10.0
+SCRUB_PAUSE_SECONDS = 60.0
 WALL_EPOCH = 1_800_000_000.0         # the simulated wall clock starts here (commands carry it)
 
 
@@ -156,6 +158,7 @@ class SimDataNode:
         def save_id(node_id: int) -> None:
             self.saved_id = node_id
         self.membership = Membership(meta, self.name, self.name, self.labels, disk_records, self.saved_id, save_id)
+        self.disks.on_corrupt = self.membership.found_damage
 
         async def store_local(items):
             return self.disks.put_many(items)
@@ -163,6 +166,15 @@ class SimDataNode:
         self.up, self.boots = True, self.boots + 1
         self.spawn(self.membership.run())
         self.spawn(self._collect_orphans(meta))
+        self.spawn(self._scrub())
+
+    async def _scrub(self) -> None:
+        """A whole scrub pass now and then (reading is instant on a simulated disk)."""
+        loop = asyncio.get_running_loop()
+        while True:
+            await asyncio.sleep(SCRUB_PAUSE_SECONDS)
+            for disk in self.disks.healthy():
+                Scrubber(disk.store, self.membership.found_damage, clock=loop.time, sleep=lambda _: None).run_pass()
 
     async def _collect_orphans(self, meta) -> None:
         async def delete(fragments):
