@@ -70,6 +70,11 @@ def add_commands(commands) -> None:
         server.add_argument("rest", nargs=argparse.REMAINDER)
         server.set_defaults(run=cmd_server, role=role)
 
+    simulate = commands.add_parser("simulate", help="failure-injection simulations (python -m simulations)",
+                                   add_help=False)
+    simulate.add_argument("rest", nargs=argparse.REMAINDER)
+    simulate.set_defaults(run=cmd_simulate)
+
     dev = commands.add_parser("dev", help="a local cluster on 127.0.0.1").add_subparsers(dest="dev_command",
                                                                                         required=True)
     up = command("up", cmd_dev_up, "start 3 meta and 6 data nodes under --dir, wait until healthy", dev)
@@ -350,6 +355,14 @@ def cmd_server(args) -> int:
         from cluster.data.server import main as server_main
     server_main(rest)
     return 0
+
+
+def cmd_simulate(args) -> int:
+    """`cairn simulate cluster|raft ...`: the simulations' own command (python -m simulations)."""
+    from simulations.__main__ import main as simulations_main, with_fixed_hash_seed
+
+    with_fixed_hash_seed(args.rest)
+    return simulations_main(args.rest)
 
 
 def config_flags(path: str) -> list[str]:

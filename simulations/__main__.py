@@ -1,12 +1,14 @@
-"""python -m simulations raft --seeds N: runs seeded failure-injection simulations.
+"""python -m simulations raft|cluster --seeds N: runs seeded failure-injection simulations.
 
-Each seed is one deterministic run (see simulations/raft/run.py). The summary gives the seeds
-run, the simulated time, the faults injected by kind and every violation; a failing seed prints
-the command that replays it alone.
+Each seed is one deterministic run: `raft` the metadata group alone (simulations/raft/run.py),
+`cluster` the whole cluster with clients (simulations/cluster/run.py). The summary gives the
+seeds run, the simulated time, the faults injected by kind and every violation; a failing seed
+prints the command that replays it alone (`--trace` prints every operation and fault).
 """
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 import time
 from collections import Counter
@@ -36,6 +38,46 @@ def raft_command(args) -> int:
     return 1 if failures else 0
 
 
+def cluster_command(args) -> int:
+    import logging
+
+    from simulations.cluster.run import run_seed
+
+    logging.basicConfig(level=logging.CRITICAL if not args.trace else logging.WARNING)
+    seeds = [args.seed] if args.seed is not None else range(args.start, args.start + args.seeds)
+    faults, simulated, operations, failures, started = Counter(), 0.0, 0, [], time.monotonic()
+    for count, seed in enumerate(seeds, 1):
+        report = run_seed(seed, args.seconds, verbose=args.trace)
+        faults.update(report.faults)
+        simulated += report.simulated_seconds
+        operations += report.operations
+        if report.violation:
+            failures.append(report)
+            print(f"seed {seed}: VIOLATION {report.violation}", flush=True)
+            print(f"  replay: python -m simulations cluster --seed {seed} --seconds {args.seconds:g} --trace",
+                  flush=True)
+        elif args.seed is not None or args.verbose:
+            print(f"seed {seed}: ok, {report.shape}, {report.operations} operations, "
+                  f"{report.simulated_seconds:.0f} simulated s, trace {report.trace}", flush=True)
+        if count % 20 == 0:
+            print(f"... {count} seeds, {len(failures)} failing", file=sys.stderr, flush=True)
+    elapsed = time.monotonic() - started
+    print(f"cluster: {len(list(seeds))} seeds in {elapsed:.1f} s, {simulated / 3600:.2f} simulated hours "
+          f"({simulated / max(elapsed, 1e-9):.0f}x real time), {operations} client operations, "
+          f"{len(failures)} violations")
+    print("faults injected: " + (", ".join(f"{kind} {n}" for kind, n in sorted(faults.items())) or "none"))
+    return 1 if failures else 0
+
+
+def with_fixed_hash_seed(argv: list[str]) -> None:
+    """Re-runs `python -m simulations ARGV` with PYTHONHASHSEED=0 unless it is set so, so a seed
+    replays the same in any process (str and bytes hashes, and so set orders, are otherwise
+    salted per process)."""
+    if os.environ.get("PYTHONHASHSEED") != "0":
+        os.execve(sys.executable, [sys.executable, "-m", "simulations", *argv],
+                  {**os.environ, "PYTHONHASHSEED": "0"})
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m simulations", description=__doc__.splitlines()[0])
     commands = parser.add_subparsers(dest="command", required=True)
@@ -46,9 +88,18 @@ def main(argv: list[str] | None = None) -> int:
     raft.add_argument("--seconds", type=float, default=5.0, help="simulated seconds of faults per seed")
     raft.add_argument("--verbose", action="store_true", help="a line for every seed")
     raft.set_defaults(run=raft_command)
+    whole = commands.add_parser("cluster", help="the whole cluster (meta, data, clients) under faults")
+    whole.add_argument("--seeds", type=int, default=20, help="how many seeds to run (default 20)")
+    whole.add_argument("--start", type=int, default=0, help="first seed (default 0)")
+    whole.add_argument("--seed", type=int, help="run this one seed only, with details")
+    whole.add_argument("--seconds", type=float, default=60.0, help="simulated seconds of faults per seed")
+    whole.add_argument("--verbose", action="store_true", help="a line for every seed")
+    whole.add_argument("--trace", action="store_true", help="print every operation and fault as it happens")
+    whole.set_defaults(run=cluster_command)
     args = parser.parse_args(argv)
     return args.run(args)
 
 
 if __name__ == "__main__":
+    with_fixed_hash_seed(sys.argv[1:])
     sys.exit(main())

@@ -22,6 +22,7 @@ class LinkFaults:
     delay_seconds_max: float = 0.002
     cut: set[tuple[str, str]] = field(default_factory=set)  # (from, to): messages that way are lost
     slow: dict[str, float] = field(default_factory=dict)     # endpoint -> extra delay on everything it answers
+    corrupt: float = 0.0  # chance a payload arrives with a bit flipped (what checksums and hashes are for)
 
 
 class Network:
@@ -69,6 +70,14 @@ class Network:
                 return  # it crashed while answering, or the answer was lost
             asyncio.get_running_loop().call_later(self._delay(target), _answer, answer, outcome)
         process.spawn(serve())
+
+    def garble(self, payload: bytes) -> bytes:
+        """The payload as it arrives: now and then with one bit flipped."""
+        if not payload or self.rng.random() >= self.faults.corrupt:
+            return payload
+        garbled = bytearray(payload)
+        garbled[self.rng.randrange(len(garbled))] ^= 1 << self.rng.randrange(8)
+        return bytes(garbled)
 
     def partition(self, *groups: list[str]) -> None:
         self.faults.cut = {(a, b) for g in groups for h in groups if g is not h for a in g for b in h}

@@ -8,6 +8,9 @@ the seed too. Faults are capped so recovery stays possible: at most m data nodes
 once (down, cut off, or with a lost or corrupted disk, which counts for the rest of the run), and
 at most a minority of metadata nodes are down.
 
+Garbled replies flip bits in fragments on their way to a reader, after the node's CRC32C check:
+only the reader's BLAKE3 checks stand between them and the caller.
+
 Checks: the clients' history (objects as registers: put, delete, get) is linearizable, which
 also means an acknowledged put reads back byte-identical at the end and a get never returns bytes
 that were not put (every value is named by its BLAKE3); the metadata replicas agree; every
@@ -143,7 +146,8 @@ class Faults:
         self.world, self.rng, self.m, self.report, self.rec = world, rng, m, report, rec
         self.rates = {kind: rng.uniform(0, top) for kind, top in (
             ("data crash", 0.04), ("disk lost", 0.01), ("corruption", 0.02), ("meta crash", 0.03),
-            ("isolation", 0.02), ("lossy network", 0.03), ("slow node", 0.03), ("clock skew", 0.02))}
+            ("isolation", 0.02), ("lossy network", 0.03), ("slow node", 0.03), ("clock skew", 0.02),
+            ("garbled replies", 0.01))}
         self.harmed: set[str] = set()    # data nodes whose disk was lost or corrupted
         self.isolated: set[str] = set()
         self._pending: list[asyncio.Task] = []
@@ -247,6 +251,10 @@ class Faults:
         self.world.meta.faults.loss = self.rng.uniform(0, 0.1)
         self.world.meta.faults.duplicate = self.rng.uniform(0, 0.1)
         self._count("lossy network")
+
+    async def _garbled_replies(self) -> None:
+        self.world.network.faults.corrupt = self.rng.uniform(0, 0.05)
+        self._count("garbled replies")
 
     async def _slow_node(self) -> None:
         node = self.rng.choice(list(self.world.datas.values()))

@@ -242,9 +242,10 @@ class SimDataClient:
 
     async def get(self, chunk_id: bytes, index: int, offset: int = 0, length: int | None = None,
                   timeout: float = DATA_CALL_SECONDS, small: bool = False):
-        return await self.world.network.call(self.source, self.target,
-                                             lambda node: node.get(chunk_id, index, offset, length),
-                                             min(timeout, DATA_CALL_SECONDS))
+        network = self.world.network
+        data = await network.call(self.source, self.target, lambda node: node.get(chunk_id, index, offset, length),
+                                  min(timeout, DATA_CALL_SECONDS))
+        return network.garble(data)
 
     async def close(self) -> None:
         pass

@@ -1,0 +1,105 @@
+"""The whole-cluster simulation (simulations/cluster/): a fixed budget of seeds holds every check,
+a seed replays exactly, and planted bugs are caught by the checkers."""
+import asyncio
+import os
+import subprocess
+import sys
+
+import pytest
+
+from cluster.client.fragments import Fragments
+from cluster.client.meta import MetaClient
+from cluster.client.reader import ObjectReader
+from cluster.proto import meta_pb2 as pb
+from simulations.cluster import run
+from simulations.cluster.network import Network
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+SEEDS = 200  # the CI budget, run as two processes (two cores)
+
+
+def test_a_budget_of_seeds_holds_every_check():
+    half = SEEDS // 2
+    processes = [subprocess.Popen([sys.executable, "-m", "simulations", "cluster", "--seeds", str(half),
+                                   "--start", str(start)], cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL,
+                                  text=True, env={**os.environ, "PYTHONHASHSEED": "0"})
+                 for start in (0, half)]
+    outputs = [p.communicate(timeout=900)[0] for p in processes]
+    for process, output in zip(processes, outputs):
+        assert process.returncode == 0, output
+        assert f"cluster: {half} seeds" in output and "0 violations" in output, output
+
+
+def test_a_seed_replays_exactly():
+    first, second = run.run_seed(7), run.run_seed(7)
+    assert first.violation is None, first.violation
+    assert (first.trace, first.operations, first.faults, first.simulated_seconds) == \
+        (second.trace, second.operations, second.faults, second.simulated_seconds)
+    assert run.run_seed(8).trace != first.trace
+
+
+def _caught(seeds=range(5)) -> str:
+    for seed in seeds:
+        report = run.run_seed(seed, safety_seconds=20.0)
+        if report.violation:
+            return report.violation
+    raise AssertionError("the planted bug went unnoticed")
+
+
+def test_a_put_acknowledged_without_its_commit_is_caught(monkeypatch):
+    real_call = MetaClient.call
+
+    async def call(self, op):
+        if op.WhichOneof("op") == "command" and op.command.WhichOneof("command") == "commit_put":
+            return pb.MetaReply(code=pb.OK, result=pb.MetaResult(head=op.command.commit_put.manifest.head))
+        return await real_call(self, op)
+    monkeypatch.setattr(MetaClient, "call", call)
+    assert "linearizability" in _caught()
+
+
+def test_a_reader_that_skips_the_hash_checks_is_caught(monkeypatch):
+    real_garble = Network.garble
+
+    def garble(self, payload):  # every run garbles replies now and then
+        self.faults.corrupt = 0.05
+        return real_garble(self, payload)
+    monkeypatch.setattr(Network, "garble", garble)
+    from cluster.codec import CodecError
+
+    def unchecked(codec, chunk_id, length, fragments):
+        try:
+            return codec.decode_chunk(fragments, length)
+        except CodecError:
+            return None
+    monkeypatch.setattr(Fragments, "_verified", staticmethod(unchecked))
+    monkeypatch.setattr(ObjectReader, "verified_whole", lambda self: True)
+    assert "linearizability" in _caught()
+
+
+@pytest.mark.parametrize("planted", ["references", "replicas"])
+def test_the_state_checks_catch_what_they_look_for(planted):
+    """The reference count and replica checks, on a world whose state was tampered with."""
+    async def scenario():
+        world = run.World(3, metas=3, datas=5)
+        await world.start()
+        client = world.client("c")
+        await client.create_bucket("sim", k=2, m=1)
+        await client.put("sim", "k", os.urandom(50_000))
+        await asyncio.sleep(2)
+        leader = world.leader()
+        chunk_key, raw = next(iter(leader.state.disk.scan(b"C", b"D")))
+        if planted == "references":
+            chunk = pb.Chunk.FromString(raw)
+            chunk.refs += 1
+            leader.state.disk.write([(chunk_key, chunk.SerializeToString())], [], sync=True)
+            with pytest.raises(run.Violation, match="references"):
+                run.check_references(leader.state)
+        else:
+            follower = next(n for n in world.meta.nodes.values() if n is not leader)
+            follower.state.disk.write([(chunk_key, raw + b"x")], [], sync=True)
+            with pytest.raises(run.Violation, match="differ"):
+                run.check_replicas_agree(world)
+        await client.close()
+        await world.stop()
+    from simulations.loop import run as run_on_sim_loop
+    run_on_sim_loop(scenario())
