@@ -10,7 +10,6 @@ import asyncio
 import logging
 from typing import Awaitable, Callable
 
-from cluster.client.meta import ClusterUnavailable
 from cluster.proto import meta_pb2 as pb
 
 log = logging.getLogger("cairn.data")
@@ -57,7 +56,7 @@ class Membership:
         while True:
             try:
                 await self.beat()
-            except (ClusterUnavailable, RuntimeError) as error:
+            except Exception as error:  # noqa: BLE001 - whatever failed, the next beat tries again
                 log.warning("heartbeat: %s", error)
             await self._sleep(every_seconds)
 

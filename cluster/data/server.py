@@ -23,7 +23,7 @@ import grpc
 import zmq
 
 from cluster.client.fragments import Fragments
-from cluster.client.meta import ClusterUnavailable, MetaClient
+from cluster.client.meta import MetaClient
 from cluster.data import wire
 from cluster.data.disks import DiskSet
 from cluster.data.membership import Membership
@@ -308,7 +308,7 @@ class DataNode:
                 listing[:] = await loop.run_in_executor(
                     self.pool, lambda: list(self.disks.fragments(b"", b"\xff" * 32)))
                 await collector.run_pass()
-            except (ClusterUnavailable, RuntimeError) as error:
+            except Exception as error:  # noqa: BLE001 - e.g. a full disk: the next pass tries again
                 log.warning("orphan pass: %s", error)
 
     async def compact_loop(self) -> None:

@@ -16,14 +16,14 @@ import random
 import grpc
 
 from cluster.client.fragments import Fragments
-from cluster.client.meta import ClusterUnavailable, MetaClient
+from cluster.client.meta import MetaClient
 from cluster.client.objects import AsyncClient
 from cluster.data.disks import DiskSet
 from cluster.data.membership import Membership
 from cluster.data.orphans import OrphanCollector, placements_from
 from cluster.data.repairs import RepairExecutor, check_request
 from cluster.data.scrubber import Scrubber
-from cluster.data.server import _status_of
+from cluster.data.server import COMPACT_THRESHOLD, _status_of
 from cluster.data.store import FragmentStore, StripedStore
 from cluster.data.wire import DataError
 from cluster.meta.liveness import FailureDetector
@@ -42,13 +42,14 @@ from simulations.raft.driver_cluster import TICK_SECONDS, DriverCluster, SimNode
 DATA_CALL_SECONDS = 2.0
 META_TIMEOUT_SECONDS = 20.0
 SEGMENT_BYTES_MAX = 256 << 10       # small segments: rolling and compaction happen in short runs
-DISK_BYTES = 64 << 20
+DISK_BYTES = 128 << 20
 SUSPECT_AFTER_SECONDS = 5.0
 DEAD_AFTER_SECONDS = 20.0
 GARBAGE_GRACE_SECONDS = 30.0
 ORPHAN_GRACE_SECONDS = 30.0
 ORPHAN_INTERVAL_SECONDS = 10.0
 SCRUB_PAUSE_SECONDS = 60.0
+COMPACT_INTERVAL_SECONDS = 20.0
 WALL_EPOCH = 1_800_000_000.0         # the simulated wall clock starts here (commands carry it)
 
 
@@ -167,6 +168,12 @@ class SimDataNode:
         self.spawn(self.membership.run())
         self.spawn(self._collect_orphans(meta))
         self.spawn(self._scrub())
+        self.spawn(self._compact())
+
+    async def _compact(self) -> None:
+        while True:
+            await asyncio.sleep(COMPACT_INTERVAL_SECONDS)
+            self.disks.compact(COMPACT_THRESHOLD)
 
     async def _scrub(self) -> None:
         """A whole scrub pass now and then (reading is instant on a simulated disk)."""
@@ -187,8 +194,8 @@ class SimDataNode:
             await asyncio.sleep(ORPHAN_INTERVAL_SECONDS)
             try:
                 await collector.run_pass()
-            except (ClusterUnavailable, RuntimeError):
-                pass  # the next pass tries again
+            except Exception:  # noqa: BLE001 - as the data node's own loop: the next pass tries again
+                pass
 
     async def crash(self) -> None:
         self.up = False
