@@ -69,6 +69,38 @@ def cluster_command(args) -> int:
     return 1 if failures else 0
 
 
+def durability_command(args) -> int:
+    from simulations import durability as d
+
+    try:
+        k, m = (int(x) for x in args.profile.split("+"))
+    except ValueError:
+        raise SystemExit(f"bad --profile {args.profile!r}: K+M, e.g. 4+2") from None
+    shape = d.Shape(args.nodes, args.disks, args.disk_tb * 1e12, args.racks, args.fill, args.chunk_mb * 1e6)
+    rates = d.Rates(args.disk_afr, args.node_afr, args.repair_mb_per_s * 1e6, args.detect_seconds)
+    for name, value in (("--nodes", args.nodes), ("--disks", args.disks), ("--racks", args.racks),
+                        ("--years", args.years), ("--repair-mb-per-s", args.repair_mb_per_s)):
+        if value <= 0:
+            raise SystemExit(f"{name} must be positive")
+    if not 0 < args.fill <= 1 or args.disk_afr < 0 or args.node_afr < 0:
+        raise SystemExit("--fill must be in (0, 1], failure rates >= 0")
+    if not args.sweep and k + m > args.nodes:
+        raise SystemExit(f"a {k}+{m} profile needs at least {k + m} nodes; --nodes is {args.nodes}")
+    profiles = d.PROFILES if args.sweep else [(k, m)]
+    bandwidths = d.SWEEP_MB_PER_S if args.sweep else [args.repair_mb_per_s]
+    rows = d.plan(shape, rates, profiles, bandwidths, args.years, args.seed, args.sample_chunks,
+                  progress=lambda text: print(text, file=sys.stderr, flush=True))
+    title = (f"{args.nodes} nodes x {args.disks} disks of {args.disk_tb:g} TB in {args.racks} racks, "
+             f"{args.fill:.0%} full; disk AFR {args.disk_afr:g}, node AFR {args.node_afr:g}; "
+             f"{args.years:g} simulated years per row")
+    print(title)
+    print(d.table(rows))
+    if args.plot:
+        d.plot(rows, args.plot, title)
+        print(f"plot: {args.plot}")
+    return 0
+
+
 def with_fixed_hash_seed(argv: list[str]) -> None:
     """Re-runs `python -m simulations ARGV` with PYTHONHASHSEED=0 unless it is set so, so a seed
     replays the same in any process (str and bytes hashes, and so set orders, are otherwise
@@ -96,6 +128,24 @@ def main(argv: list[str] | None = None) -> int:
     whole.add_argument("--verbose", action="store_true", help="a line for every seed")
     whole.add_argument("--trace", action="store_true", help="print every operation and fault as it happens")
     whole.set_defaults(run=cluster_command)
+    durable = commands.add_parser("durability", help="how often a cluster of this shape would lose data")
+    durable.add_argument("--nodes", type=int, default=12)
+    durable.add_argument("--disks", type=int, default=4, help="disks per node")
+    durable.add_argument("--disk-tb", type=float, default=8.0)
+    durable.add_argument("--racks", type=int, default=3, help="failure domains the nodes spread over")
+    durable.add_argument("--fill", type=float, default=0.7, help="fraction of the capacity in use")
+    durable.add_argument("--chunk-mb", type=float, default=4.0, help="average chunk size")
+    durable.add_argument("--profile", default="4+2", help="erasure profile K+M")
+    durable.add_argument("--disk-afr", type=float, default=0.02, help="disk failures per disk-year")
+    durable.add_argument("--node-afr", type=float, default=0.01, help="node failures per node-year")
+    durable.add_argument("--repair-mb-per-s", type=float, default=200.0, help="cluster-wide repair bandwidth")
+    durable.add_argument("--detect-seconds", type=float, default=300.0, help="delay before a failure is repaired")
+    durable.add_argument("--years", type=float, default=100_000, help="simulated cluster-years per row")
+    durable.add_argument("--sample-chunks", type=int, default=5000, help="chunks placed for the Monte Carlo")
+    durable.add_argument("--seed", type=int, default=1)
+    durable.add_argument("--sweep", action="store_true", help="profiles 4+2, 6+3, 8+3, 10+4 x repair bandwidths")
+    durable.add_argument("--plot", metavar="FILE.png", help="write P(loss) against repair bandwidth")
+    durable.set_defaults(run=durability_command)
     args = parser.parse_args(argv)
     return args.run(args)
 
