@@ -514,6 +514,20 @@ def test_the_repairer_batches_orders_per_executing_node_in_queue_order(monkeypat
     assert list(batches[2][1][0].request.avoid) == [1]  # read from the suspect node only if need be
 
 
+def test_no_rebalancing_plan_comes_from_a_pass_that_counted_while_fragments_moved():
+    """A pass that overlapped running orders counted loads the moves were changing: planning
+    from it moved the same bytes again and again, back and forth (found by the simulation)."""
+    from cluster.meta import repairer as repairer_module
+    repairer = repairer_module.Repairer(service=None)
+    states = {1: pb.UP, 2: pb.UP, 3: pb.UP}
+    for busy, planned in ((True, False), (False, True)):
+        repairer._pass = repair.Survey(load=Counter({1: 900, 2: 100, 3: 500}))
+        repairer._pass_busy = busy
+        repairer._end_pass(states, frozenset(states))
+        assert (repairer._moves is not None) == planned
+        assert repairer._pass_busy is False
+
+
 def test_rebalancing_plan_moves_bytes_from_full_nodes_to_empty_ones():
     states = {n: pb.UP for n in range(1, 5)}
     moves = repair.Moves(Counter({1: 1000, 2: 1000, 3: 1000, 4: 0}), states, 0.10)

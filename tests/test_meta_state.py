@@ -380,6 +380,15 @@ def test_damage_reports_are_kept_only_for_the_node_the_placement_names(cluster):
     assert [(d.index, d.node, d.reason) for d in cluster.state.damage()] == [(1, 2, "crc mismatch")]
 
 
+def test_a_forgotten_chunk_takes_its_damage_reports_with_it(cluster):
+    chunk = CHUNK_IDS[0]
+    assert commit(cluster, [pb.ChunkRef(id=chunk, length=CHUNKS[chunk])], [pb.Placement(chunk=chunk, nodes=[1, 2, 3])]).code == pb.OK
+    assert cluster.apply(report_damage=pb.ReportDamage(damage=[pb.Damage(chunk=chunk, index=1, node=2)])).code == pb.OK
+    assert cluster.apply(delete_object=pb.DeleteObject(bucket="data", key="k")).code == pb.OK
+    assert cluster.apply(forget_chunks=pb.ForgetChunks(chunks=[chunk])).code == pb.OK
+    assert cluster.state.chunk(chunk) is None and cluster.state.damage() == []
+
+
 def test_a_page_that_ends_on_a_directory_marker_continues_inside_it(cluster):
     for key in ("photos/", "photos/a", "photos/b", "photos/c/d"):
         assert cluster.put("data", key, []).code == pb.OK

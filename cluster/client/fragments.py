@@ -21,10 +21,11 @@ from typing import Callable
 
 import blake3
 
+from cluster import faultpoints
 from cluster.client.errors import CorruptObject, NotEnoughFragmentsError, raise_for
 from cluster.client.meta import MetaClient
 from cluster.codec import CodecError, ReedSolomon, crc32c
-from cluster.data.wire import COALESCE_BYTES_MAX, DataClient, DataError
+from cluster.data.wire import COALESCE_BYTES_MAX, UNAVAILABLE, DataClient, DataError
 from cluster.proto import meta_pb2 as pb
 
 REPLACE_ATTEMPTS = 3
@@ -190,6 +191,8 @@ class Fragments:
 
         async def one(index: int) -> None:
             try:
+                if faultpoints.hit("fragment.get"):  # the node fails this read: parity instead
+                    raise DataError(UNAVAILABLE, "fault point: fragment get failed")
                 client = await self._client(chunk.nodes[index])
                 have[index] = await client.get(chunk_id, index, timeout=fragment_timeout(size),
                                                small=size <= COALESCE_BYTES_MAX)
@@ -216,6 +219,8 @@ class Fragments:
 
     async def send(self, node_id: int, chunk_id: bytes, index: int, fragment) -> None:
         """Stores one fragment on one node."""
+        if faultpoints.hit("fragment.put"):  # the node fails this put: a replacement takes it
+            raise DataError(UNAVAILABLE, "fault point: fragment put failed")
         client = await self._client(node_id)
         await client.put(chunk_id, index, fragment, crc32c(fragment), timeout=fragment_timeout(len(fragment)))
         self.sent += 1

@@ -19,7 +19,8 @@ from typing import AsyncIterator, Callable
 
 import blake3
 
-from cluster.client.errors import InvalidArgument, raise_for
+from cluster import faultpoints
+from cluster.client.errors import ClusterUnavailable, InvalidArgument, raise_for
 from cluster.client.fragments import Fragments
 from cluster.codec import Chunker
 from cluster.proto import meta_pb2 as pb
@@ -179,6 +180,8 @@ class Writer:
         else:
             manifest.chunks.extend(state.refs)
         placements = [pb.Placement(chunk=c, nodes=n) for c, n in state.placements.items()]
+        if faultpoints.hit("put.before_commit"):  # the client dies with its fragments uploaded
+            raise ClusterUnavailable("fault point: the client stopped before its commit")
         reply = await self.meta.call(pb.MetaOp(command=pb.MetaCommand(
             op_id=os.urandom(16), commit_put=pb.CommitPut(bucket=bucket, key=key, manifest=manifest,
                                                           placements=placements))))

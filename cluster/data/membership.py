@@ -10,6 +10,7 @@ import asyncio
 import logging
 from typing import Awaitable, Callable
 
+from cluster import faultpoints
 from cluster.proto import meta_pb2 as pb
 
 log = logging.getLogger("cairn.data")
@@ -44,6 +45,8 @@ class Membership:
 
     async def beat(self) -> None:
         """One heartbeat (registering first when the node has no id), then the damage found."""
+        if faultpoints.hit("heartbeat.lost"):
+            raise RuntimeError("fault point: heartbeat lost")
         if self.node_id == 0:
             await self.register()
         disks = await self._disk_records()

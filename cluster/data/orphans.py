@@ -14,6 +14,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Awaitable, Callable, Iterable
 
+from cluster import faultpoints
 from cluster.proto import meta_pb2 as pb
 
 DEFAULT_GRACE_SECONDS = 3600.0
@@ -59,6 +60,8 @@ class OrphanCollector:
         # a fragment referenced now (or gone) starts its grace period afresh if it turns up again
         self.first_seen = {f: t for f, t in self.first_seen.items() if f in seen_now}
         due = [f for f, t in self.first_seen.items() if now - t >= self.grace_seconds]
+        if due and faultpoints.hit("orphans.before_delete"):
+            return result  # the node stopped before deleting: the next pass does it
         if due:
             confirmed = await self._unreferenced(due, me)  # once more, just before deleting
             if confirmed:

@@ -16,6 +16,7 @@ import os
 import threading
 from typing import Awaitable, Callable
 
+from cluster import faultpoints
 from cluster.client.errors import CairnError
 from cluster.client.fragments import Fragments
 from cluster.codec import crc32c
@@ -108,6 +109,8 @@ class RepairExecutor:
                 errors = [e for e in await self._store_local(local) if e is not None]
                 if errors:
                     raise OSError(f"storing here: {errors[0]}")
+            if faultpoints.hit("repair.after_store"):  # stored, but the leader never hears of it
+                raise faultpoints.Injected("fault point: repair answer lost")
         except (CairnError, DataError, OSError, asyncio.TimeoutError) as error:
             return pb.RepairOutcome(ok=False, error=f"{order.chunk.hex()[:16]}: {error}", fragments_read=len(asked))
         return pb.RepairOutcome(ok=True, fragments_read=len(asked),

@@ -23,6 +23,7 @@ from typing import Callable
 
 import grpc
 
+from cluster import faultpoints
 from cluster.meta import repair
 from cluster.meta.state import Refused
 from cluster.proto import data_pb2, data_pb2_grpc
@@ -67,6 +68,7 @@ class Repairer:
         self._pass = repair.Survey()
         self._moves: repair.Moves | None = None
         self._balanced_over: frozenset | None = None  # the UP nodes of the last pass that found balance
+        self._pass_busy = False  # orders ran during this pass: its loads are not what the nodes hold
         self.stats = pb.RepairStats()
         self._recent: deque[tuple[float, int]] = deque()
         self._budget_at = 0.0  # when the bandwidth budget next has room
@@ -106,6 +108,7 @@ class Repairer:
             self.stats.chunks_by_lost[0] = self.state.chunk_counts()[0]
             self.stats.unrepairable = self.stats.queued = self.stats.draining = self.stats.rebalance_bytes = 0
             return 0
+        self._pass_busy |= bool(self._running)
         records = self.state.chunks_after(self._cursor, SLICE_CHUNKS)
         # no rebalancing while a node is in doubt: repairs come first, and a move would read from it
         doubt = pb.SUSPECT in states.values() or pb.DEAD in states.values()
@@ -128,6 +131,7 @@ class Repairer:
             self._tasks.add(task)
             task.add_done_callback(self._tasks.discard)
             started += len(batch)
+        self._pass_busy |= started > 0
         return started
 
     def _startable(self, queue: list[repair.Damaged], states: dict) -> list[repair.Damaged]:
@@ -153,9 +157,13 @@ class Repairer:
         self.stats.chunks_by_lost.update(finished.by_lost)
         self.stats.unrepairable, self.stats.draining = finished.unrepairable, finished.draining
         self.stats.passes += 1
+        busy, self._pass_busy = self._pass_busy, False
         moves = repair.Moves(finished.load, states, REBALANCE_BAND)
-        self._moves = moves if moves and not finished.repairs else None
         self.stats.rebalance_bytes = int(sum(moves.excess.values())) if moves else 0
+        if busy:  # fragments moved while this pass counted them: plan from the next pass
+            self._moves, self._balanced_over = None, None
+            return
+        self._moves = moves if moves and not finished.repairs else None
         self._balanced_over = up if not moves and not finished.repairs else None
 
     def _batches(self, queue: list[repair.Damaged], by_id: dict, states: dict):
@@ -205,6 +213,8 @@ class Repairer:
                 stub = data_pb2_grpc.DataStub(self._channel_to(executor.address))
                 reply = await stub.Repair(data_pb2.RepairRequest(orders=[o.request for o in batch]),
                                           timeout=BATCH_SECONDS)
+            if faultpoints.hit("repair.before_placement"):  # as if the leader lost the answers
+                return
             done = []
             for order, outcome in zip(batch, reply.outcomes):
                 if order.damaged.target is None:  # a repair, not a move

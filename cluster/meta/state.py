@@ -367,6 +367,8 @@ class MetaState:
             if chunk.refs == 0:  # a commit may have brought it back meanwhile
                 batch.delete(chunk_key(chunk_id))
                 batch.delete(b"G" + _u64(chunk.unreferenced_ms) + chunk_id)
+                for index in range(len(chunk.nodes)):  # its damage reports go with it
+                    batch.delete(b"D" + chunk_id + bytes([index]))
                 self._count_chunks(batch, -1, -chunk.length)
         return pb.MetaResult()
 

@@ -23,6 +23,7 @@ class LinkFaults:
     cut: set[tuple[str, str]] = field(default_factory=set)  # (from, to): messages that way are lost
     slow: dict[str, float] = field(default_factory=dict)     # endpoint -> extra delay on everything it answers
     corrupt: float = 0.0  # chance a payload arrives with a bit flipped (what checksums and hashes are for)
+    duplicate: float = 0.0  # chance a request arrives twice (a retransmission): its handler runs twice
 
 
 class Network:
@@ -47,6 +48,8 @@ class Network:
         answer = loop.create_future()
         if not self._lost(source, target):
             loop.call_later(self._delay(target), self._arrive, source, target, handler, answer)
+            if self.rng.random() < self.faults.duplicate:
+                loop.call_later(self._delay(target), self._arrive, source, target, handler, answer)
         try:
             kind, value = await asyncio.wait_for(asyncio.shield(answer), timeout)
         except asyncio.TimeoutError:

@@ -8,7 +8,10 @@ the seed too. Faults are capped so recovery stays possible: at most m data nodes
 once (down, cut off, or with a lost or corrupted disk, which counts for the rest of the run), and
 at most a minority of metadata nodes are down.
 
-Garbled replies flip bits in fragments on their way to a reader, after the node's CRC32C check:
+Fault points in the production code (cluster/faultpoints.py) fail its failure-handling branches
+on purpose: a client dying between its uploads and its commit, fragment puts and gets failing
+(replacement nodes, parity reads), repair answers lost before or after the placement changes,
+orphans not deleted, heartbeats lost. Garbled replies flip bits in fragments on their way to a reader, after the node's CRC32C check:
 only the reader's BLAKE3 checks stand between them and the caller.
 
 Checks: the clients' history (objects as registers: put, delete, get) is linearizable, which
@@ -30,10 +33,11 @@ from dataclasses import dataclass, field
 
 import blake3
 
+from cluster import faultpoints
 from cluster.client.errors import CairnError, NoSuchKey
 from cluster.proto import meta_pb2 as pb
 from simulations import linearizability
-from simulations.cluster.world import DEAD_AFTER_SECONDS, World
+from simulations.cluster.world import DEAD_AFTER_SECONDS, DISK_BYTES, World
 from simulations.loop import SimLoop, cancel_all
 
 BUCKET = "sim"
@@ -42,6 +46,8 @@ SIZES = [0, 100, 3000, 20_000, 150_000, 600_000]  # inline, one chunk, several c
 SAFETY_SECONDS = 60.0
 LIVENESS_SECONDS = 400.0
 OPERATION_ERRORS = (CairnError, asyncio.TimeoutError, OSError)
+FAULT_POINTS = ["put.before_commit", "fragment.put", "fragment.get", "repair.after_store",
+                "repair.before_placement", "orphans.before_delete", "heartbeat.lost"]
 
 
 class Violation(AssertionError):
@@ -147,7 +153,8 @@ class Faults:
         self.rates = {kind: rng.uniform(0, top) for kind, top in (
             ("data crash", 0.04), ("disk lost", 0.01), ("corruption", 0.02), ("meta crash", 0.03),
             ("isolation", 0.02), ("lossy network", 0.03), ("slow node", 0.03), ("clock skew", 0.02),
-            ("garbled replies", 0.01))}
+            ("garbled replies", 0.01), ("full disk", 0.01))}
+        self.points = {name: rng.uniform(0, 0.05) for name in FAULT_POINTS}
         self.harmed: set[str] = set()    # data nodes whose disk was lost or corrupted
         self.isolated: set[str] = set()
         self._pending: list[asyncio.Task] = []
@@ -169,7 +176,15 @@ class Faults:
             await coroutine_function(*args)
         self._pending.append(asyncio.get_running_loop().create_task(run()))
 
+    def _point(self, name: str) -> bool:
+        """The production code's fault points (cluster/faultpoints.py) fire at seeded rates."""
+        if self.rng.random() < self.points.get(name, 0.0):
+            self._count(f"point {name}")
+            return True
+        return False
+
     async def run(self, until: float) -> None:
+        faultpoints.install(self._point)
         loop = asyncio.get_running_loop()
         while loop.time() < until:
             await asyncio.sleep(0.5)
@@ -247,6 +262,7 @@ class Faults:
     async def _lossy_network(self) -> None:
         faults = self.world.network.faults
         faults.loss = self.rng.uniform(0, 0.05)
+        faults.duplicate = self.rng.uniform(0, 0.05)
         faults.delay_seconds_max = self.rng.uniform(0.001, 0.05)
         self.world.meta.faults.loss = self.rng.uniform(0, 0.1)
         self.world.meta.faults.duplicate = self.rng.uniform(0, 0.1)
@@ -255,6 +271,16 @@ class Faults:
     async def _garbled_replies(self) -> None:
         self.world.network.faults.corrupt = self.rng.uniform(0, 0.05)
         self._count("garbled replies")
+
+    async def _full_disk(self) -> None:
+        """A data node's disk fills up (other tenants, a runaway log) for a while."""
+        node = self.rng.choice(list(self.world.datas.values()))
+        node.files.capacity = node.files.used() + self.rng.randrange(1 << 20)
+        self._later(self.rng.uniform(1.0, 30.0), self._room, node)
+        self._count("full disk", node.name)
+
+    async def _room(self, node) -> None:
+        node.files.capacity = DISK_BYTES
 
     async def _slow_node(self) -> None:
         node = self.rng.choice(list(self.world.datas.values()))
@@ -272,10 +298,13 @@ class Faults:
         self._count("clock skew")
 
     async def stop(self) -> None:
+        faultpoints.install(None)
         for task in self._pending:
             task.cancel()
         await asyncio.gather(*self._pending, return_exceptions=True)
         self.world.heal()
+        for node in self.world.datas.values():
+            node.files.capacity = DISK_BYTES
         for node in self.world.meta.nodes.values():
             if not node.up:
                 await node.boot()
@@ -428,6 +457,7 @@ def run_seed(seed: int, safety_seconds: float = SAFETY_SECONDS, verbose: bool = 
     except (Violation, WallClockExceeded) as violation:
         return SeedReport(seed, "", loop.time(), 0, violation=str(violation))
     finally:
+        faultpoints.install(None)
         signal.alarm(0)
         signal.signal(signal.SIGALRM, previous)
         cancel_all(loop)
