@@ -261,7 +261,9 @@ def test_a_dead_node_and_a_damaged_fragment_are_repaired(tmp_path):
             # a data node dies: every chunk with a fragment on it is rebuilt elsewhere
             local.kill("data", 1, signal.SIGKILL)
             wait(lambda: healed(1))
-            repaired = client.status().repair.repaired
+            repair_stats = client.status().repair
+            repaired = repair_stats.repaired
+            assert repair_stats.fragments_read <= 4 * repaired  # no more than k fragments per rebuilt chunk
 
             # a damage report (as the scrubber or a client's hash check sends) is repaired too
             async def report():
