@@ -47,14 +47,15 @@ def cluster_command(args) -> int:
     seeds = [args.seed] if args.seed is not None else range(args.start, args.start + args.seeds)
     faults, simulated, operations, failures, started = Counter(), 0.0, 0, [], time.monotonic()
     for count, seed in enumerate(seeds, 1):
-        report = run_seed(seed, args.seconds, verbose=args.trace)
+        report = run_seed(seed, args.seconds, verbose=args.trace, scenario=args.scenario)
         faults.update(report.faults)
         simulated += report.simulated_seconds
         operations += report.operations
         if report.violation:
             failures.append(report)
+            scenario = f" --scenario {args.scenario}" if args.scenario else ""
             print(f"seed {seed}: VIOLATION {report.violation}", flush=True)
-            print(f"  replay: python -m simulations cluster --seed {seed} --seconds {args.seconds:g} --trace",
+            print(f"  replay: python -m simulations cluster --seed {seed} --seconds {args.seconds:g}{scenario} --trace",
                   flush=True)
         elif args.seed is not None or args.verbose:
             print(f"seed {seed}: ok, {report.shape}, {report.operations} operations, "
@@ -127,6 +128,10 @@ def main(argv: list[str] | None = None) -> int:
     whole.add_argument("--seconds", type=float, default=60.0, help="simulated seconds of faults per seed")
     whole.add_argument("--verbose", action="store_true", help="a line for every seed")
     whole.add_argument("--trace", action="store_true", help="print every operation and fault as it happens")
+    from simulations.cluster.run import SCENARIOS
+
+    whole.add_argument("--scenario", choices=sorted(SCENARIOS),
+                       help="scripted faults in place of the seeded ones")
     whole.set_defaults(run=cluster_command)
     durable = commands.add_parser("durability", help="how often a cluster of this shape would lose data")
     durable.add_argument("--nodes", type=int, default=12)

@@ -38,6 +38,14 @@ def test_a_seed_replays_exactly():
     assert run.run_seed(8).trace != first.trace
 
 
+@pytest.mark.parametrize("scenario", sorted(run.SCENARIOS))
+def test_named_scenarios_hold_every_check(scenario):
+    for seed in (0, 1):
+        report = run.run_seed(seed, scenario=scenario)
+        assert report.violation is None, f"{scenario}, seed {seed}: {report.violation}"
+        assert report.faults, "the scenario injected nothing"
+
+
 def _caught(seeds=range(5)) -> str:
     for seed in seeds:
         report = run.run_seed(seed, safety_seconds=20.0)

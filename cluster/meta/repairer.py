@@ -68,7 +68,7 @@ class Repairer:
         self._pass = repair.Survey()
         self._moves: repair.Moves | None = None
         self._balanced_over: frozenset | None = None  # the UP nodes of the last pass that found balance
-        self._pass_busy = False  # orders ran during this pass: its loads are not what the nodes hold
+        self._pass_busy = False  # orders ran or were found during this pass: its loads are not what the nodes will hold
         self.stats = pb.RepairStats()
         self._recent: deque[tuple[float, int]] = deque()
         self._budget_at = 0.0  # when the bandwidth budget next has room
@@ -108,11 +108,11 @@ class Repairer:
             self.stats.chunks_by_lost[0] = self.state.chunk_counts()[0]
             self.stats.unrepairable = self.stats.queued = self.stats.draining = self.stats.rebalance_bytes = 0
             return 0
-        self._pass_busy |= bool(self._running)
         records = self.state.chunks_after(self._cursor, SLICE_CHUNKS)
         # no rebalancing while a node is in doubt: repairs come first, and a move would read from it
         doubt = pb.SUSPECT in states.values() or pb.DEAD in states.values()
         found = repair.survey(records, states, damage, None if doubt else self._moves)
+        self._pass_busy |= bool(self._running) or bool(found.queue)
         self._pass.add(found)
         self._cursor = records[-1][0] if len(records) == SLICE_CHUNKS else b""
         if not self._cursor:
@@ -131,7 +131,6 @@ class Repairer:
             self._tasks.add(task)
             task.add_done_callback(self._tasks.discard)
             started += len(batch)
-        self._pass_busy |= started > 0
         return started
 
     def _startable(self, queue: list[repair.Damaged], states: dict) -> list[repair.Damaged]:

@@ -19,7 +19,8 @@ also means an acknowledged put reads back byte-identical at the end and a get ne
 that were not put (every value is named by its BLAKE3); the metadata replicas agree; every
 chunk's reference count equals the references of the manifests; and within a bound after the
 faults stop, every chunk has all k+m fragments intact on live nodes where its placement says,
-no chunk without references is left, and no data node keeps a fragment no placement names.
+no chunk without references is left, no data node keeps a fragment no placement names, and
+rebalancing has come to rest.
 """
 from __future__ import annotations
 
@@ -45,6 +46,7 @@ KEYS = [f"k{n}" for n in range(6)]
 SIZES = [0, 100, 3000, 20_000, 150_000, 600_000]  # inline, one chunk, several chunks
 SAFETY_SECONDS = 60.0
 LIVENESS_SECONDS = 400.0
+SETTLED_SECONDS = 30.0
 OPERATION_ERRORS = (CairnError, asyncio.TimeoutError, OSError)
 FAULT_POINTS = ["put.before_commit", "fragment.put", "fragment.get", "repair.after_store",
                 "repair.before_placement", "orphans.before_delete", "heartbeat.lost"]
@@ -314,6 +316,68 @@ class Faults:
         self.isolated.clear()
 
 
+# ---- named scenarios: scripted faults in place of the seeded ones (the seed still decides the
+# cluster's shape, the clients and the network's delays)
+
+
+async def _leader_dies_during_puts(world: World, faults: Faults, until: float) -> None:
+    """The metadata leader crashes every few seconds, in the middle of puts, commits and repairs."""
+    loop = asyncio.get_running_loop()
+    while loop.time() < until - 5:
+        await asyncio.sleep(faults.rng.uniform(2.0, 6.0))
+        leader = world.leader()
+        if leader is not None:
+            await leader.crash()
+            faults._count("meta crash", leader.name, "(leader)")
+            faults._later(faults.rng.uniform(0.5, 3.0), faults._boot_meta, leader)
+
+
+async def _m_data_nodes_die_together(world: World, faults: Faults, until: float) -> None:
+    """m data nodes crash at once, stay down past DEAD (their fragments are rebuilt elsewhere),
+    then return and are reconciled."""
+    await asyncio.sleep(5.0)
+    victims = faults.rng.sample(sorted(world.datas.values(), key=lambda n: n.name), faults.m)
+    for node in victims:
+        await node.crash()
+        faults._count("data crash", node.name)
+    await asyncio.sleep(DEAD_AFTER_SECONDS + 15.0)
+    for node in victims:
+        await node.boot()
+
+
+async def _disk_lost_and_node_back(world: World, faults: Faults, until: float) -> None:
+    """A data node loses its disk and comes back at once, empty, before anyone declared it dead;
+    as the clients stop, so what it held is still referenced."""
+    await asyncio.sleep(max(0.0, until - asyncio.get_running_loop().time()))
+    node = faults.rng.choice(sorted(world.datas.values(), key=lambda n: n.name))
+    await node.crash()
+    node.new_disk()
+    faults.harmed.add(node.name)
+    faults._count("disk lost", node.name)
+    await node.boot()
+
+
+async def _leader_cut_off(world: World, faults: Faults, until: float) -> None:
+    """The leader is cut off from everyone (a new one is elected, the old one must not serve),
+    then only what it sends is lost."""
+    for one_way in (False, True):
+        await asyncio.sleep(8.0)
+        leader = world.leader()
+        if leader is not None:
+            world.isolate(leader.name, one_way)
+            faults._count("one-way isolation" if one_way else "isolation", leader.name)
+            await asyncio.sleep(12.0)
+            world.rejoin(leader.name)
+
+
+SCENARIOS = {
+    "leader-dies-during-puts": _leader_dies_during_puts,
+    "m-data-nodes-die-together": _m_data_nodes_die_together,
+    "disk-lost-and-node-back": _disk_lost_and_node_back,
+    "leader-cut-off": _leader_cut_off,
+}
+
+
 # ---- checks
 
 
@@ -377,6 +441,21 @@ def healing_left(world: World) -> str | None:
     return None
 
 
+async def _settled(world: World, deadline: float) -> None:
+    """Rebalancing comes to rest: no fragment moved for SETTLED_SECONDS, within the bound."""
+    loop = asyncio.get_running_loop()
+    moved = None
+    while loop.time() < deadline:
+        leader = world.leader()
+        now = (leader.name, leader.service.repairer.stats.moved) if leader is not None else None
+        if now is not None and now == moved:
+            return
+        moved = now
+        await asyncio.sleep(SETTLED_SECONDS)
+    raise Violation(f"liveness: rebalancing still moving fragments {LIVENESS_SECONDS:.0f} s after faults stopped "
+                    f"({moved})")
+
+
 async def _liveness(world: World, rec: Recorder, report: SeedReport) -> None:
     loop = asyncio.get_running_loop()
     deadline = loop.time() + LIVENESS_SECONDS
@@ -389,6 +468,7 @@ async def _liveness(world: World, rec: Recorder, report: SeedReport) -> None:
     else:
         raise Violation(f"liveness: not healed {LIVENESS_SECONDS:.0f} s after faults stopped: {left}")
     rec.event("healed")
+    await _settled(world, deadline)
     client = world.client("final")
     try:
         for key in KEYS:
@@ -397,7 +477,8 @@ async def _liveness(world: World, rec: Recorder, report: SeedReport) -> None:
         await client.close()
 
 
-async def simulate(seed: int, safety_seconds: float = SAFETY_SECONDS, verbose: bool = False) -> SeedReport:
+async def simulate(seed: int, safety_seconds: float = SAFETY_SECONDS, verbose: bool = False,
+                   scenario: str | None = None) -> SeedReport:
     rng = random.Random(seed)
     datas = rng.choice([5, 6, 7, 8])
     k, m = rng.choice([(k, m) for k, m in ((2, 1), (2, 2), (3, 1), (3, 2), (4, 2)) if k + m <= datas - 1])
@@ -416,7 +497,10 @@ async def simulate(seed: int, safety_seconds: float = SAFETY_SECONDS, verbose: b
     faults = Faults(world, random.Random(rng.getrandbits(64)), m, report, rec)
     clients = [loop.create_task(_workload(world, f"c{n}", random.Random(rng.getrandbits(64)), until, rec))
                for n in range(rng.randint(2, 4))]
-    await faults.run(until)
+    if scenario is None:
+        await faults.run(until)
+    else:
+        await SCENARIOS[scenario](world, faults, until)
     await asyncio.gather(*clients)
     await faults.stop()
     try:
@@ -445,7 +529,8 @@ def _wall_clock_exceeded(signum, frame):
     raise WallClockExceeded(f"hung: the seed ran over {WALL_SECONDS_MAX} s of real time")
 
 
-def run_seed(seed: int, safety_seconds: float = SAFETY_SECONDS, verbose: bool = False) -> SeedReport:
+def run_seed(seed: int, safety_seconds: float = SAFETY_SECONDS, verbose: bool = False,
+             scenario: str | None = None) -> SeedReport:
     """Runs one seed on a fresh SimLoop; os.urandom draws from the seed meanwhile."""
     loop = SimLoop()
     entropy = random.Random(f"urandom-{seed}")
@@ -453,7 +538,7 @@ def run_seed(seed: int, safety_seconds: float = SAFETY_SECONDS, verbose: bool = 
     previous = signal.signal(signal.SIGALRM, _wall_clock_exceeded)
     signal.alarm(WALL_SECONDS_MAX)
     try:
-        return loop.run_until_complete(simulate(seed, safety_seconds, verbose))
+        return loop.run_until_complete(simulate(seed, safety_seconds, verbose, scenario))
     except (Violation, WallClockExceeded) as violation:
         return SeedReport(seed, "", loop.time(), 0, violation=str(violation))
     finally:
