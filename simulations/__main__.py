@@ -14,28 +14,38 @@ import time
 from collections import Counter
 
 
-def raft_command(args) -> int:
-    from simulations.raft.run import run_seed
-
-    seeds = [args.seed] if args.seed is not None else range(args.start, args.start + args.seeds)
-    faults, simulated, failures, started = Counter(), 0.0, [], time.monotonic()
+def _run_seeds(name: str, args, run_one, describe, replay, progress_every: int) -> int:
+    """Runs the seeds `args` names; prints a line per violation with its replay command, a line
+    per seed when asked, and the summary."""
+    seeds = [args.seed] if args.seed is not None else list(range(args.start, args.start + args.seeds))
+    faults, simulated, operations, failures, started = Counter(), 0.0, 0, [], time.monotonic()
     for count, seed in enumerate(seeds, 1):
-        report = run_seed(seed, args.seconds)
+        report = run_one(seed)
         faults.update(report.faults)
         simulated += report.simulated_seconds
+        operations += report.operations
         if report.violation:
             failures.append(report)
             print(f"seed {seed}: VIOLATION {report.violation}", flush=True)
-            print(f"  replay: python -m simulations raft --seed {seed} --seconds {args.seconds}", flush=True)
+            print(f"  replay: {replay(seed)}", flush=True)
         elif args.seed is not None or args.verbose:
-            print(f"seed {seed}: ok, {report.nodes} nodes, {report.operations} operations, trace {report.trace}")
-        if count % 100 == 0:
+            print(f"seed {seed}: ok, {describe(report)}, trace {report.trace}", flush=True)
+        if count % progress_every == 0:
             print(f"... {count} seeds, {len(failures)} failing", file=sys.stderr, flush=True)
     elapsed = time.monotonic() - started
-    print(f"raft: {len(list(seeds))} seeds in {elapsed:.1f} s, {simulated / 3600:.2f} simulated hours, "
+    print(f"{name}: {len(seeds)} seeds in {elapsed:.1f} s, {simulated / 3600:.2f} simulated hours "
+          f"({simulated / max(elapsed, 1e-9):.0f}x real time), {operations} client operations, "
           f"{len(failures)} violations")
     print("faults injected: " + (", ".join(f"{kind} {n}" for kind, n in sorted(faults.items())) or "none"))
     return 1 if failures else 0
+
+
+def raft_command(args) -> int:
+    from simulations.raft.run import run_seed
+
+    return _run_seeds("raft", args, lambda seed: run_seed(seed, args.seconds),
+                      lambda r: f"{r.nodes} nodes, {r.operations} operations",
+                      lambda seed: f"python -m simulations raft --seed {seed} --seconds {args.seconds}", 100)
 
 
 def cluster_command(args) -> int:
@@ -44,30 +54,12 @@ def cluster_command(args) -> int:
     from simulations.cluster.run import run_seed
 
     logging.basicConfig(level=logging.CRITICAL if not args.trace else logging.WARNING)
-    seeds = [args.seed] if args.seed is not None else range(args.start, args.start + args.seeds)
-    faults, simulated, operations, failures, started = Counter(), 0.0, 0, [], time.monotonic()
-    for count, seed in enumerate(seeds, 1):
-        report = run_seed(seed, args.seconds, verbose=args.trace, scenario=args.scenario)
-        faults.update(report.faults)
-        simulated += report.simulated_seconds
-        operations += report.operations
-        if report.violation:
-            failures.append(report)
-            scenario = f" --scenario {args.scenario}" if args.scenario else ""
-            print(f"seed {seed}: VIOLATION {report.violation}", flush=True)
-            print(f"  replay: python -m simulations cluster --seed {seed} --seconds {args.seconds:g}{scenario} --trace",
-                  flush=True)
-        elif args.seed is not None or args.verbose:
-            print(f"seed {seed}: ok, {report.shape}, {report.operations} operations, "
-                  f"{report.simulated_seconds:.0f} simulated s, trace {report.trace}", flush=True)
-        if count % 20 == 0:
-            print(f"... {count} seeds, {len(failures)} failing", file=sys.stderr, flush=True)
-    elapsed = time.monotonic() - started
-    print(f"cluster: {len(list(seeds))} seeds in {elapsed:.1f} s, {simulated / 3600:.2f} simulated hours "
-          f"({simulated / max(elapsed, 1e-9):.0f}x real time), {operations} client operations, "
-          f"{len(failures)} violations")
-    print("faults injected: " + (", ".join(f"{kind} {n}" for kind, n in sorted(faults.items())) or "none"))
-    return 1 if failures else 0
+    scenario = f" --scenario {args.scenario}" if args.scenario else ""
+    return _run_seeds("cluster", args,
+                      lambda seed: run_seed(seed, args.seconds, verbose=args.trace, scenario=args.scenario),
+                      lambda r: f"{r.shape}, {r.operations} operations, {r.simulated_seconds:.0f} simulated s",
+                      lambda seed: f"python -m simulations cluster --seed {seed} --seconds {args.seconds:g}"
+                                   f"{scenario} --trace", 20)
 
 
 def durability_command(args) -> int:
@@ -111,22 +103,23 @@ def with_fixed_hash_seed(argv: list[str]) -> None:
                   {**os.environ, "PYTHONHASHSEED": "0"})
 
 
+def _seeded(commands, name: str, help_text: str, seeds: int, seconds: float) -> argparse.ArgumentParser:
+    """A command that runs seeds: which ones, how long each, how much to print."""
+    command = commands.add_parser(name, help=help_text)
+    command.add_argument("--seeds", type=int, default=seeds, help=f"how many seeds to run (default {seeds})")
+    command.add_argument("--start", type=int, default=0, help="first seed (default 0)")
+    command.add_argument("--seed", type=int, help="run this one seed only, with details")
+    command.add_argument("--seconds", type=float, default=seconds, help="simulated seconds of faults per seed")
+    command.add_argument("--verbose", action="store_true", help="a line for every seed")
+    return command
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m simulations", description=__doc__.splitlines()[0])
     commands = parser.add_subparsers(dest="command", required=True)
-    raft = commands.add_parser("raft", help="the Raft metadata group under faults")
-    raft.add_argument("--seeds", type=int, default=100, help="how many seeds to run (default 100)")
-    raft.add_argument("--start", type=int, default=0, help="first seed (default 0)")
-    raft.add_argument("--seed", type=int, help="run this one seed only, with details")
-    raft.add_argument("--seconds", type=float, default=5.0, help="simulated seconds of faults per seed")
-    raft.add_argument("--verbose", action="store_true", help="a line for every seed")
+    raft = _seeded(commands, "raft", "the Raft metadata group under faults", 100, 5.0)
     raft.set_defaults(run=raft_command)
-    whole = commands.add_parser("cluster", help="the whole cluster (meta, data, clients) under faults")
-    whole.add_argument("--seeds", type=int, default=20, help="how many seeds to run (default 20)")
-    whole.add_argument("--start", type=int, default=0, help="first seed (default 0)")
-    whole.add_argument("--seed", type=int, help="run this one seed only, with details")
-    whole.add_argument("--seconds", type=float, default=60.0, help="simulated seconds of faults per seed")
-    whole.add_argument("--verbose", action="store_true", help="a line for every seed")
+    whole = _seeded(commands, "cluster", "the whole cluster (meta, data, clients) under faults", 20, 60.0)
     whole.add_argument("--trace", action="store_true", help="print every operation and fault as it happens")
     from simulations.cluster.run import SCENARIOS
 

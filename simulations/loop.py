@@ -9,7 +9,9 @@ deadlock and raises instead of hanging.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import selectors
+import signal
 
 
 class Deadlock(RuntimeError):
@@ -80,3 +82,22 @@ def cancel_all(loop: asyncio.AbstractEventLoop) -> None:
         task.cancel()
     if tasks:
         loop.run_until_complete(asyncio.gather(*tasks, return_exceptions=True))
+
+
+class WallClockExceeded(BaseException):
+    """Not an Exception, so that no handler in the code under test can swallow it."""
+
+
+@contextlib.contextmanager
+def wall_clock_limit(seconds: int):
+    """Raises WallClockExceeded in the body if it runs over `seconds` of real time (a seed that
+    hangs must fail, not stall the suite)."""
+    def exceeded(signum, frame):
+        raise WallClockExceeded(f"hung: the seed ran over {seconds} s of real time")
+    previous = signal.signal(signal.SIGALRM, exceeded)
+    signal.alarm(seconds)
+    try:
+        yield
+    finally:
+        signal.alarm(0)
+        signal.signal(signal.SIGALRM, previous)

@@ -11,8 +11,9 @@ at most a minority of metadata nodes are down.
 Fault points in the production code (cluster/faultpoints.py) fail its failure-handling branches
 on purpose: a client dying between its uploads and its commit, fragment puts and gets failing
 (replacement nodes, parity reads), repair answers lost before or after the placement changes,
-orphans not deleted, heartbeats lost. Garbled replies flip bits in fragments on their way to a reader, after the node's CRC32C check:
-only the reader's BLAKE3 checks stand between them and the caller.
+orphans not deleted, heartbeats lost. Garbled replies flip bits in fragments on their way to a
+reader, after the node's CRC32C check: only the reader's BLAKE3 checks stand between them and the
+caller.
 
 Checks: the clients' history (objects as registers: put, delete, get) is linearizable, which
 also means an acknowledged put reads back byte-identical at the end and a get never returns bytes
@@ -28,7 +29,6 @@ import asyncio
 import hashlib
 import os
 import random
-import signal
 from collections import Counter
 from dataclasses import dataclass, field
 
@@ -39,7 +39,7 @@ from cluster.client.errors import CairnError, NoSuchKey
 from cluster.proto import meta_pb2 as pb
 from simulations import linearizability
 from simulations.cluster.world import DEAD_AFTER_SECONDS, DISK_BYTES, World
-from simulations.loop import SimLoop, cancel_all
+from simulations.loop import SimLoop, WallClockExceeded, cancel_all, wall_clock_limit
 
 BUCKET = "sim"
 KEYS = [f"k{n}" for n in range(6)]
@@ -521,30 +521,19 @@ async def simulate(seed: int, safety_seconds: float = SAFETY_SECONDS, verbose: b
 WALL_SECONDS_MAX = 300
 
 
-class WallClockExceeded(BaseException):
-    """Not an Exception, so that no handler in the code under test can swallow it."""
-
-
-def _wall_clock_exceeded(signum, frame):
-    raise WallClockExceeded(f"hung: the seed ran over {WALL_SECONDS_MAX} s of real time")
-
-
 def run_seed(seed: int, safety_seconds: float = SAFETY_SECONDS, verbose: bool = False,
              scenario: str | None = None) -> SeedReport:
     """Runs one seed on a fresh SimLoop; os.urandom draws from the seed meanwhile."""
     loop = SimLoop()
     entropy = random.Random(f"urandom-{seed}")
     real_urandom, os.urandom = os.urandom, entropy.randbytes
-    previous = signal.signal(signal.SIGALRM, _wall_clock_exceeded)
-    signal.alarm(WALL_SECONDS_MAX)
     try:
-        return loop.run_until_complete(simulate(seed, safety_seconds, verbose, scenario))
+        with wall_clock_limit(WALL_SECONDS_MAX):
+            return loop.run_until_complete(simulate(seed, safety_seconds, verbose, scenario))
     except (Violation, WallClockExceeded) as violation:
         return SeedReport(seed, "", loop.time(), 0, violation=str(violation))
     finally:
         faultpoints.install(None)
-        signal.alarm(0)
-        signal.signal(signal.SIGALRM, previous)
         cancel_all(loop)
         loop.close()
         os.urandom = real_urandom

@@ -12,12 +12,11 @@ from __future__ import annotations
 import asyncio
 import hashlib
 import random
-import signal
 from collections import Counter
 from dataclasses import dataclass, field
 
 from simulations import linearizability
-from simulations.loop import SimLoop, cancel_all
+from simulations.loop import SimLoop, WallClockExceeded, cancel_all, wall_clock_limit
 from simulations.raft.driver_cluster import TICK_SECONDS, Client, DriverCluster
 
 KEYS = [b"k%d" % i for i in range(3)]
@@ -210,24 +209,13 @@ async def simulate(seed: int, safety_seconds: float = 5.0, raft_config: dict | N
 WALL_SECONDS_MAX = 60
 
 
-class WallClockExceeded(BaseException):
-    """Not an Exception, so that no handler in the code under test can swallow it."""
-
-
-def _wall_clock_exceeded(signum, frame):
-    raise WallClockExceeded(f"hung: the seed ran over {WALL_SECONDS_MAX} s of real time")
-
-
 def run_seed(seed: int, safety_seconds: float = 5.0, raft_config: dict | None = None) -> SeedReport:
     loop = SimLoop()
-    previous = signal.signal(signal.SIGALRM, _wall_clock_exceeded)
-    signal.alarm(WALL_SECONDS_MAX)
     try:
-        return loop.run_until_complete(simulate(seed, safety_seconds, raft_config))
+        with wall_clock_limit(WALL_SECONDS_MAX):
+            return loop.run_until_complete(simulate(seed, safety_seconds, raft_config))
     except (Violation, WallClockExceeded) as violation:
         return SeedReport(seed, 0, loop.time(), 0, violation=str(violation))
     finally:
-        signal.alarm(0)
-        signal.signal(signal.SIGALRM, previous)
         cancel_all(loop)
         loop.close()
