@@ -58,3 +58,23 @@ def test_power_loss_keeps_every_acknowledged_write(seed):
                     assert not store.has(*key_), (seed, step, key_)
                 else:
                     assert bytes(store.get(*key_)) == content(v), (seed, step, key_)
+
+
+def test_a_full_disk_still_deletes_and_compacts_and_then_takes_puts_again():
+    """New fragments may not take the disk's last 1%: tombstones and compaction still fit."""
+    from cluster.data.store import DiskFull
+
+    files, index = SimFiles(random.Random(7), capacity=2 << 20), SimDisk(random.Random(8))
+    store = FragmentStore(files, index, segment_bytes_max=200_000)
+    stored = []
+    with pytest.raises(DiskFull, match="stay free"):
+        for n in range(1000):
+            chunk_id = bytes([n % 256, n // 256]) * 16
+            store.put(chunk_id, 0, bytes([n % 251]) * 50_000)
+            stored.append(chunk_id)
+    assert files.free_bytes() >= store.reserve_bytes > 0
+    for chunk_id in stored[: len(stored) // 2]:
+        assert store.delete(chunk_id, 0)  # room for the tombstones
+    assert store.compact(0.9) > 0 and files.free_bytes() > 500_000
+    store.put(b"\xee" * 32, 0, b"x" * 50_000)  # room again
+    assert store.get(stored[-1], 0) == bytes([(len(stored) - 1) % 251]) * 50_000

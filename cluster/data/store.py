@@ -43,6 +43,8 @@ CHUNK_ID_BYTES = 32
 FRAGMENT_INDEX_MAX = 254                 # k + m <= 255
 FRAGMENT_BYTES_MAX = 64 << 20
 SEGMENT_BYTES_MAX = 256 << 20
+RESERVE_BYTES_MAX = 64 << 20  # free space new fragments may not take (1% of a small disk) ...
+RESERVE_FRACTION = 0.01       # ... so a full disk can still delete (tombstones) and compact
 ROLL_TO_COMPACT_BYTES = 64 << 10          # a mostly dead active segment this big is closed to be compacted
 
 
@@ -124,6 +126,7 @@ class FragmentStore:
     def __init__(self, files: Files, index: Disk, segment_bytes_max: int = SEGMENT_BYTES_MAX):
         self.files, self.index = files, index
         self.segment_bytes_max = segment_bytes_max
+        self.reserve_bytes = min(RESERVE_BYTES_MAX, int(files.capacity_bytes() * RESERVE_FRACTION))
         self.failed: Exception | None = None
         self._lock = threading.RLock()          # appends, the active segment, the pending list
         self._synced = threading.Condition()     # group commit
@@ -249,6 +252,9 @@ class FragmentStore:
         actual = crc32c(data)
         if crc is not None and crc != actual:
             raise BadFragment(f"CRC32C mismatch: the bytes have {actual:#010x}, the request says {crc:#010x}")
+        if self.files.free_bytes() < self.reserve_bytes + HEADER_BYTES + len(data):
+            raise DiskFull(f"the disk is full: its last {self.reserve_bytes:,} bytes stay free for deletes "
+                           "and compaction")
         return self._append(KIND_PUT, chunk_id, index, data, actual)
 
     def when_durable(self, ticket: int, callback) -> None:
