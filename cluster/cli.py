@@ -70,8 +70,16 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+PASSTHROUGH = ("meta", "data", "simulate")  # commands whose arguments (--help too) go to another parser
+
+
 def main(argv: list[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
+    argv = sys.argv[1:] if argv is None else list(argv)
+    if argv and argv[0] in PASSTHROUGH:
+        args = build_parser().parse_args(argv[:1])
+        args.rest = argv[1:]
+    else:
+        args = build_parser().parse_args(argv)
     from cluster.client.errors import CairnError
 
     try:

@@ -86,6 +86,12 @@ def test_cli_input_errors(tmp_path):
         split_target("bucket-only")
 
 
+def test_commands_that_pass_their_arguments_on_show_their_own_help():
+    assert "--data-listen" in cairn("data", "--help").stdout
+    assert "{raft,cluster,durability}" in cairn("simulate", "--help").stdout
+    assert "P(loss)/year (Markov)" in cairn("simulate", "durability", "--years", "10").stdout
+
+
 def test_server_config_files(tmp_path):
     config = tmp_path / "meta.toml"
     config.write_text('id = 2\ndata = "/srv/meta"\nlisten = "10.0.0.2:7400"\n'
