@@ -412,3 +412,36 @@ def test_a_node_back_with_new_disks_is_a_new_node_and_the_old_one_is_dead(cluste
 def test_a_node_registering_with_its_own_id_is_never_given_away(cluster):
     assert cluster.apply(register_node=pb.RegisterNode(node=pb.Node(id=40, address="10.4.4.4:1"))).node_id == 40
     assert cluster.apply(register_node=pb.RegisterNode(node=pb.Node(address="10.5.5.5:1"))).node_id == 41
+
+
+def test_tier_targets_lifecycle_rules_and_transitions(cluster):
+    target = pb.TierTarget(name="cloud", url="http://127.0.0.1:9000", bucket="cold-bucket", prefix="site",
+                           credentials="env:CLOUD")
+    assert cluster.apply(set_tier_target=pb.SetTierTarget(target=target)).code == pb.OK
+    assert [(t.name, t.addressing) for t in cluster.state.tier_targets()] == [("cloud", "path")]
+    refused = cluster.apply(set_tier_target=pb.SetTierTarget(target=pb.TierTarget(
+        name="other", url="http://127.0.0.1:9000", bucket="cold-bucket", credentials="AKIAEXAMPLE:secret")))
+    assert refused.code == pb.INVALID_ARGUMENT and "by reference" in refused.message
+    assert [t.name for t in cluster.state.tier_targets()] == ["cloud"]
+
+    rule = pb.LifecycleRule(prefix="logs/", after_created_seconds=86_400, target="cloud")
+    assert cluster.apply(set_lifecycle=pb.SetLifecycle(bucket="data", rules=[rule])).code == pb.OK
+    assert cluster.state.bucket("data").lifecycle[0].target == "cloud"
+    for bad in (pb.LifecycleRule(target="nowhere", after_read_seconds=60), pb.LifecycleRule(target="cloud")):
+        assert cluster.apply(set_lifecycle=pb.SetLifecycle(bucket="data", rules=[bad])).code == pb.INVALID_ARGUMENT
+    remove = pb.SetTierTarget(target=pb.TierTarget(name="cloud"), remove=True)
+    assert "lifecycle" in cluster.apply(set_tier_target=remove).message  # a rule uses it
+    assert cluster.apply(set_lifecycle=pb.SetLifecycle(bucket="data")).code == pb.OK
+
+    chunk = CHUNK_IDS[0]
+    assert commit(cluster, [pb.ChunkRef(id=chunk, length=CHUNKS[chunk])], [pb.Placement(chunk=chunk, nodes=[1, 2, 3])]).code == pb.OK
+    moved = pb.TransitionChunk(chunk=chunk, target="cloud", expect=[1, 2, 4])
+    assert "unchanged" in cluster.apply(transition_chunk=moved).message  # not where expected
+    assert cluster.state.chunk(chunk).state == pb.HOT
+    assert cluster.apply(transition_chunk=pb.TransitionChunk(chunk=chunk, target="cloud", expect=[1, 2, 3])).code == pb.OK
+    cold = cluster.state.chunk(chunk)
+    assert (cold.state, cold.tier, list(cold.nodes)) == (pb.COLD, "cloud", [])
+    assert "cold chunks" in cluster.apply(set_tier_target=remove).message  # it holds one
+    assert cluster.apply(delete_object=pb.DeleteObject(bucket="data", key="k")).code == pb.OK
+    assert cluster.apply(forget_chunks=pb.ForgetChunks(chunks=[chunk])).code == pb.OK
+    assert cluster.apply(set_tier_target=remove).code == pb.OK and cluster.state.tier_targets() == []

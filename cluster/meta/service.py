@@ -33,7 +33,8 @@ log = logging.getLogger("cairn.meta")
 OP_ID_BYTES_MAX = 64
 BEGIN_CHUNKS_MAX = 100_000
 CALL_SECONDS_MAX = 10.0
-READS = frozenset({"get_object", "list_objects", "list_buckets", "list_nodes", "get_chunks", "get_stats"})
+READS = frozenset({"get_object", "list_objects", "list_buckets", "list_nodes", "get_chunks", "get_stats",
+                   "list_tier_targets"})
 GET_CHUNKS_MAX = 10_000
 CAPACITY_REPORT_FRACTION = 0.01  # a heartbeat goes through Raft when free space moved this much
 ENTRY_COMMANDS_MAX = 256
@@ -355,6 +356,9 @@ class MetaService(pb_grpc.MetaServicer):
 
     def _read_list_nodes(self, op) -> pb.MetaReply:
         return pb.MetaReply(tag=op.tag, list_nodes=pb.ListNodesReply(nodes=self.state.nodes()))
+
+    def _read_list_tier_targets(self, op) -> pb.MetaReply:
+        return pb.MetaReply(tag=op.tag, list_tier_targets=pb.ListTierTargetsReply(targets=self.state.tier_targets()))
 
     def _read_get_stats(self, op) -> pb.MetaReply:
         chunks, size = self.state.chunk_counts()

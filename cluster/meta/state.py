@@ -20,6 +20,8 @@ Key layout (bytes; bucket names and keys never contain NUL, UTF-8 never contains
     N<node id>                 Node
     D<chunk id><index>         Damage: a fragment reported bad or missing by its node
     R<op id>                   MetaResult of an applied command (retries get it back)
+    Z<name>                    TierTarget (a cold tier; credentials only by reference)
+    Y<name>                    how many COLD chunks the tier target holds (u64)
     Q<ms><op id>               when that result was stored (results expire after RESULTS_TTL_MS)
 """
 from __future__ import annotations
@@ -35,9 +37,11 @@ from cluster.meta import names
 from cluster.meta.placement import NotEnoughNodes, candidate, place
 from cluster.proto import meta_pb2 as pb
 from cluster.storage.disk import SnapshotDisk
+from cluster.tier.targets import TierConfigError, TierTarget
 
 RESULTS_TTL_MS = 24 * 3600 * 1000
-COMMANDS_PER_ENTRY_MAX = 1 << 16  # versions are (index << 16) | position
+COMMANDS_PER_ENTRY_MAX = 1 << 16
+LIFECYCLE_RULES_MAX = 100  # versions are (index << 16) | position
 RESULTS_PRUNE_EVERY = 64       # entries between prunings of old results (a scan costs more than a commit)
 RESULTS_PRUNED_EACH_TIME = 16_384  # at most this many each time: more than 64 full entries add
 CHUNK_BYTES_MAX = 64 << 20
@@ -358,6 +362,67 @@ class MetaState:
             batch.delete(key)
         return pb.MetaResult()
 
+    def _do_set_tier_target(self, batch: Batch, version: int, now: int, c: pb.SetTierTarget) -> pb.MetaResult:
+        target = c.target
+        if c.remove:
+            if batch.get(b"Z" + target.name.encode()) is None:
+                raise Refused(pb.INVALID_ARGUMENT, f"no tier target {target.name!r}")
+            users = [b.name for b in (pb.Bucket.FromString(raw) for _, raw in batch.items(b"B", b"C"))
+                     if any(rule.target == target.name for rule in b.lifecycle)]
+            if users:
+                raise Refused(pb.INVALID_ARGUMENT, f"tier target {target.name!r} is in the lifecycle of {users}")
+            if self._cold_count(batch, target.name):
+                raise Refused(pb.INVALID_ARGUMENT, f"tier target {target.name!r} still holds cold chunks")
+            batch.delete(b"Z" + target.name.encode())
+            return pb.MetaResult()
+        try:
+            TierTarget(target.name, target.url, target.bucket, target.prefix, target.credentials,
+                       target.addressing or "path", target.region or "us-east-1").validate()
+        except TierConfigError as error:
+            raise Refused(pb.INVALID_ARGUMENT, str(error)) from None
+        stored = pb.TierTarget()
+        stored.CopyFrom(target)
+        stored.addressing, stored.region = target.addressing or "path", target.region or "us-east-1"
+        batch.put(b"Z" + target.name.encode(), stored.SerializeToString())
+        return pb.MetaResult()
+
+    def _do_set_lifecycle(self, batch: Batch, version: int, now: int, c: pb.SetLifecycle) -> pb.MetaResult:
+        bucket = self._bucket(batch, c.bucket)
+        if len(c.rules) > LIFECYCLE_RULES_MAX:
+            raise Refused(pb.INVALID_ARGUMENT, f"{len(c.rules)} lifecycle rules; at most {LIFECYCLE_RULES_MAX}")
+        for rule in c.rules:
+            if batch.get(b"Z" + rule.target.encode()) is None:
+                raise Refused(pb.INVALID_ARGUMENT, f"no tier target {rule.target!r} (add it first)")
+            if rule.prefix:
+                names.check_key(rule.prefix)
+            if not (rule.after_created_seconds or rule.after_read_seconds):
+                raise Refused(pb.INVALID_ARGUMENT, "a rule needs after_created_seconds or after_read_seconds")
+        del bucket.lifecycle[:]
+        bucket.lifecycle.extend(c.rules)
+        batch.put(bucket_key(c.bucket), bucket.SerializeToString())
+        return pb.MetaResult()
+
+    def _do_transition_chunk(self, batch: Batch, version: int, now: int, c: pb.TransitionChunk) -> pb.MetaResult:
+        raw = batch.get(chunk_key(names.check_chunk_id(c.chunk)))
+        if raw is None:
+            return pb.MetaResult(message="the chunk is gone; nothing to move")
+        if batch.get(b"Z" + c.target.encode()) is None:
+            raise Refused(pb.INVALID_ARGUMENT, f"no tier target {c.target!r}")
+        chunk = pb.Chunk.FromString(raw)
+        if chunk.state != pb.HOT or list(chunk.nodes) != list(c.expect):
+            return pb.MetaResult(message="the chunk is not hot where expected; unchanged")
+        chunk.state, chunk.tier = pb.COLD, c.target
+        del chunk.nodes[:]  # its fragments become orphans: the data nodes delete them
+        batch.put(chunk_key(c.chunk), chunk.SerializeToString())
+        for key, _ in batch.items(b"D" + c.chunk, b"D" + c.chunk + b"\xff"):
+            batch.delete(key)
+        batch.put(b"Y" + c.target.encode(), _u64(self._cold_count(batch, c.target) + 1))
+        return pb.MetaResult()
+
+    def _cold_count(self, batch: Batch, target: str) -> int:
+        raw = batch.get(b"Y" + target.encode())
+        return _U64.unpack(raw)[0] if raw else 0
+
     def _do_forget_chunks(self, batch: Batch, version: int, now: int, c: pb.ForgetChunks) -> pb.MetaResult:
         for chunk_id in c.chunks:
             raw = batch.get(chunk_key(chunk_id))
@@ -369,6 +434,8 @@ class MetaState:
                 batch.delete(b"G" + _u64(chunk.unreferenced_ms) + chunk_id)
                 for index in range(len(chunk.nodes)):  # its damage reports go with it
                     batch.delete(b"D" + chunk_id + bytes([index]))
+                if chunk.tier:  # its copy in the tier stays: tier garbage collection is not built yet
+                    batch.put(b"Y" + chunk.tier.encode(), _u64(max(0, self._cold_count(batch, chunk.tier) - 1)))
                 self._count_chunks(batch, -1, -chunk.length)
         return pb.MetaResult()
 
@@ -465,9 +532,9 @@ class MetaState:
         if raw is None:
             raise Refused(pb.MISSING_CHUNKS, f"chunk {chunk_id.hex()[:16]} is gone", [chunk_id])
         chunk = pb.Chunk.FromString(raw)
-        if chunk.refs == 0:  # back from the garbage queue
+        if chunk.refs == 0:  # back from the garbage queue (a cold one stays in its tier)
             batch.delete(b"G" + _u64(chunk.unreferenced_ms) + chunk_id)
-            chunk.state, chunk.unreferenced_ms = pb.HOT, 0
+            chunk.state, chunk.unreferenced_ms = (pb.COLD if chunk.tier else pb.HOT), 0
         chunk.refs += count
         batch.put(chunk_key(chunk_id), chunk.SerializeToString())
 
@@ -522,6 +589,9 @@ class MetaState:
         batch.put(b"K", _CHUNK_COUNTS.pack(max(0, count + chunks), max(0, total + size)))
 
     # ---- queries
+
+    def tier_targets(self) -> list[pb.TierTarget]:
+        return [pb.TierTarget.FromString(raw) for _, raw in self.disk.scan(b"Z", b"Z\xff")]
 
     def chunk_counts(self) -> tuple[int, int]:
         """(distinct chunks, their bytes)."""
