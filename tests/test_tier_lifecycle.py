@@ -1,0 +1,38 @@
+"""Lifecycle rules (cluster/tier/lifecycle.py): which objects go cold, and where."""
+from hypothesis import given, strategies as st
+
+from cluster.proto import meta_pb2 as pb
+from cluster.tier.lifecycle import cold_candidates, rule_matches
+
+DAY_MS = 86_400_000
+
+
+def head(size, age_days, marker=False, now_ms=100 * DAY_MS):
+    return pb.ObjectHead(size=size, modified_ms=now_ms - age_days * DAY_MS, delete_marker=marker)
+
+
+def test_rules_select_by_prefix_size_and_age_first_match_wins():
+    now = 100 * DAY_MS
+    rules = [pb.LifecycleRule(prefix="logs/", after_created_seconds=7 * 86_400, target="cheap"),
+             pb.LifecycleRule(min_size=1 << 20, after_created_seconds=30 * 86_400, target="archive")]
+    objects = [("logs/a", head(10, 8)),            # old log: first rule
+               ("logs/b", head(10, 6)),            # young log: neither
+               ("video/c", head(2 << 20, 31)),     # big and old: second rule
+               ("video/d", head(100, 31)),         # old but small: neither
+               ("logs/e", head(2 << 20, 40)),      # both match: the first wins
+               ("logs/f", head(10, 9, marker=True))]  # a delete marker never moves
+    assert cold_candidates(rules, objects, now) == [("logs/a", "cheap"), ("video/c", "archive"), ("logs/e", "cheap")]
+
+
+def test_read_time_rules_wait_for_read_times():
+    rule = pb.LifecycleRule(after_read_seconds=60, target="cheap")
+    assert not rule_matches(rule, "k", head(10, 50), 100 * DAY_MS)
+
+
+@given(age_seconds=st.integers(0, 10**8), after=st.integers(1, 10**8), size=st.integers(0, 10**9),
+       min_size=st.integers(0, 10**9))
+def test_a_rule_matches_exactly_at_its_thresholds(age_seconds, after, size, min_size):
+    now = 10**12
+    h = pb.ObjectHead(size=size, modified_ms=now - age_seconds * 1000)
+    rule = pb.LifecycleRule(after_created_seconds=after, min_size=min_size, target="t")
+    assert rule_matches(rule, "any", h, now) == (age_seconds >= after and size >= min_size)
