@@ -10,6 +10,8 @@ Calls block (boto3); callers run them off their event loop.
 """
 from __future__ import annotations
 
+import base64
+import hashlib
 import random
 import time
 from typing import Callable
@@ -74,7 +76,9 @@ class ColdStore:
         key = self.target.chunk_key(chunk_id)
         if self._size(key) == len(data):
             return False
-        self._call(lambda: self.client.put_object(Bucket=self.target.bucket, Key=key, Body=bytes(data)), key)
+        body = bytes(data)
+        digest = base64.b64encode(hashlib.md5(body).digest()).decode()  # the bucket checks what it got
+        self._call(lambda: self.client.put_object(Bucket=self.target.bucket, Key=key, Body=body, ContentMD5=digest), key)
         self.uploads += 1
         return True
 
