@@ -20,6 +20,12 @@ DAMAGE_KEPT_MAX = 10_000   # reports waiting for the leader at most (the oldest 
 DAMAGE_PER_REPORT = 1000
 
 
+def disk_records(disks) -> list[pb.Disk]:
+    """What a DiskSet reports of its disks to the leader."""
+    return [pb.Disk(path=d["path"], capacity_bytes=d["capacity_bytes"], free_bytes=d["free_bytes"],
+                    healthy=d["healthy"]) for d in disks.status()]
+
+
 class Membership:
     def __init__(self, meta, address: str, data_address: str, labels: dict[str, str],
                  disk_records: Callable[[], Awaitable[list[pb.Disk]]], node_id: int,

@@ -11,11 +11,15 @@ delete, the clock), so tests and the simulator drive the same code.
 """
 from __future__ import annotations
 
+import asyncio
+import logging
 from dataclasses import dataclass
 from typing import Awaitable, Callable, Iterable
 
 from cluster import faultpoints
 from cluster.proto import meta_pb2 as pb
+
+log = logging.getLogger("cairn.data")
 
 DEFAULT_GRACE_SECONDS = 3600.0
 QUERY_BATCH = 1000
@@ -70,6 +74,18 @@ class OrphanCollector:
                 for fragment in confirmed:
                     self.first_seen.pop(fragment, None)
         return result
+
+    async def run_forever(self, interval_seconds: float, prepare=None, sleep=asyncio.sleep) -> None:
+        """A pass every interval, `prepare()` (e.g. listing the fragments off the loop) first. A
+        pass that fails (a full disk, no leader) is logged; the next one tries again."""
+        while True:
+            await sleep(interval_seconds)
+            try:
+                if prepare is not None:
+                    await prepare()
+                await self.run_pass()
+            except Exception as error:  # noqa: BLE001
+                log.warning("orphan pass: %s", error)
 
     async def _judge(self, batch, me: int, now: float, seen_now: set, result: PassResult) -> None:
         for fragment in await self._unreferenced(batch, me):

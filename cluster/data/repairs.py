@@ -99,7 +99,10 @@ class RepairExecutor:
         try:
             data = await self.fragments.read(order.chunk, order.length, chunk, last=(*order.avoid, *order.lost),
                                              asked=asked)
-            encoded = self.fragments.codec(order.k, order.m).encode_chunk(data)
+            codec = self.fragments.codec(order.k, order.m)
+            encoded = codec.split(data)  # views: the data fragments cost nothing ...
+            if any(i >= order.k for i in order.lost):  # ... parity only when one is lost
+                encoded += codec.encode(encoded)
             here = self._node_id()
             local = [(order.chunk, i, encoded[i], crc32c(encoded[i]))
                      for i, target in zip(order.lost, order.targets) if target == here]

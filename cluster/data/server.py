@@ -26,7 +26,7 @@ from cluster.client.fragments import Fragments
 from cluster.client.meta import MetaClient
 from cluster.data import wire
 from cluster.data.disks import DiskSet
-from cluster.data.membership import Membership
+from cluster.data.membership import Membership, disk_records
 from cluster.data.orphans import DEFAULT_GRACE_SECONDS, OrphanCollector, placements_from
 from cluster.data.repairs import NICE, RepairExecutor, RepairThread, check_request
 from cluster.data.scrubber import DEFAULT_BYTES_PER_SECOND, Scrubber
@@ -272,12 +272,8 @@ class DataNode:
             self._repairs = RepairThread(make_executor, self.repair_nice)
         return self._repairs
 
-    def _disk_records(self) -> list:
-        return [meta_pb.Disk(path=d["path"], capacity_bytes=d["capacity_bytes"], free_bytes=d["free_bytes"],
-                             healthy=d["healthy"]) for d in self.disks.status()]
-
     async def _disk_records_off_loop(self) -> list:
-        return await asyncio.get_running_loop().run_in_executor(self.pool, self._disk_records)
+        return await asyncio.get_running_loop().run_in_executor(self.pool, disk_records, self.disks)
 
     def _save_id(self, node_id: int) -> None:
         with open(self._id_path + ".tmp", "w") as f:
@@ -300,16 +296,11 @@ class DataNode:
 
         def list_fragments():
             return listing
+        async def list_off_loop():
+            listing[:] = await loop.run_in_executor(self.pool, lambda: list(self.disks.fragments(b"", b"\xff" * 32)))
         collector = OrphanCollector(lambda: self.node_id, list_fragments, placements_from(self.meta), delete,
                                     time.monotonic, grace_seconds)
-        while True:
-            await asyncio.sleep(interval_seconds)
-            try:
-                listing[:] = await loop.run_in_executor(
-                    self.pool, lambda: list(self.disks.fragments(b"", b"\xff" * 32)))
-                await collector.run_pass()
-            except Exception as error:  # noqa: BLE001 - e.g. a full disk: the next pass tries again
-                log.warning("orphan pass: %s", error)
+        await collector.run_forever(interval_seconds, list_off_loop)
 
     async def compact_loop(self) -> None:
         """Reclaims the space of deleted fragments (garbage, orphans, moved ones) now and then."""

@@ -45,6 +45,8 @@ FRAGMENT_BYTES_MAX = 64 << 20
 SEGMENT_BYTES_MAX = 256 << 20
 RESERVE_BYTES_MAX = 64 << 20  # free space new fragments may not take (1% of a small disk) ...
 RESERVE_FRACTION = 0.01       # ... so a full disk can still delete (tombstones) and compact
+ROOM_MARGIN_BYTES = 256 << 20  # free space is asked of the disk again for every put within this of the reserve ...
+ROOM_RECHECK_PUTS = 1000       # ... and every this many puts anyway (other writers share the disk)
 ROLL_TO_COMPACT_BYTES = 64 << 10          # a mostly dead active segment this big is closed to be compacted
 
 
@@ -127,6 +129,7 @@ class FragmentStore:
         self.files, self.index = files, index
         self.segment_bytes_max = segment_bytes_max
         self.reserve_bytes = min(RESERVE_BYTES_MAX, int(files.capacity_bytes() * RESERVE_FRACTION))
+        self._room, self._puts_since_room = 0, 0  # free bytes at the last look, less what was put since
         self.failed: Exception | None = None
         self._lock = threading.RLock()          # appends, the active segment, the pending list
         self._synced = threading.Condition()     # group commit
@@ -252,10 +255,20 @@ class FragmentStore:
         actual = crc32c(data)
         if crc is not None and crc != actual:
             raise BadFragment(f"CRC32C mismatch: the bytes have {actual:#010x}, the request says {crc:#010x}")
-        if self.files.free_bytes() < self.reserve_bytes + HEADER_BYTES + len(data):
-            raise DiskFull(f"the disk is full: its last {self.reserve_bytes:,} bytes stay free for deletes "
-                           "and compaction")
+        self._take_room(HEADER_BYTES + len(data))
         return self._append(KIND_PUT, chunk_id, index, data, actual)
+
+    def _take_room(self, size: int) -> None:
+        """Refuses a put that would eat into the reserve. Free space is read from the disk only
+        near the reserve or every ROOM_RECHECK_PUTS puts, not for every fragment."""
+        with self._lock:
+            self._puts_since_room += 1
+            if self._room - size < self.reserve_bytes + ROOM_MARGIN_BYTES or self._puts_since_room >= ROOM_RECHECK_PUTS:
+                self._room, self._puts_since_room = self.files.free_bytes(), 0
+            if self._room - size < self.reserve_bytes:
+                raise DiskFull(f"the disk is full: its last {self.reserve_bytes:,} bytes stay free for deletes "
+                               "and compaction")
+            self._room -= size
 
     def when_durable(self, ticket: int, callback) -> None:
         """Calls callback(None) once record `ticket` is durable, or callback(error) if the disk

@@ -107,6 +107,7 @@ class MetaService(pb_grpc.MetaServicer):
         self.clock = clock
         self.detector = detector or FailureDetector()
         self.garbage_grace_seconds = garbage_grace_seconds
+        self.monotonic = monotonic
         self.wake = asyncio.Event()  # set: the leader's duties run now, not at the next round
         self.repairer = Repairer(self, repair_bytes_per_second, channel=repair_channel, clock=monotonic,
                                  on_progress=self.wake.set)
@@ -268,16 +269,16 @@ class MetaService(pb_grpc.MetaServicer):
         """The leader's periodic duties: failure detection and repair every round, garbage
         every ten seconds. A round comes early when woken (a node declared dead, a repair batch
         done), so repair neither waits for the clock to start nor to go on."""
-        garbage_at = self.clock() + garbage_every_seconds
+        garbage_at = self.monotonic() + garbage_every_seconds
         while True:
             try:
                 await asyncio.wait_for(self.wake.wait(), every_seconds)
             except asyncio.TimeoutError:
                 pass
             self.wake.clear()
-            garbage = self.clock() >= garbage_at
+            garbage = self.monotonic() >= garbage_at
             if garbage:
-                garbage_at = self.clock() + garbage_every_seconds
+                garbage_at = self.monotonic() + garbage_every_seconds
             duties = (self.check_liveness, self.repairer.round, *((self.collect_garbage,) if garbage else ()))
             for duty in duties:
                 try:

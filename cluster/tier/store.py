@@ -76,7 +76,7 @@ class ColdStore:
         key = self.target.chunk_key(chunk_id)
         if self._size(key) == len(data):
             return False
-        body = bytes(data)
+        body = data if isinstance(data, bytes) else bytes(data)
         digest = base64.b64encode(hashlib.md5(body).digest()).decode()  # the bucket checks what it got
         self._call(lambda: self.client.put_object(Bucket=self.target.bucket, Key=key, Body=body, ContentMD5=digest), key)
         self.uploads += 1

@@ -20,4 +20,4 @@ async def upload_chunk(fragments: Fragments, store: ColdStore, chunk_id: bytes, 
     if chunk.state != pb.HOT or len(chunk.nodes) != chunk.profile.k + chunk.profile.m:
         raise ValueError(f"chunk {chunk_id.hex()[:16]} is not hot on k+m nodes: nothing to upload")
     data = await fragments.read(chunk_id, chunk.length, chunk)
-    return await offload(store.put, chunk_id, bytes(data))
+    return await offload(store.put, chunk_id, data)

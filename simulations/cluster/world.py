@@ -19,7 +19,7 @@ from cluster.client.fragments import Fragments
 from cluster.client.meta import MetaClient
 from cluster.client.objects import AsyncClient
 from cluster.data.disks import DiskSet
-from cluster.data.membership import Membership
+from cluster.data.membership import Membership, disk_records
 from cluster.data.orphans import OrphanCollector, placements_from
 from cluster.data.repairs import RepairExecutor, check_request
 from cluster.data.scrubber import Scrubber
@@ -152,13 +152,12 @@ class SimDataNode:
                                  [FragmentStore(self.files, self.index, SEGMENT_BYTES_MAX)]))
         meta = self.world.meta_client(self.name)
 
-        async def disk_records():
-            return [pb.Disk(path=d["path"], capacity_bytes=d["capacity_bytes"], free_bytes=d["free_bytes"],
-                            healthy=d["healthy"]) for d in self.disks.status()]
+        async def records():
+            return disk_records(self.disks)
 
         def save_id(node_id: int) -> None:
             self.saved_id = node_id
-        self.membership = Membership(meta, self.name, self.name, self.labels, disk_records, self.saved_id, save_id)
+        self.membership = Membership(meta, self.name, self.name, self.labels, records, self.saved_id, save_id)
         self.disks.on_corrupt = self.membership.found_damage
 
         async def store_local(items):
@@ -190,12 +189,7 @@ class SimDataNode:
         collector = OrphanCollector(lambda: self.membership.node_id,
                                     lambda: list(self.disks.fragments(b"", b"\xff" * 32)),
                                     placements_from(meta), delete, asyncio.get_running_loop().time, ORPHAN_GRACE_SECONDS)
-        while True:
-            await asyncio.sleep(ORPHAN_INTERVAL_SECONDS)
-            try:
-                await collector.run_pass()
-            except Exception:  # noqa: BLE001 - as the data node's own loop: the next pass tries again
-                pass
+        await collector.run_forever(ORPHAN_INTERVAL_SECONDS)
 
     async def crash(self) -> None:
         self.up = False
