@@ -195,6 +195,23 @@ def markov_loss_per_year(shape: Shape, k: int, m: int, rates: Rates) -> float:
     return shared / mttdl_years
 
 
+EXACT_CASES = [(2, 1, 4.0), (2, 2, 8.0), (3, 2, 8.0)]  # k, m, failures per disk-year
+EXACT_REPAIRS_PER_YEAR = 40.0
+
+
+def exact_check(k: int, m: int, failures_per_year: float, years: float, seed: int,
+                repairs_per_year: float = EXACT_REPAIRS_PER_YEAR) -> tuple[Estimate, float]:
+    """The Monte Carlo where the chain is exact: one group (k+m nodes of one disk, every chunk on
+    every disk), exponential repairs one at a time, no detection delay. Returns the estimate
+    and the chain's loss rate per year."""
+    width = k + m
+    shape = Shape(nodes=width, disks_per_node=1, disk_bytes=1e9, racks=width, fill=1.0)
+    rates = Rates(disk_afr=failures_per_year, node_afr=0.0,
+                  repair_bytes_per_second=1e9 / (SECONDS_PER_YEAR / repairs_per_year), detect_seconds=0.0)
+    estimate = monte_carlo(shape, k, m, rates, years, random.Random(seed), sample_chunks=20, exponential_repair=True)
+    return estimate, 1 / markov_mttdl(width, m, failures_per_year, repairs_per_year)
+
+
 PROFILES = [(4, 2), (6, 3), (8, 3), (10, 4)]
 SWEEP_MB_PER_S = [25, 50, 100, 200, 400, 800]
 

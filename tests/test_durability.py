@@ -27,14 +27,8 @@ def test_the_chain_matches_the_textbook_forms():
 def test_the_monte_carlo_agrees_with_the_chain_where_the_chain_is_exact(k, m):
     """One group: k+m nodes of one disk, every chunk on every disk, exponential repairs one at a
     time, no detection delay. Rates high enough to see thousands of losses."""
-    width = k + m
-    shape = d.Shape(nodes=width, disks_per_node=1, disk_bytes=1e9, racks=width, fill=1.0)
-    repairs_per_year, failures_per_year = 40.0, {1: 4.0, 2: 8.0}[m]
-    rates = d.Rates(disk_afr=failures_per_year, node_afr=0.0,
-                    repair_bytes_per_second=1e9 / (d.SECONDS_PER_YEAR / repairs_per_year), detect_seconds=0.0)
-    estimate = d.monte_carlo(shape, k, m, rates, 3000, random.Random(k * 10 + m), sample_chunks=20,
-                             exponential_repair=True)
-    exact = 1 / d.markov_mttdl(width, m, failures_per_year, repairs_per_year)
+    failures_per_year = next(f for kk, mm, f in d.EXACT_CASES if (kk, mm) == (k, m))
+    estimate, exact = d.exact_check(k, m, failures_per_year, 3000, seed=k * 10 + m)
     assert estimate.losses > 1000
     low, high = estimate.interval()
     assert low <= exact <= high, (estimate.loss_per_year, exact)
@@ -68,6 +62,9 @@ def test_the_command_prints_a_table_and_writes_a_plot(tmp_path):
     assert out.returncode == 0, out.stderr
     assert "P(loss)/year (Markov)" in out.stdout and "10+4" in out.stdout
     assert plot.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    exact = subprocess.run([sys.executable, "-m", "simulations", "durability", "--exact", "--years", "200"], cwd=ROOT,
+                           capture_output=True, text=True, timeout=600)
+    assert exact.returncode == 0 and exact.stdout.count("; chain ") == len(d.EXACT_CASES), exact.stdout
     bad = subprocess.run([sys.executable, "-m", "simulations", "durability", "--profile", "4-2"], cwd=ROOT,
                          capture_output=True, text=True, timeout=60)
     assert bad.returncode != 0 and "K+M" in bad.stderr

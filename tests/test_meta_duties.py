@@ -89,6 +89,15 @@ def test_mark_node_applies_only_from_the_expected_state(tmp_path):
     assert apply(4, mark_node=pb.MarkNode(id=99, state=pb.DEAD, expect=pb.UP)).code == pb.UNKNOWN_NODE
 
 
+def fill(client, bucket: str, count: int, size: int) -> dict[str, bytes]:
+    """A new 4+2 bucket with `count` objects of `size` + n random bytes; returns them to read back."""
+    client.create_bucket(bucket, k=4, m=2)
+    objects = {f"o{n}": os.urandom(size + n) for n in range(count)}
+    for key, data in objects.items():
+        client.put(bucket, key, data)
+    return objects
+
+
 def data_status(member) -> data_pb2.StatusReply:
     """A data node's own account: its id, disks and fragment count."""
     with grpc.insecure_channel(member.addresses[0]) as channel:
@@ -239,10 +248,7 @@ def test_a_dead_node_and_a_damaged_fragment_are_repaired(tmp_path):
     local.start()
     try:
         with cluster.connect(local.meta_addresses) as client:
-            client.create_bucket("heal", k=4, m=2)
-            objects = {f"o{n}": os.urandom((2 << 20) + n) for n in range(6)}
-            for key, data in objects.items():
-                client.put("heal", key, data)
+            objects = fill(client, "heal", 6, 2 << 20)
             total = client.status().chunks
 
             def healed(repaired_at_least):
@@ -358,10 +364,7 @@ def test_repair_finishes_under_a_new_leader_and_a_quick_restart_needs_none(tmp_p
     local.start()
     try:
         with cluster.connect(local.meta_addresses) as client:
-            client.create_bucket("lead", k=4, m=2)
-            objects = {f"o{n}": os.urandom((4 << 20) + n) for n in range(8)}
-            for key, data in objects.items():
-                client.put("lead", key, data)
+            objects = fill(client, "lead", 8, 4 << 20)
             total = client.status().chunks
 
             # back before it is declared dead: nothing to repair
@@ -421,10 +424,7 @@ def test_corrupt_fragments_are_found_by_the_scrubber_and_repaired(tmp_path):
     local.start()
     try:
         with cluster.connect(local.meta_addresses) as client:
-            client.create_bucket("rot", k=4, m=2)
-            objects = {f"o{n}": os.urandom((2 << 20) + n) for n in range(6)}
-            for key, data in objects.items():
-                client.put("rot", key, data)
+            objects = fill(client, "rot", 6, 2 << 20)
             total = client.status().chunks
             rng = random.Random(3)
             damaged = 0
@@ -548,10 +548,7 @@ def test_a_new_node_takes_a_share_of_the_fragments(tmp_path):
     local.start()
     try:
         with cluster.connect(local.meta_addresses) as client:
-            client.create_bucket("spread", k=4, m=2)
-            objects = {f"o{n}": os.urandom((2 << 20) + n) for n in range(10)}
-            for key, data in objects.items():
-                client.put("spread", key, data)
+            objects = fill(client, "spread", 10, 2 << 20)
             total = client.status().chunks
             new = local.add_data()
             local.wait_ready()
@@ -582,10 +579,7 @@ def test_a_node_back_after_it_was_declared_dead_is_reconciled(tmp_path):
     local.start()
     try:
         with cluster.connect(local.meta_addresses) as client:
-            client.create_bucket("back", k=4, m=2)
-            objects = {f"o{n}": os.urandom((2 << 20) + n) for n in range(6)}
-            for key, data in objects.items():
-                client.put("back", key, data)
+            objects = fill(client, "back", 6, 2 << 20)
             victim = local.member("data", 1)
             victim_id = data_status(victim).node_id
             assert data_status(victim).fragments > 0
@@ -651,10 +645,7 @@ def test_two_nodes_lost_at_once_lose_nothing_and_the_chunks_on_both_are_repaired
     local.start()
     try:
         with cluster.connect(local.meta_addresses) as client:
-            client.create_bucket("order", k=4, m=2)
-            objects = {f"o{n}": os.urandom((1 << 20) - 4096 + n) for n in range(24)}  # one chunk each
-            for key, data in objects.items():
-                client.put("order", key, data)
+            objects = fill(client, "order", 24, (1 << 20) - 4096)  # one chunk each
             victims = {data_status(local.member("data", n)).node_id for n in (1, 2)}
             wait_until_balanced(client)  # no rebalancing move in the way
 

@@ -1,7 +1,7 @@
 """Benchmark of self-healing: repair throughput and time to full redundancy after a data node
 dies, while a client keeps reading.
 
-    python ops/bench/repair.py [--quick] [--json PATH]
+    python ops/bench/repair.py [--quick] [--json PATH] [--repair-mb-per-s MB]
 
 A local cluster (cluster/dev.py: 3 meta, 7 data processes on 127.0.0.1, bucket 4+2) holds 2 GiB
 (--quick: 256 MiB) of 4 MiB objects. A client thread reads random objects without pause; its
@@ -91,7 +91,11 @@ class Reader(threading.Thread):
 
 
 def main() -> None:
-    args = bench_parser(__doc__, "where the cluster lives").parse_args()
+    parser = bench_parser(__doc__, "where the cluster lives")
+    parser.add_argument("--repair-mb-per-s", type=float,
+                        help="the leader's repair budget (default: the meta server's own, 200)")
+    args = parser.parse_args()
+    budget = ["--repair-mb-per-s", str(args.repair_mb_per_s)] if args.repair_mb_per_s else []
     stored = (256 << 20) if args.quick else (2 << 30)
 
     import cluster
@@ -101,7 +105,7 @@ def main() -> None:
     work = tempfile.mkdtemp(prefix="cairn-repair-bench-", dir=args.dir)
     local = LocalCluster(os.path.join(work, "cluster"), metas=3, datas=7, port_base=None,
                          meta_options=["--suspect-after-seconds", str(SUSPECT_AFTER_SECONDS),
-                                       "--dead-after-seconds", str(DEAD_AFTER_SECONDS)])
+                                       "--dead-after-seconds", str(DEAD_AFTER_SECONDS), *budget])
     try:
         progress(f"starting a local cluster (3 meta, 7 data) in {work} ...")
         local.start()
