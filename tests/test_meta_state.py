@@ -7,7 +7,8 @@ from hypothesis import settings
 from hypothesis import strategies as st
 from hypothesis.stateful import RuleBasedStateMachine, initialize, invariant, precondition, rule
 
-from cluster.meta.state import MetaState, bucket_key
+from cluster.meta import state as state_module
+from cluster.meta.state import TIER_SETTLE_MS, MetaState, bucket_key
 from cluster.proto import meta_pb2 as pb
 from cluster.storage.disk import MemoryDisk
 
@@ -24,6 +25,7 @@ class Cluster:
         self.state = MetaState(MemoryDisk())
         self.index = 0
         self.last = None
+        self.base_ms = 1_000  # the leader's clock is base_ms + index
 
     def apply(self, op_id=None, **command):
         return self.apply_entry(pb.MetaCommand(op_id=op_id or os.urandom(16), **command))[0]
@@ -32,7 +34,7 @@ class Cluster:
         """One Raft entry carrying `commands`; their results."""
         self.index += 1
         for command in commands:
-            command.now_ms = 1_000 + self.index
+            command.now_ms = self.base_ms + self.index
         self.last = pb.MetaEntry(commands=commands).SerializeToString()
         return list(pb.MetaResults.FromString(self.state.apply(self.index, self.last)).results)
 
@@ -444,4 +446,57 @@ def test_tier_targets_lifecycle_rules_and_transitions(cluster):
     assert "cold chunks" in cluster.apply(set_tier_target=remove).message  # it holds one
     assert cluster.apply(delete_object=pb.DeleteObject(bucket="data", key="k")).code == pb.OK
     assert cluster.apply(forget_chunks=pb.ForgetChunks(chunks=[chunk])).code == pb.OK
+    assert cluster.state.tier_garbage() == [("cloud", chunk, 0)]  # its copy in the tier goes next
+    assert "waiting to be deleted" in cluster.apply(set_tier_target=remove).message
+    deleted = pb.TierDeleted(target="cloud", chunks=[chunk])
+    assert cluster.apply(tier_deleted=deleted).code == pb.OK
+    [(_, _, settle)] = cluster.state.tier_garbage()
+    assert settle > 0  # deleted; the entry stays until no late delete can race a new upload
+    # the same chunk, put again, cannot go cold while a late delete could remove its upload
+    assert commit(cluster, [pb.ChunkRef(id=chunk, length=CHUNKS[chunk])], [pb.Placement(chunk=chunk, nodes=[1, 2, 3])]).code == pb.OK
+    again = pb.TransitionChunk(chunk=chunk, target="cloud", expect=[1, 2, 3])
+    assert "being deleted" in cluster.apply(transition_chunk=again).message
+    final = pb.TierDeleted(target="cloud", chunks=[chunk], final=True)
+    assert cluster.apply(tier_deleted=final).code == pb.OK and cluster.state.tier_garbage() != []  # too early
+    cluster.base_ms += TIER_SETTLE_MS
+    assert cluster.apply(tier_deleted=final).code == pb.OK and cluster.state.tier_garbage() == []
+    assert cluster.apply(transition_chunk=again).code == pb.OK and cluster.state.chunk(chunk).state == pb.COLD
+    assert cluster.apply(delete_object=pb.DeleteObject(bucket="data", key="k")).code == pb.OK
+    assert cluster.apply(forget_chunks=pb.ForgetChunks(chunks=[chunk])).code == pb.OK
+    assert cluster.apply(tier_deleted=deleted).code == pb.OK
+    cluster.base_ms += TIER_SETTLE_MS
+    assert cluster.apply(tier_deleted=final).code == pb.OK
     assert cluster.apply(set_tier_target=remove).code == pb.OK and cluster.state.tier_targets() == []
+
+
+def test_a_reheated_chunk_is_hot_on_its_new_nodes_and_its_tier_copy_is_garbage(cluster):
+    target = pb.TierTarget(name="cloud", url="http://127.0.0.1:9000", bucket="cold-bucket", credentials="env:CLOUD")
+    assert cluster.apply(set_tier_target=pb.SetTierTarget(target=target)).code == pb.OK
+    chunk = CHUNK_IDS[0]
+    assert commit(cluster, [pb.ChunkRef(id=chunk, length=CHUNKS[chunk])], [pb.Placement(chunk=chunk, nodes=[1, 2, 3])]).code == pb.OK
+    reheat = pb.ReheatChunk(chunk=chunk, nodes=[2, 3, 4])
+    assert "not cold" in cluster.apply(reheat_chunk=reheat).message
+    assert cluster.apply(transition_chunk=pb.TransitionChunk(chunk=chunk, target="cloud", expect=[1, 2, 3])).code == pb.OK
+    assert cluster.state.cold_counts() == {"cloud": 1}
+    assert cluster.apply(reheat_chunk=pb.ReheatChunk(chunk=chunk, nodes=[2, 3])).code == pb.BAD_PLACEMENT
+    assert cluster.apply(reheat_chunk=reheat).code == pb.OK
+    hot = cluster.state.chunk(chunk)
+    assert (hot.state, hot.tier, list(hot.nodes)) == (pb.HOT, "", [2, 3, 4])
+    assert cluster.state.cold_counts() == {"cloud": 0}
+    assert cluster.state.tier_garbage() == [("cloud", chunk, 0)]
+    assert "not cold" in cluster.apply(reheat_chunk=reheat).message  # a repeat changes nothing
+
+
+def test_reads_are_recorded_on_the_current_version_only(cluster):
+    assert cluster.put("data", "k", [CHUNK_IDS[0]]).code == pb.OK
+    head = pb.ObjectHead.FromString(cluster.state.list_objects("data")[0][0][1])
+    assert head.read_ms == 0
+    stale = pb.Touch(bucket="data", key="k", version=head.version + 1)
+    assert cluster.apply(touch_objects=pb.TouchObjects(objects=[stale, pb.Touch(bucket="data", key="gone")])).code == pb.OK
+    assert pb.ObjectHead.FromString(cluster.state.list_objects("data")[0][0][1]).read_ms == 0
+    touch = pb.Touch(bucket="data", key="k", version=head.version)
+    assert cluster.apply(touch_objects=pb.TouchObjects(objects=[touch])).code == pb.OK
+    read = pb.ObjectHead.FromString(cluster.state.list_objects("data")[0][0][1])
+    assert read.read_ms == cluster.base_ms + cluster.index and read.version == head.version
+    too_many = pb.TouchObjects(objects=[touch] * (state_module.TOUCHES_MAX + 1))
+    assert cluster.apply(touch_objects=too_many).code == pb.INVALID_ARGUMENT

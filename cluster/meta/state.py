@@ -22,6 +22,7 @@ Key layout (bytes; bucket names and keys never contain NUL, UTF-8 never contains
     R<op id>                   MetaResult of an applied command (retries get it back)
     Z<name>                    TierTarget (a cold tier; credentials only by reference)
     Y<name>                    how many COLD chunks the tier target holds (u64)
+    W<name>\0<chunk id>         tier garbage: an object in that tier no chunk points to (u64 settle ms, see TierDeleted)
     Q<ms><op id>               when that result was stored (results expire after RESULTS_TTL_MS)
 """
 from __future__ import annotations
@@ -46,6 +47,8 @@ RESULTS_PRUNE_EVERY = 64       # entries between prunings of old results (a scan
 RESULTS_PRUNED_EACH_TIME = 16_384  # at most this many each time: more than 64 full entries add
 CHUNK_BYTES_MAX = 64 << 20
 LIST_KEYS_MAX = 10_000
+TOUCHES_MAX = 10_000
+TIER_SETTLE_MS = 10 * 60 * 1000  # a deleted tier object's entry outlives any late delete order by this
 _U64 = struct.Struct(">Q")
 _CHUNK_COUNTS = struct.Struct(">QQ")
 _OBJECT_END = b"\xff"
@@ -79,6 +82,14 @@ def manifest_key(bucket: str, key: str, version: int) -> bytes:
 
 def chunk_key(chunk_id: bytes) -> bytes:
     return b"C" + chunk_id
+
+
+def tier_garbage_key(target: str, chunk_id: bytes) -> bytes:
+    return b"W" + target.encode() + b"\0" + chunk_id
+
+
+def tier_garbage_range(target: str = "") -> tuple[bytes, bytes]:
+    return (b"W" + target.encode() + b"\0", b"W" + target.encode() + b"\1") if target else (b"W", b"X")
 
 
 def node_key(node_id: int) -> bytes:
@@ -371,8 +382,9 @@ class MetaState:
                      if any(rule.target == target.name for rule in b.lifecycle)]
             if users:
                 raise Refused(pb.INVALID_ARGUMENT, f"tier target {target.name!r} is in the lifecycle of {users}")
-            if self._cold_count(batch, target.name):
-                raise Refused(pb.INVALID_ARGUMENT, f"tier target {target.name!r} still holds cold chunks")
+            if self._cold_count(batch, target.name) or batch.any_in(*tier_garbage_range(target.name)):
+                raise Refused(pb.INVALID_ARGUMENT, f"tier target {target.name!r} still holds cold chunks "
+                                                   "(or objects waiting to be deleted)")
             batch.delete(b"Z" + target.name.encode())
             return pb.MetaResult()
         try:
@@ -404,10 +416,14 @@ class MetaState:
 
     def _do_transition_chunk(self, batch: Batch, version: int, now: int, c: pb.TransitionChunk) -> pb.MetaResult:
         raw = batch.get(chunk_key(names.check_chunk_id(c.chunk)))
-        if raw is None:
-            return pb.MetaResult(message="the chunk is gone; nothing to move")
         if batch.get(b"Z" + c.target.encode()) is None:
             raise Refused(pb.INVALID_ARGUMENT, f"no tier target {c.target!r}")
+        if batch.get(tier_garbage_key(c.target, c.chunk)) is not None:
+            # an earlier copy there is being deleted: a late delete could remove this upload
+            return pb.MetaResult(message="the chunk's tier object is being deleted; unchanged")
+        if raw is None:  # forgotten while it was uploaded: the upload is tier garbage
+            batch.put(tier_garbage_key(c.target, c.chunk), _u64(0))
+            return pb.MetaResult(message="the chunk is gone; its upload goes as tier garbage")
         chunk = pb.Chunk.FromString(raw)
         if chunk.state != pb.HOT or list(chunk.nodes) != list(c.expect):
             return pb.MetaResult(message="the chunk is not hot where expected; unchanged")
@@ -417,6 +433,50 @@ class MetaState:
         for key, _ in batch.items(b"D" + c.chunk, b"D" + c.chunk + b"\xff"):
             batch.delete(key)
         batch.put(b"Y" + c.target.encode(), _u64(self._cold_count(batch, c.target) + 1))
+        return pb.MetaResult()
+
+    def _leave_tier(self, batch: Batch, chunk_id: bytes, target: str) -> None:
+        batch.put(b"Y" + target.encode(), _u64(max(0, self._cold_count(batch, target) - 1)))
+        batch.put(tier_garbage_key(target, chunk_id), _u64(0))
+
+    def _do_reheat_chunk(self, batch: Batch, version: int, now: int, c: pb.ReheatChunk) -> pb.MetaResult:
+        raw = batch.get(chunk_key(names.check_chunk_id(c.chunk)))
+        if raw is None:
+            return pb.MetaResult(message="the chunk is gone; its fragments are orphans")
+        chunk = pb.Chunk.FromString(raw)
+        if chunk.state != pb.COLD:
+            return pb.MetaResult(message="the chunk is not cold; unchanged")
+        self._check_placement(c.chunk, list(c.nodes), chunk.profile, self._nodes()[1])
+        self._leave_tier(batch, c.chunk, chunk.tier)
+        chunk.state, chunk.tier = pb.HOT, ""
+        chunk.nodes.extend(c.nodes)
+        batch.put(chunk_key(c.chunk), chunk.SerializeToString())
+        return pb.MetaResult()
+
+    def _do_tier_deleted(self, batch: Batch, version: int, now: int, c: pb.TierDeleted) -> pb.MetaResult:
+        for chunk_id in c.chunks:
+            key = tier_garbage_key(c.target, names.check_chunk_id(chunk_id))
+            raw = batch.get(key)
+            if raw is None:
+                continue
+            settle = _U64.unpack(raw)[0]
+            if not c.final and settle == 0:
+                batch.put(key, _u64(now + TIER_SETTLE_MS))
+            elif c.final and 0 < settle <= now:
+                batch.delete(key)
+        return pb.MetaResult()
+
+    def _do_touch_objects(self, batch: Batch, version: int, now: int, c: pb.TouchObjects) -> pb.MetaResult:
+        if len(c.objects) > TOUCHES_MAX:
+            raise Refused(pb.INVALID_ARGUMENT, f"{len(c.objects)} objects in one TouchObjects; at most {TOUCHES_MAX}")
+        for touch in c.objects:
+            raw = batch.get(object_key(touch.bucket, touch.key))
+            if raw is None or raw[:1] == _MARKER:
+                continue
+            head = pb.ObjectHead.FromString(raw[1:])
+            if head.version == touch.version and head.read_ms < now:
+                head.read_ms = now
+                batch.put(object_key(touch.bucket, touch.key), _LIVE + head.SerializeToString())
         return pb.MetaResult()
 
     def _cold_count(self, batch: Batch, target: str) -> int:
@@ -434,8 +494,8 @@ class MetaState:
                 batch.delete(b"G" + _u64(chunk.unreferenced_ms) + chunk_id)
                 for index in range(len(chunk.nodes)):  # its damage reports go with it
                     batch.delete(b"D" + chunk_id + bytes([index]))
-                if chunk.tier:  # its copy in the tier stays: tier garbage collection is not built yet
-                    batch.put(b"Y" + chunk.tier.encode(), _u64(max(0, self._cold_count(batch, chunk.tier) - 1)))
+                if chunk.tier:  # its copy in the tier goes too
+                    self._leave_tier(batch, chunk_id, chunk.tier)
                 self._count_chunks(batch, -1, -chunk.length)
         return pb.MetaResult()
 
@@ -592,6 +652,17 @@ class MetaState:
 
     def tier_targets(self) -> list[pb.TierTarget]:
         return [pb.TierTarget.FromString(raw) for _, raw in self.disk.scan(b"Z", b"Z\xff")]
+
+    def cold_counts(self) -> dict[str, int]:
+        return {key[1:].decode(): _U64.unpack(raw)[0] for key, raw in self.disk.scan(b"Y", b"Y\xff")}
+
+    def tier_garbage(self, limit: int = 1000) -> list[tuple[str, bytes, int]]:
+        """(target, chunk id, settle ms: 0 while its object is not deleted yet) entries."""
+        out = []
+        for key, raw in _take(self.disk.scan(*tier_garbage_range()), limit):
+            target, chunk_id = key[1:-33].decode(), key[-32:]
+            out.append((target, chunk_id, _U64.unpack(raw)[0]))
+        return out
 
     def chunk_counts(self) -> tuple[int, int]:
         """(distinct chunks, their bytes)."""

@@ -24,7 +24,7 @@ _sym_db = _symbol_database.Default()
 
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\ndata.proto\x12\ncairn.data\"*\n\nFragmentId\x12\r\n\x05\x63hunk\x18\x01 \x01(\x0c\x12\r\n\x05index\x18\x02 \x01(\r\"7\n\nHasRequest\x12)\n\tfragments\x18\x01 \x03(\x0b\x32\x16.cairn.data.FragmentId\"\x1b\n\x08HasReply\x12\x0f\n\x07present\x18\x01 \x03(\x08\":\n\rDeleteRequest\x12)\n\tfragments\x18\x01 \x03(\x0b\x32\x16.cairn.data.FragmentId\"\x1e\n\x0b\x44\x65leteReply\x12\x0f\n\x07\x64\x65leted\x18\x01 \x03(\x08\">\n\x0bListRequest\x12\r\n\x05start\x18\x01 \x01(\x0c\x12\x0b\n\x03\x65nd\x18\x02 \x01(\x0c\x12\x13\n\x0bmax_entries\x18\x03 \x01(\r\"D\n\tListReply\x12)\n\tfragments\x18\x01 \x03(\x0b\x32\x16.cairn.data.FragmentId\x12\x0c\n\x04next\x18\x02 \x01(\x0c\"z\n\nDiskStatus\x12\x0c\n\x04path\x18\x01 \x01(\t\x12\x16\n\x0e\x63\x61pacity_bytes\x18\x02 \x01(\x04\x12\x12\n\nfree_bytes\x18\x03 \x01(\x04\x12\x12\n\nused_bytes\x18\x04 \x01(\x04\x12\x0f\n\x07healthy\x18\x05 \x01(\x08\x12\r\n\x05\x65rror\x18\x06 \x01(\t\"\x0f\n\rStatusRequest\"n\n\x0bStatusReply\x12\x0f\n\x07node_id\x18\x01 \x01(\x04\x12%\n\x05\x64isks\x18\x02 \x03(\x0b\x32\x16.cairn.data.DiskStatus\x12\x11\n\tfragments\x18\x03 \x01(\x04\x12\x14\n\x0c\x64\x61ta_address\x18\x04 \x01(\t\"\xb1\x01\n\x0bRepairOrder\x12\r\n\x05\x63hunk\x18\x01 \x01(\x0c\x12\x0e\n\x06length\x18\x02 \x01(\x04\x12\t\n\x01k\x18\x03 \x01(\r\x12\t\n\x01m\x18\x04 \x01(\r\x12\r\n\x05nodes\x18\x05 \x03(\x04\x12\x16\n\x0e\x64\x61ta_addresses\x18\x06 \x03(\t\x12\x0c\n\x04lost\x18\x07 \x03(\r\x12\x0f\n\x07targets\x18\x08 \x03(\x04\x12\x18\n\x10target_addresses\x18\t \x03(\t\x12\r\n\x05\x61void\x18\n \x03(\r\"8\n\rRepairRequest\x12\'\n\x06orders\x18\x01 \x03(\x0b\x32\x17.cairn.data.RepairOrder\"Y\n\rRepairOutcome\x12\n\n\x02ok\x18\x01 \x01(\x08\x12\r\n\x05\x65rror\x18\x02 \x01(\t\x12\x16\n\x0e\x66ragments_read\x18\x03 \x01(\r\x12\x15\n\rbytes_written\x18\x04 \x01(\x04\":\n\x0bRepairReply\x12+\n\x08outcomes\x18\x01 \x03(\x0b\x32\x19.cairn.data.RepairOutcome2\xad\x02\n\x04\x44\x61ta\x12\x33\n\x03Has\x12\x16.cairn.data.HasRequest\x1a\x14.cairn.data.HasReply\x12<\n\x06Repair\x12\x19.cairn.data.RepairRequest\x1a\x17.cairn.data.RepairReply\x12<\n\x06\x44\x65lete\x12\x19.cairn.data.DeleteRequest\x1a\x17.cairn.data.DeleteReply\x12\x36\n\x04List\x12\x17.cairn.data.ListRequest\x1a\x15.cairn.data.ListReply\x12<\n\x06Status\x12\x19.cairn.data.StatusRequest\x1a\x17.cairn.data.StatusReplyb\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\ndata.proto\x12\ncairn.data\"*\n\nFragmentId\x12\r\n\x05\x63hunk\x18\x01 \x01(\x0c\x12\r\n\x05index\x18\x02 \x01(\r\"7\n\nHasRequest\x12)\n\tfragments\x18\x01 \x03(\x0b\x32\x16.cairn.data.FragmentId\"\x1b\n\x08HasReply\x12\x0f\n\x07present\x18\x01 \x03(\x08\":\n\rDeleteRequest\x12)\n\tfragments\x18\x01 \x03(\x0b\x32\x16.cairn.data.FragmentId\"\x1e\n\x0b\x44\x65leteReply\x12\x0f\n\x07\x64\x65leted\x18\x01 \x03(\x08\">\n\x0bListRequest\x12\r\n\x05start\x18\x01 \x01(\x0c\x12\x0b\n\x03\x65nd\x18\x02 \x01(\x0c\x12\x13\n\x0bmax_entries\x18\x03 \x01(\r\"D\n\tListReply\x12)\n\tfragments\x18\x01 \x03(\x0b\x32\x16.cairn.data.FragmentId\x12\x0c\n\x04next\x18\x02 \x01(\x0c\"z\n\nDiskStatus\x12\x0c\n\x04path\x18\x01 \x01(\t\x12\x16\n\x0e\x63\x61pacity_bytes\x18\x02 \x01(\x04\x12\x12\n\nfree_bytes\x18\x03 \x01(\x04\x12\x12\n\nused_bytes\x18\x04 \x01(\x04\x12\x0f\n\x07healthy\x18\x05 \x01(\x08\x12\r\n\x05\x65rror\x18\x06 \x01(\t\"\x0f\n\rStatusRequest\"\x7f\n\x0bStatusReply\x12\x0f\n\x07node_id\x18\x01 \x01(\x04\x12%\n\x05\x64isks\x18\x02 \x03(\x0b\x32\x16.cairn.data.DiskStatus\x12\x11\n\tfragments\x18\x03 \x01(\x04\x12\x14\n\x0c\x64\x61ta_address\x18\x04 \x01(\t\x12\x0f\n\x07recalls\x18\x05 \x01(\x04\"\xb1\x01\n\x0bRepairOrder\x12\r\n\x05\x63hunk\x18\x01 \x01(\x0c\x12\x0e\n\x06length\x18\x02 \x01(\x04\x12\t\n\x01k\x18\x03 \x01(\r\x12\t\n\x01m\x18\x04 \x01(\r\x12\r\n\x05nodes\x18\x05 \x03(\x04\x12\x16\n\x0e\x64\x61ta_addresses\x18\x06 \x03(\t\x12\x0c\n\x04lost\x18\x07 \x03(\r\x12\x0f\n\x07targets\x18\x08 \x03(\x04\x12\x18\n\x10target_addresses\x18\t \x03(\t\x12\r\n\x05\x61void\x18\n \x03(\r\"8\n\rRepairRequest\x12\'\n\x06orders\x18\x01 \x03(\x0b\x32\x17.cairn.data.RepairOrder\"Y\n\rRepairOutcome\x12\n\n\x02ok\x18\x01 \x01(\x08\x12\r\n\x05\x65rror\x18\x02 \x01(\t\x12\x16\n\x0e\x66ragments_read\x18\x03 \x01(\r\x12\x15\n\rbytes_written\x18\x04 \x01(\x04\":\n\x0bRepairReply\x12+\n\x08outcomes\x18\x01 \x03(\x0b\x32\x19.cairn.data.RepairOutcome\"\xe3\x01\n\tTierOrder\x12(\n\x04kind\x18\x01 \x01(\x0e\x32\x1a.cairn.data.TierOrder.Kind\x12\r\n\x05\x63hunk\x18\x02 \x01(\x0c\x12\x0e\n\x06length\x18\x03 \x01(\x04\x12\t\n\x01k\x18\x04 \x01(\r\x12\t\n\x01m\x18\x05 \x01(\r\x12\r\n\x05nodes\x18\x06 \x03(\x04\x12\x16\n\x0e\x64\x61ta_addresses\x18\x07 \x03(\t\x12\x0e\n\x06target\x18\x08 \x01(\t\x12\x14\n\x0cnot_after_ms\x18\t \x01(\x04\"*\n\x04Kind\x12\n\n\x06UPLOAD\x10\x00\x12\n\n\x06REHEAT\x10\x01\x12\n\n\x06\x44\x45LETE\x10\x02\"4\n\x0bTierRequest\x12%\n\x06orders\x18\x01 \x03(\x0b\x32\x15.cairn.data.TierOrder\"6\n\x0bTierOutcome\x12\n\n\x02ok\x18\x01 \x01(\x08\x12\r\n\x05\x65rror\x18\x02 \x01(\t\x12\x0c\n\x04sent\x18\x03 \x01(\x08\"6\n\tTierReply\x12)\n\x08outcomes\x18\x01 \x03(\x0b\x32\x17.cairn.data.TierOutcome\">\n\rRecallRequest\x12\r\n\x05\x63hunk\x18\x01 \x01(\x0c\x12\x0e\n\x06length\x18\x02 \x01(\x04\x12\x0e\n\x06target\x18\x03 \x01(\t\"\x1b\n\x0bRecallReply\x12\x0c\n\x04\x64\x61ta\x18\x01 \x01(\x0c\x32\xa3\x03\n\x04\x44\x61ta\x12\x33\n\x03Has\x12\x16.cairn.data.HasRequest\x1a\x14.cairn.data.HasReply\x12<\n\x06Repair\x12\x19.cairn.data.RepairRequest\x1a\x17.cairn.data.RepairReply\x12<\n\x06\x44\x65lete\x12\x19.cairn.data.DeleteRequest\x1a\x17.cairn.data.DeleteReply\x12\x36\n\x04List\x12\x17.cairn.data.ListRequest\x1a\x15.cairn.data.ListReply\x12<\n\x06Status\x12\x19.cairn.data.StatusRequest\x1a\x17.cairn.data.StatusReply\x12\x36\n\x04Tier\x12\x17.cairn.data.TierRequest\x1a\x15.cairn.data.TierReply\x12<\n\x06Recall\x12\x19.cairn.data.RecallRequest\x1a\x17.cairn.data.RecallReplyb\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
@@ -50,15 +50,29 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_STATUSREQUEST']._serialized_start=506
   _globals['_STATUSREQUEST']._serialized_end=521
   _globals['_STATUSREPLY']._serialized_start=523
-  _globals['_STATUSREPLY']._serialized_end=633
-  _globals['_REPAIRORDER']._serialized_start=636
-  _globals['_REPAIRORDER']._serialized_end=813
-  _globals['_REPAIRREQUEST']._serialized_start=815
-  _globals['_REPAIRREQUEST']._serialized_end=871
-  _globals['_REPAIROUTCOME']._serialized_start=873
-  _globals['_REPAIROUTCOME']._serialized_end=962
-  _globals['_REPAIRREPLY']._serialized_start=964
-  _globals['_REPAIRREPLY']._serialized_end=1022
-  _globals['_DATA']._serialized_start=1025
-  _globals['_DATA']._serialized_end=1326
+  _globals['_STATUSREPLY']._serialized_end=650
+  _globals['_REPAIRORDER']._serialized_start=653
+  _globals['_REPAIRORDER']._serialized_end=830
+  _globals['_REPAIRREQUEST']._serialized_start=832
+  _globals['_REPAIRREQUEST']._serialized_end=888
+  _globals['_REPAIROUTCOME']._serialized_start=890
+  _globals['_REPAIROUTCOME']._serialized_end=979
+  _globals['_REPAIRREPLY']._serialized_start=981
+  _globals['_REPAIRREPLY']._serialized_end=1039
+  _globals['_TIERORDER']._serialized_start=1042
+  _globals['_TIERORDER']._serialized_end=1269
+  _globals['_TIERORDER_KIND']._serialized_start=1227
+  _globals['_TIERORDER_KIND']._serialized_end=1269
+  _globals['_TIERREQUEST']._serialized_start=1271
+  _globals['_TIERREQUEST']._serialized_end=1323
+  _globals['_TIEROUTCOME']._serialized_start=1325
+  _globals['_TIEROUTCOME']._serialized_end=1379
+  _globals['_TIERREPLY']._serialized_start=1381
+  _globals['_TIERREPLY']._serialized_end=1435
+  _globals['_RECALLREQUEST']._serialized_start=1437
+  _globals['_RECALLREQUEST']._serialized_end=1499
+  _globals['_RECALLREPLY']._serialized_start=1501
+  _globals['_RECALLREPLY']._serialized_end=1528
+  _globals['_DATA']._serialized_start=1531
+  _globals['_DATA']._serialized_end=1950
 # @@protoc_insertion_point(module_scope)

@@ -59,6 +59,16 @@ class DataStub:
                 request_serializer=data__pb2.StatusRequest.SerializeToString,
                 response_deserializer=data__pb2.StatusReply.FromString,
                 _registered_method=True)
+        self.Tier = channel.unary_unary(
+                '/cairn.data.Data/Tier',
+                request_serializer=data__pb2.TierRequest.SerializeToString,
+                response_deserializer=data__pb2.TierReply.FromString,
+                _registered_method=True)
+        self.Recall = channel.unary_unary(
+                '/cairn.data.Data/Recall',
+                request_serializer=data__pb2.RecallRequest.SerializeToString,
+                response_deserializer=data__pb2.RecallReply.FromString,
+                _registered_method=True)
 
 
 class DataServicer:
@@ -94,6 +104,18 @@ class DataServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def Tier(self, request, context):
+        """Missing associated documentation comment in .proto file."""
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def Recall(self, request, context):
+        """Missing associated documentation comment in .proto file."""
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_DataServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -121,6 +143,16 @@ def add_DataServicer_to_server(servicer, server):
                     servicer.Status,
                     request_deserializer=data__pb2.StatusRequest.FromString,
                     response_serializer=data__pb2.StatusReply.SerializeToString,
+            ),
+            'Tier': grpc.unary_unary_rpc_method_handler(
+                    servicer.Tier,
+                    request_deserializer=data__pb2.TierRequest.FromString,
+                    response_serializer=data__pb2.TierReply.SerializeToString,
+            ),
+            'Recall': grpc.unary_unary_rpc_method_handler(
+                    servicer.Recall,
+                    request_deserializer=data__pb2.RecallRequest.FromString,
+                    response_serializer=data__pb2.RecallReply.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -258,6 +290,60 @@ class Data:
             '/cairn.data.Data/Status',
             data__pb2.StatusRequest.SerializeToString,
             data__pb2.StatusReply.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def Tier(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/cairn.data.Data/Tier',
+            data__pb2.TierRequest.SerializeToString,
+            data__pb2.TierReply.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def Recall(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/cairn.data.Data/Recall',
+            data__pb2.RecallRequest.SerializeToString,
+            data__pb2.RecallReply.FromString,
             options,
             channel_credentials,
             insecure,
