@@ -57,6 +57,8 @@ def add_commands(commands) -> None:
     create.add_argument("--quota-objects", type=int, default=0)
     command("ls", cmd_bucket_ls, "list buckets", buckets)
     command("rm", cmd_bucket_rm, "delete an empty bucket", buckets).add_argument("name")
+    from cluster.tier_commands import add_tier_commands
+    add_tier_commands(commands, buckets, command)
 
     node = commands.add_parser("node", help="data node operations").add_subparsers(dest="node_command", required=True)
     for name, drain, help_text in (("drain", True, "move every fragment off a data node (then it can leave)"),
@@ -325,7 +327,10 @@ def cmd_status(args) -> int:
         lines.append(f"  {n['id']:>3} {n['address']:<21} {n['state']:<8} {labels:<18} "
                      f"{_human(n['free_bytes'])} free of {_human(n['capacity_bytes'])}, "
                      f"{n['healthy_disks']}/{n['disks']} disks healthy")
-    emit(args, document, "\n".join(lines))
+    from cluster.tier_commands import status_lines
+    tier_document, tier_lines = status_lines(status.tier)
+    document.update(tier_document)
+    emit(args, document, "\n".join(lines + tier_lines))
     return 0
 
 

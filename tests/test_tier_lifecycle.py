@@ -2,7 +2,7 @@
 from hypothesis import given, strategies as st
 
 from cluster.proto import meta_pb2 as pb
-from cluster.tier.lifecycle import cold_candidates, rule_matches
+from cluster.tier.lifecycle import cold_candidates, reheats, rule_matches
 
 DAY_MS = 86_400_000
 
@@ -24,9 +24,28 @@ def test_rules_select_by_prefix_size_and_age_first_match_wins():
     assert cold_candidates(rules, objects, now) == [("logs/a", "cheap"), ("video/c", "archive"), ("logs/e", "cheap")]
 
 
-def test_read_time_rules_wait_for_read_times():
-    rule = pb.LifecycleRule(after_read_seconds=60, target="cheap")
-    assert not rule_matches(rule, "k", head(10, 50), 100 * DAY_MS)
+def test_read_time_rules_count_from_the_last_read_or_else_the_write():
+    now = 100 * DAY_MS
+    rule = pb.LifecycleRule(after_read_seconds=30 * 86_400, target="cheap")
+    never_read = head(10, 50)
+    assert rule_matches(rule, "k", never_read, now)
+    read_lately = head(10, 50)
+    read_lately.read_ms = now - 2 * DAY_MS
+    assert not rule_matches(rule, "k", read_lately, now)
+    read_long_ago = head(10, 50)
+    read_long_ago.read_ms = now - 31 * DAY_MS
+    assert rule_matches(rule, "k", read_long_ago, now)
+    both = pb.LifecycleRule(after_read_seconds=30 * 86_400, after_created_seconds=60 * 86_400, target="cheap")
+    assert not rule_matches(both, "k", read_long_ago, now)  # both conditions must hold
+    assert not rule_matches(pb.LifecycleRule(target="cheap"), "k", never_read, now)  # no condition: no rule
+
+
+def test_reheat_follows_the_rule_for_the_key_and_the_chunk_tier():
+    rules = [pb.LifecycleRule(prefix="hot/", after_read_seconds=60, target="cheap", reheat_on_read=True),
+             pb.LifecycleRule(prefix="", after_read_seconds=60, target="cheap")]
+    assert reheats(rules, "hot/a", "cheap")
+    assert not reheats(rules, "cold/a", "cheap")
+    assert not reheats(rules, "hot/a", "other")
 
 
 @given(age_seconds=st.integers(0, 10**8), after=st.integers(1, 10**8), size=st.integers(0, 10**9),

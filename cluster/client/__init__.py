@@ -8,13 +8,14 @@
 """
 from cluster.client.errors import (BucketExists, BucketNotEmpty, CairnError, ClusterUnavailable,
                                    CorruptObject, InvalidArgument, NoSuchBucket, NoSuchKey,
-                                   NotEnoughFragmentsError, NotEnoughNodes, QuotaExceeded, Refused)
+                                   NotEnoughFragmentsError, NotEnoughNodes, QuotaExceeded, Refused,
+                                   TierUnavailable)
 from cluster.client.objects import AsyncClient
 from cluster.client.sync import Client
 
 __all__ = ["AsyncClient", "BucketExists", "BucketNotEmpty", "CairnError", "Client", "ClusterUnavailable",
            "CorruptObject", "InvalidArgument", "NoSuchBucket", "NoSuchKey", "NotEnoughFragmentsError",
-           "NotEnoughNodes", "QuotaExceeded", "Refused", "connect", "connect_async"]
+           "NotEnoughNodes", "QuotaExceeded", "Refused", "TierUnavailable", "connect", "connect_async"]
 
 
 def connect(addresses, **options) -> Client:

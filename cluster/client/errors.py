@@ -45,6 +45,10 @@ class NotEnoughFragmentsError(CairnError):
     """Fewer than k fragments of a chunk could be read intact: the data is unavailable or lost."""
 
 
+class TierUnavailable(CairnError):
+    """A cold chunk could not be recalled from its tier (endpoint down, object missing)."""
+
+
 class CorruptObject(CairnError):
     """Bytes that do not match their BLAKE3 name; they were not returned."""
 

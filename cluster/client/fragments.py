@@ -20,12 +20,14 @@ import time
 from typing import Callable
 
 import blake3
+import grpc
 
 from cluster import faultpoints
-from cluster.client.errors import CorruptObject, NotEnoughFragmentsError, raise_for
+from cluster.client.errors import CorruptObject, NotEnoughFragmentsError, TierUnavailable, raise_for
 from cluster.client.meta import MetaClient
 from cluster.codec import CodecError, ReedSolomon, crc32c
 from cluster.data.wire import COALESCE_BYTES_MAX, UNAVAILABLE, DataClient, DataError
+from cluster.proto import data_pb2, data_pb2_grpc
 from cluster.proto import meta_pb2 as pb
 
 REPLACE_ATTEMPTS = 3
@@ -37,6 +39,9 @@ SUSPECT_SECONDS = 10.0  # a node that failed or was late is read from last for t
 FRAGMENT_SECONDS_BASE = 2.0
 FRAGMENT_BYTES_PER_SECOND_MIN = 10e6
 _FAILURES = (DataError, OSError, asyncio.TimeoutError, KeyError)
+RECALL_NODES_TRIED = 3  # data nodes asked, one after the other, for a cold chunk
+RECALL_SECONDS = 120.0
+_RECALL_OPTIONS = [("grpc.max_receive_message_length", 72 << 20)]
 
 
 def fragment_timeout(size: int) -> float:
@@ -56,6 +61,7 @@ class Fragments:
         self._offload = offload
         self._suspect_until: dict[int, float] = {}  # node id -> until when reads go elsewhere first
         self._clients: dict[str, DataClient] = {}
+        self._control: dict[str, grpc.aio.Channel] = {}  # data nodes' gRPC, for recalls
         self._nodes: dict[int, pb.Node] = {}
         self._codecs: dict[tuple[int, int], ReedSolomon] = {}
         self.sent = 0        # fragments stored, for dedup checks and progress
@@ -66,6 +72,9 @@ class Fragments:
         for client in self._clients.values():
             await client.close()
         self._clients.clear()
+        for channel in self._control.values():
+            await channel.close()
+        self._control.clear()
 
     def learn(self, nodes) -> None:
         """Takes node records from the leader; SUSPECT and DEAD ones are read from last."""
@@ -121,6 +130,8 @@ class Fragments:
         """The chunk's bytes, verified against its name. Fragments in `last` are asked for only
         if the others cannot do (a repair's lost ones). The indexes fetched go into `asked`."""
         asked = [] if asked is None else asked
+        if chunk.state == pb.COLD:
+            return await self.recall(chunk_id, length, chunk.tier)
         k, m = chunk.profile.k, chunk.profile.m
         if len(chunk.nodes) != k + m:
             raise NotEnoughFragmentsError(f"chunk {chunk_id.hex()[:16]} has {len(chunk.nodes)} placements, "
@@ -145,6 +156,35 @@ class Fragments:
                                 "nothing was returned")
         raise NotEnoughFragmentsError(f"chunk {chunk_id.hex()[:16]}: fewer than {k} of its {k + m} fragments "
                                       f"could be read intact (unreadable: {sorted(bad)}); check the data nodes")
+
+    async def recall(self, chunk_id: bytes, length: int, tier: str) -> bytearray:
+        """A cold chunk's bytes, which a data node gets from the tier; verified here too."""
+        if not any(n.state == pb.UP and n.address for n in self._nodes.values()):
+            await self.refresh()
+        nodes = sorted((n for n in self._nodes.values() if n.state == pb.UP and n.address),
+                       key=lambda n: blake3.blake3(chunk_id + n.id.to_bytes(8, "big")).digest())
+        last = "no data node is up"
+        for node in nodes[:RECALL_NODES_TRIED]:  # the same node first for the same chunk
+            channel = self._control.get(node.address)
+            if channel is None:
+                channel = self._control[node.address] = grpc.aio.insecure_channel(node.address, options=_RECALL_OPTIONS)
+            try:
+                reply = await data_pb2_grpc.DataStub(channel).Recall(
+                    data_pb2.RecallRequest(chunk=chunk_id, length=length, target=tier), timeout=RECALL_SECONDS)
+            except grpc.aio.AioRpcError as error:
+                if error.code() == grpc.StatusCode.DATA_LOSS:
+                    raise CorruptObject(f"chunk {chunk_id.hex()[:16]}: {error.details()}") from None
+                if error.code() == grpc.StatusCode.NOT_FOUND:
+                    raise TierUnavailable(f"cold chunk {chunk_id.hex()[:16]}: {error.details()} "
+                                          f"(was it deleted from tier {tier!r} outside Cairn?)") from None
+                last = f"node {node.id}: {error.code().name} {error.details()}"
+                continue
+            if len(reply.data) != length or blake3.blake3(reply.data).digest() != chunk_id:
+                raise CorruptObject(f"cold chunk {chunk_id.hex()[:16]} came back from node {node.id} altered; "
+                                    "nothing was returned")
+            return bytearray(reply.data)
+        raise TierUnavailable(f"cold chunk {chunk_id.hex()[:16]} could not be recalled from tier {tier!r} "
+                              f"({last}); check that its endpoint is up and the data nodes hold its credentials")
 
     async def _fetch_k(self, chunk_id: bytes, length: int, chunk: pb.Chunk, last: tuple[int, ...], asked: list[int]):
         """Fragments until k are in hand: data first (parity in place of suspect nodes), more

@@ -17,7 +17,8 @@ import os
 from dataclasses import dataclass
 from typing import AsyncIterator, Callable
 
-from cluster.client.errors import CairnError, CorruptObject, InvalidArgument, Refused, raise_for
+from cluster.client.errors import (CairnError, CorruptObject, InvalidArgument, NoSuchBucket, Refused,
+                                   TierUnavailable, raise_for)
 from cluster.client.fragments import Fragments
 from cluster.client.meta import MetaClient
 from cluster.client.reader import ObjectReader
@@ -26,6 +27,10 @@ from cluster.data.wire import DataClient
 from cluster.proto import meta_pb2 as pb
 
 LIST_PAGE_KEYS = 1000
+CHUNK_IDS_PER_CALL = 10_000
+RESTORE_PAGE_KEYS = 100
+RESTORE_POLL_SECONDS = 0.5
+RESTORE_STALL_SECONDS = 300.0
 GET_READ_AHEAD_CHUNKS = 32  # a whole get keeps this many chunks in flight (at most 4 MiB each)
 
 
@@ -43,6 +48,7 @@ class Status:
     chunks: int
     chunk_bytes: int
     repair: object = None  # pb.RepairStats from the leader
+    tier: object = None    # pb.TierStats from the leader
 
     @property
     def logical_bytes(self) -> int:
@@ -125,6 +131,7 @@ class AsyncClient:
         reader = await self.open(bucket, key, read_ahead=GET_READ_AHEAD_CHUNKS)
         try:
             end = reader.size if end is None else min(end, reader.size)
+            reader.read_ahead_until(end)
             whole = start == 0 and end == reader.size
             if out is None:
                 data = await self._read_span(reader, start, end, progress, sink=None)
@@ -149,6 +156,14 @@ class AsyncClient:
             await asyncio.to_thread(sink.write, piece)
             written += len(piece)
         return written
+
+    async def chunks(self, ids: list[bytes]) -> list:
+        """The chunk records (pb.Chunk: state, tier, placement) of chunk ids; None where unknown."""
+        out = []
+        for start in range(0, len(ids), CHUNK_IDS_PER_CALL):
+            got = (await self._call(get_chunks=pb.GetChunks(ids=ids[start:start + CHUNK_IDS_PER_CALL]))).get_chunks
+            out.extend(chunk if found else None for found, chunk in zip(got.found, got.chunks))
+        return out
 
     async def delete(self, bucket: str, key: str) -> pb.MetaResult:
         return await self._command(delete_object=pb.DeleteObject(bucket=bucket, key=key))
@@ -181,7 +196,62 @@ class AsyncClient:
     async def status(self) -> Status:
         stats = (await self._call(get_stats=pb.GetStats())).stats
         nodes = (await self._call(list_nodes=pb.ListNodes())).list_nodes.nodes
-        return Status(self.meta.leader, list(nodes), await self.buckets(), stats.chunks, stats.chunk_bytes, stats.repair)
+        return Status(self.meta.leader, list(nodes), await self.buckets(), stats.chunks, stats.chunk_bytes, stats.repair,
+                      stats.tier)
+
+    # ---- the cold tier
+
+    async def set_tier_target(self, name: str, url: str, bucket: str, prefix: str = "", credentials: str = "",
+                              addressing: str = "path", region: str = "us-east-1") -> None:
+        """Adds (or changes) a cold tier: an S3 endpoint and bucket. `credentials` is a reference,
+        env:NAME (NAME_ACCESS_KEY_ID and NAME_SECRET_ACCESS_KEY in the data nodes' environment)
+        or file:PATH (JSON on the data nodes, mode 600); keys themselves are refused."""
+        await self._command(set_tier_target=pb.SetTierTarget(target=pb.TierTarget(
+            name=name, url=url, bucket=bucket, prefix=prefix, credentials=credentials, addressing=addressing,
+            region=region)))
+
+    async def remove_tier_target(self, name: str) -> None:
+        await self._command(set_tier_target=pb.SetTierTarget(target=pb.TierTarget(name=name), remove=True))
+
+    async def tier_targets(self) -> list:
+        return list((await self._call(list_tier_targets=pb.ListTierTargets())).list_tier_targets.targets)
+
+    async def set_lifecycle(self, bucket: str, rules: list) -> None:
+        """Replaces a bucket's lifecycle rules (pb.LifecycleRule, or dicts of its fields); [] clears them."""
+        rules = [r if isinstance(r, pb.LifecycleRule) else pb.LifecycleRule(**r) for r in rules]
+        await self._command(set_lifecycle=pb.SetLifecycle(bucket=bucket, rules=rules))
+
+    async def lifecycle(self, bucket: str) -> list:
+        for record in await self.buckets():
+            if record.name == bucket:
+                return list(record.lifecycle)
+        raise NoSuchBucket(f"no bucket {bucket!r}")
+
+    async def restore(self, bucket: str, prefix: str = "", progress: Callable[[int], None] | None = None,
+                      poll_seconds: float = RESTORE_POLL_SECONDS, stall_seconds: float = RESTORE_STALL_SECONDS) -> int:
+        """Brings every cold chunk of the objects under `prefix` back to the data nodes, a page at
+        a time; `progress(bytes)` hears of each chunk made hot. Returns the bytes brought back.
+        Raises TierUnavailable if a page makes no progress for `stall_seconds`."""
+        token, restored = "", 0
+        while True:
+            request = pb.Restore(bucket=bucket, prefix=prefix, start_after=token, max_keys=RESTORE_PAGE_KEYS)
+            reply = (await self._call(restore=request)).restore
+            left, stalled_at = reply.cold_bytes, asyncio.get_running_loop().time() + stall_seconds
+            while reply.cold:
+                await asyncio.sleep(poll_seconds)
+                reply = (await self._call(restore=request)).restore  # queues again what failed meanwhile
+                if reply.cold_bytes < left:
+                    if progress:
+                        progress(left - reply.cold_bytes)
+                    restored += left - reply.cold_bytes
+                    left, stalled_at = reply.cold_bytes, asyncio.get_running_loop().time() + stall_seconds
+                elif asyncio.get_running_loop().time() > stalled_at:
+                    raise TierUnavailable(f"restore of {bucket}/{prefix}: {reply.cold} chunks still cold after "
+                                          f"{stall_seconds:.0f} s without progress (cairn status shows the tier's "
+                                          "failures; check its endpoint)")
+            token = reply.next
+            if not token:
+                return restored
 
     async def drain_node(self, node_id: int, drain: bool = True) -> None:
         """Marks a data node DRAINING: the leader moves every fragment off it (bandwidth-limited,

@@ -41,9 +41,15 @@ class ObjectReader:
         if manifest.chunks and offset != self.size:
             raise CorruptObject(f"{name}: its chunks add up to {offset} bytes, its size is {self.size}")
         self._position = 0
+        self._ahead_last = len(manifest.chunks) - 1  # read-ahead stops at this chunk
         self._cache: OrderedDict[int, asyncio.Task] = OrderedDict()
         self._whole = blake3.blake3()  # of the bytes read in order from 0, to check a full read
         self._hashed = 0
+
+    def read_ahead_until(self, end: int) -> None:
+        """No read-ahead past byte `end`: a range read fetches only the chunks it covers (a
+        cold chunk fetched for nothing is a recall from the cloud bucket)."""
+        self._ahead_last = bisect.bisect_right(self._starts, max(end, 1) - 1) - 1
 
     # ---- file-like
 
@@ -125,7 +131,7 @@ class ObjectReader:
         task = self._task(index)
         for old in [i for i in self._cache if i < index]:  # drop what is behind, fetch what is next
             self._cache.pop(old).cancel()
-        for following in range(index + 1, min(index + 1 + self.read_ahead, len(self.manifest.chunks))):
+        for following in range(index + 1, min(index + 1 + self.read_ahead, self._ahead_last + 1)):
             self._task(following)
         try:
             return await asyncio.shield(task)

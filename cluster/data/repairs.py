@@ -126,15 +126,19 @@ class RepairThread:
     serve clients come first, and repair takes what is left; on an idle machine it runs at full
     speed. `make_executor` is called on that thread (its connections belong to its loop)."""
 
-    def __init__(self, make_executor: Callable[[], RepairExecutor], nice: int = NICE):
+    def __init__(self, make_executor: Callable[[], RepairExecutor], nice: int = NICE,
+                 make_tier: Callable[[RepairExecutor], object] | None = None):
+        """`make_tier(executor)`, if given, makes the tier executor (cluster/data/tiering.py)
+        that shares this thread, its loop and the repair executor's connections."""
         self._loop = asyncio.new_event_loop()
         self._nice = nice
         self._thread = threading.Thread(target=self._run, daemon=True, name="repair")
         self._thread.start()
 
         async def make():
-            return make_executor()
-        self.executor = asyncio.run_coroutine_threadsafe(make(), self._loop).result()
+            executor = make_executor()
+            return executor, (make_tier(executor) if make_tier else None)
+        self.executor, self.tier = asyncio.run_coroutine_threadsafe(make(), self._loop).result()
 
     def _run(self) -> None:
         try:
@@ -147,11 +151,16 @@ class RepairThread:
     async def run(self, request: pb.RepairRequest) -> pb.RepairReply:
         return await asyncio.wrap_future(asyncio.run_coroutine_threadsafe(self.executor.run(request), self._loop))
 
+    async def run_tier(self, request):
+        return await asyncio.wrap_future(asyncio.run_coroutine_threadsafe(self.tier.run(request), self._loop))
+
     async def close(self) -> None:
         async def close():
             await self.executor.fragments.close()
             if self.executor.fragments.meta is not None:
                 await self.executor.fragments.meta.close()
+            if self.tier is not None:
+                await self.tier.stores.meta.close()
         await asyncio.wrap_future(asyncio.run_coroutine_threadsafe(close(), self._loop))
         self._loop.call_soon_threadsafe(self._loop.stop)
         await asyncio.to_thread(self._thread.join, 5)

@@ -22,9 +22,10 @@ import time
 import grpc
 import zmq
 
+from cluster import faultpoints
 from cluster.client.fragments import Fragments
 from cluster.client.meta import MetaClient
-from cluster.data import wire
+from cluster.data import tiering, wire
 from cluster.data.disks import DiskSet
 from cluster.data.membership import Membership, disk_records
 from cluster.data.orphans import DEFAULT_GRACE_SECONDS, OrphanCollector, placements_from
@@ -35,7 +36,7 @@ from cluster.data.store import (BadFragment, DiskFailed, DiskFull, FragmentCorru
 from cluster.process import run_until_signalled
 from cluster.proto import data_pb2 as pb
 from cluster.proto import data_pb2_grpc as pb_grpc
-from cluster.proto import meta_pb2 as meta_pb
+from cluster.tier.store import CorruptRemote, NotInTier, TierError
 
 log = logging.getLogger("cairn.data")
 
@@ -45,7 +46,8 @@ COMPACT_THRESHOLD = 0.5  # a segment less than half live is rewritten
 LIST_ENTRIES_MAX = 10_000
 IDS_PER_CALL_MAX = 10_000
 WORKERS = 16
-GRPC_OPTIONS = [("grpc.max_receive_message_length", 16 << 20), ("grpc.max_send_message_length", 16 << 20)]
+# a recall answers with a whole chunk (up to 64 MiB)
+GRPC_OPTIONS = [("grpc.max_receive_message_length", 16 << 20), ("grpc.max_send_message_length", 72 << 20)]
 
 
 def _status_of(error: Exception) -> int:
@@ -191,6 +193,35 @@ class ControlService(pb_grpc.DataServicer):
             await context.abort(grpc.StatusCode.FAILED_PRECONDITION, "this node runs without a metadata cluster")
         return await self.node.repairs().run(request)
 
+    async def Tier(self, request, context):
+        """Moves a batch of chunks to, from or out of a cold tier (cluster/data/tiering.py)."""
+        try:
+            tiering.check_request(request)
+        except ValueError as error:
+            await context.abort(grpc.StatusCode.INVALID_ARGUMENT, str(error))
+        if self.node.meta is None:
+            await context.abort(grpc.StatusCode.FAILED_PRECONDITION, "this node runs without a metadata cluster")
+        return await self.node.repairs().run_tier(request)
+
+    async def Recall(self, request, context):
+        """A cold chunk's bytes from its tier, verified against its BLAKE3."""
+        try:
+            tiering.check_recall(request)
+        except ValueError as error:
+            await context.abort(grpc.StatusCode.INVALID_ARGUMENT, str(error))
+        if self.node.recalls is None:
+            await context.abort(grpc.StatusCode.FAILED_PRECONDITION, "this node runs without a metadata cluster")
+        async with self.node.recall_slots:
+            try:
+                data = await self.node.recalls.recall(request.chunk, request.length, request.target)
+            except NotInTier as error:
+                await context.abort(grpc.StatusCode.NOT_FOUND, str(error))
+            except CorruptRemote as error:
+                await context.abort(grpc.StatusCode.DATA_LOSS, str(error))
+            except TierError as error:
+                await context.abort(grpc.StatusCode.UNAVAILABLE, str(error))
+        return pb.RecallReply(data=data)
+
     async def Has(self, request, context):
         try:
             ids = self._ids(request)
@@ -227,7 +258,8 @@ class ControlService(pb_grpc.DataServicer):
         disks = await self._run(self.node.disks.status)
         count = await self._run(lambda: sum(1 for _ in self.node.disks.fragments(b"", b"\xff" * 32)))
         return pb.StatusReply(node_id=self.node.node_id, disks=[pb.DiskStatus(**d) for d in disks],
-                              fragments=count, data_address=self.node.data_address)
+                              fragments=count, data_address=self.node.data_address,
+                              recalls=self.node.recalls.recalls if self.node.recalls else 0)
 
 
 class DataNode:
@@ -242,6 +274,8 @@ class DataNode:
         self.meta_addresses = meta
         self.meta = MetaClient(meta) if meta else None
         self._repairs: RepairThread | None = None
+        self.recalls = tiering.TierExecutor(None, tiering.TierStores(self.meta)) if meta else None
+        self.recall_slots = asyncio.Semaphore(tiering.RECALLS_AT_ONCE)
         self.pool = concurrent.futures.ThreadPoolExecutor(WORKERS, thread_name_prefix="data-io")
         self._id_path = os.path.join(disk_paths[0], "node-id")
         self.membership = Membership(self.meta, address, data_address, labels, self._disk_records_off_loop,
@@ -269,7 +303,10 @@ class DataNode:
                 async def store_local(items):
                     return await loop.run_in_executor(self.pool, self.disks.put_many, items)
                 return RepairExecutor(Fragments(MetaClient(self.meta_addresses)), lambda: self.node_id, store_local)
-            self._repairs = RepairThread(make_executor, self.repair_nice)
+
+            def make_tier(executor: RepairExecutor) -> tiering.TierExecutor:
+                return tiering.TierExecutor(executor.fragments, tiering.TierStores(MetaClient(self.meta_addresses)))
+            self._repairs = RepairThread(make_executor, self.repair_nice, make_tier)
         return self._repairs
 
     async def _disk_records_off_loop(self) -> list:
@@ -381,6 +418,8 @@ def main(argv: list[str] | None = None) -> None:
         if not key or not value:
             parser.error(f"bad label {item!r}: KEY=VALUE")
         labels[key] = value
+
+    faultpoints.install_from_environment()
 
     async def serve(stop: asyncio.Event) -> None:
         node = DataNode(args.disks.split(","), args.listen, args.data_listen,

@@ -209,7 +209,7 @@ class Repairer:
         try:
             async with self._slots, self._node_slot(executor.id):
                 await self._within_budget(sum(order.damaged.chunk.length for order in batch))
-                stub = data_pb2_grpc.DataStub(self._channel_to(executor.address))
+                stub = data_pb2_grpc.DataStub(self.channel_to(executor.address))
                 reply = await stub.Repair(data_pb2.RepairRequest(orders=[o.request for o in batch]),
                                           timeout=BATCH_SECONDS)
             if faultpoints.hit("repair.before_placement"):  # as if the leader lost the answers
@@ -261,7 +261,7 @@ class Repairer:
         if start > now:
             await self._sleep(start - now)
 
-    def _channel_to(self, address: str) -> grpc.aio.Channel:
+    def channel_to(self, address: str) -> grpc.aio.Channel:
         if address not in self._channels:
             self._channels[address] = self._channel(address)
         return self._channels[address]

@@ -22,6 +22,7 @@ from cluster.meta import names
 from cluster.meta.liveness import FailureDetector
 from cluster.meta.repairer import BYTES_PER_SECOND, Repairer
 from cluster.meta.state import MetaState, Refused
+from cluster.meta.tiering import LIFECYCLE_EVERY_SECONDS, READ_RESOLUTION_SECONDS, Tiering
 from cluster.proto import meta_pb2 as pb
 from cluster.proto import meta_pb2_grpc as pb_grpc
 from cluster.raft.core import NotLeader, ProposalDropped
@@ -99,7 +100,8 @@ class MetaService(pb_grpc.MetaServicer):
     def __init__(self, driver: RaftDriver, state: MetaState, address_of, clock=time.time,
                  detector: FailureDetector | None = None, garbage_grace_seconds: float = GARBAGE_GRACE_SECONDS,
                  repair_bytes_per_second: float = BYTES_PER_SECOND, monotonic=time.monotonic,
-                 repair_channel=grpc.aio.insecure_channel):
+                 repair_channel=grpc.aio.insecure_channel, lifecycle_every_seconds: float = LIFECYCLE_EVERY_SECONDS,
+                 read_resolution_seconds: float = READ_RESOLUTION_SECONDS):
         """`clock` is wall time (commands carry it), `monotonic` paces repairs, `repair_channel`
         opens a channel to a data node (the simulator passes its own network)."""
         self.driver, self.state = driver, state
@@ -111,6 +113,8 @@ class MetaService(pb_grpc.MetaServicer):
         self.wake = asyncio.Event()  # set: the leader's duties run now, not at the next round
         self.repairer = Repairer(self, repair_bytes_per_second, channel=repair_channel, clock=monotonic,
                                  on_progress=self.wake.set)
+        self.tiering = Tiering(self, self.repairer.channel_to, clock=monotonic, lifecycle_every=lifecycle_every_seconds,
+                               read_resolution=read_resolution_seconds)
         self._mux = MuxServer(pb.MetaReplies, "ops", "replies")
         self._batcher = CommandBatcher(driver)
 
@@ -141,7 +145,7 @@ class MetaService(pb_grpc.MetaServicer):
                         reply(self._read(op))  # this node's state as it is: no barrier
                     else:
                         reads.append(op)
-                elif kind in ("begin_put", "replace", "heartbeat"):
+                elif kind in ("begin_put", "replace", "heartbeat", "restore"):
                     self._check_leader()
                     reply(getattr(self, f"_{kind}")(op))
                 else:
@@ -210,7 +214,7 @@ class MetaService(pb_grpc.MetaServicer):
         self.detector.heard(beat.id, self.clock())
         if _moved(node.disks, beat.disks) or node.state in (pb.SUSPECT, pb.DEAD):
             state = pb.UP if node.state in (pb.SUSPECT, pb.DEAD) else node.state
-            self._propose_and_forget(node_report=pb.NodeReport(id=beat.id, disks=beat.disks, state=state))
+            self.propose_and_forget(node_report=pb.NodeReport(id=beat.id, disks=beat.disks, state=state))
             # (the next beat repeats it if it is lost)
         return pb.MetaReply(tag=op.tag)
 
@@ -227,7 +231,7 @@ class MetaService(pb_grpc.MetaServicer):
         marks = self.detector.verdicts(self.state.nodes(), now)
         for mark in marks:
             log.warning("data node %d not heard from: marking it %s", mark.id, pb.NodeState.Name(mark.state))
-            self._propose_and_forget(mark_node=mark)  # the detector proposes it again if it is lost
+            self.propose_and_forget(mark_node=mark)  # the detector proposes it again if it is lost
         if any(mark.state == pb.DEAD for mark in marks):  # repair starts once the mark is applied
             asyncio.get_running_loop().call_later(MARK_APPLIED_SECONDS, self.wake.set)
         return len(marks)
@@ -245,7 +249,7 @@ class MetaService(pb_grpc.MetaServicer):
         before_ms = int((self.clock() - self.garbage_grace_seconds) * 1000)
         chunks = self.state.garbage(max(0, before_ms), GARBAGE_PER_ROUND)
         if chunks:
-            self._propose_and_forget(forget_chunks=pb.ForgetChunks(chunks=chunks))  # repeated if lost
+            self.propose_and_forget(forget_chunks=pb.ForgetChunks(chunks=chunks))  # repeated if lost
         return len(chunks)
 
     async def propose(self, **command) -> pb.MetaResult:
@@ -258,7 +262,7 @@ class MetaService(pb_grpc.MetaServicer):
         self._batcher.submit(self._own_command(command), finish)
         return await done
 
-    def _propose_and_forget(self, **command) -> None:
+    def propose_and_forget(self, **command) -> None:
         """Proposes one of the leader's own commands for a duty that repeats it if it is lost."""
         self._batcher.submit(self._own_command(command), lambda result, error: None)
 
@@ -279,7 +283,8 @@ class MetaService(pb_grpc.MetaServicer):
             garbage = self.monotonic() >= garbage_at
             if garbage:
                 garbage_at = self.monotonic() + garbage_every_seconds
-            duties = (self.check_liveness, self.repairer.round, *((self.collect_garbage,) if garbage else ()))
+            duties = (self.check_liveness, self.repairer.round, self.tiering.round,
+                      *((self.collect_garbage,) if garbage else ()))
             for duty in duties:
                 try:
                     duty()
@@ -298,6 +303,9 @@ class MetaService(pb_grpc.MetaServicer):
         return pb.MetaReply(tag=op.tag, begin_put=pb.BeginPutReply(
             exists=exists, placements=[pb.Placement(chunk=c, nodes=n) for c, n in placements.items()],
             profile=bucket.profile, inline_max_bytes=bucket.inline_max_bytes))
+
+    def _restore(self, op) -> pb.MetaReply:
+        return pb.MetaReply(tag=op.tag, restore=self.tiering.restore(op.restore))
 
     def _replace(self, op) -> pb.MetaReply:
         request = op.replace
@@ -329,6 +337,8 @@ class MetaService(pb_grpc.MetaServicer):
                 reply.chunks.append(chunk)
                 node_ids.update(chunk.nodes)
             reply.nodes.extend(n for n in (self.state.node(i) for i in sorted(node_ids)) if n is not None)
+            if not request.stale and self.driver.is_leader:  # (reads of followers' state are not recorded)
+                self.tiering.note_read(request.bucket, request.key, manifest, list(zip(reply.chunk_ids, reply.chunks)))
         return pb.MetaReply(tag=op.tag, get_object=reply)
 
     def _read_list_objects(self, op) -> pb.MetaReply:
@@ -364,7 +374,8 @@ class MetaService(pb_grpc.MetaServicer):
     def _read_get_stats(self, op) -> pb.MetaReply:
         chunks, size = self.state.chunk_counts()
         return pb.MetaReply(tag=op.tag, stats=pb.StatsReply(chunks=chunks, chunk_bytes=size, leader=self.driver.leader,
-                                                            applied=self.state.applied, repair=self.repairer.stats))
+                                                            applied=self.state.applied, repair=self.repairer.stats,
+                                                            tier=self.tiering.current_stats()))
 
 
 def _moved(old, new) -> bool:

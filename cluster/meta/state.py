@@ -664,6 +664,9 @@ class MetaState:
             out.append((target, chunk_id, _U64.unpack(raw)[0]))
         return out
 
+    def tier_garbage_pending(self, target: str, chunk_id: bytes) -> bool:
+        return self.disk.get(tier_garbage_key(target, chunk_id)) is not None
+
     def chunk_counts(self) -> tuple[int, int]:
         """(distinct chunks, their bytes)."""
         raw = self.disk.get(b"K")
@@ -679,15 +682,17 @@ class MetaState:
         batch = batch or Batch(self.disk)
         self._bucket(batch, bucket)
         names.check_key(key)
+        read_ms = 0
         if version == 0:
             head = self._head(batch, bucket, key)
             if head is None or head.delete_marker:
                 raise Refused(pb.NO_SUCH_KEY, f"no object {key!r} in bucket {bucket!r}")
-            version = head.version
+            version, read_ms = head.version, head.read_ms
         raw = batch.get(manifest_key(bucket, key, version))
         if raw is None:
             raise Refused(pb.NO_SUCH_KEY, f"no version {version} of {key!r} in bucket {bucket!r}")
         manifest = pb.Manifest.FromString(raw)
+        manifest.head.read_ms = read_ms  # recorded on the current version's head only
         if manifest.head.delete_marker:
             raise Refused(pb.NO_SUCH_KEY, f"version {version} of {key!r} is a delete marker")
         return manifest

@@ -95,10 +95,11 @@ class ColdStore:
     def exists(self, chunk_id: bytes) -> bool:
         return self._size(self.target.chunk_key(chunk_id)) is not None
 
-    def delete(self, chunk_id: bytes) -> None:
-        """Removes the chunk's object (no error if it is already gone)."""
+    def delete(self, chunk_id: bytes, not_after: float | None = None) -> None:
+        """Removes the chunk's object (no error if it is already gone). No attempt starts after
+        `not_after` (wall-clock seconds): a delete must not land long after it was ordered."""
         key = self.target.chunk_key(chunk_id)
-        self._call(lambda: self.client.delete_object(Bucket=self.target.bucket, Key=key), key)
+        self._call(lambda: self.client.delete_object(Bucket=self.target.bucket, Key=key), key, not_after)
 
     def _size(self, key: str) -> int | None:
         try:
@@ -106,11 +107,13 @@ class ColdStore:
         except NotInTier:
             return None
 
-    def _call(self, request, key: str):
+    def _call(self, request, key: str, not_after: float | None = None):
         from botocore.exceptions import BotoCoreError, ClientError
 
         delay, last = BACKOFF_SECONDS[0], None
         for attempt in range(self.attempts):
+            if not_after is not None and time.time() > not_after:
+                raise TierUnavailable(f"{self._where(key)}: too late to try again (last: {last})")
             try:
                 return request()
             except ClientError as error:
