@@ -44,7 +44,10 @@ def parse_rule(text: str) -> dict:
         elif name in ("target", "prefix"):
             rule[name] = value
         elif name == "min-size":
-            rule["min_size"] = parse_size(value)
+            try:
+                rule["min_size"] = parse_size(value)
+            except argparse.ArgumentTypeError as error:
+                raise ValueError(str(error)) from None
         else:
             rule[name.replace("-", "_") + "_seconds"] = parse_duration(value)
     if "target" not in rule:

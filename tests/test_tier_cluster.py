@@ -2,6 +2,7 @@
 process as the cloud bucket. Transition, recall (range reads fetch only their chunks), dedup of
 identical chunks across buckets, re-heat, garbage collection of tier objects, an endpoint down,
 corrupt remote bytes, and a crash (SIGKILL) at each step of a transition."""
+import json
 import os
 import time
 
@@ -17,6 +18,7 @@ from cluster.faultpoints import CRASH_FILE_VARIABLE
 from cluster.proto import data_pb2, data_pb2_grpc
 from cluster.proto import meta_pb2 as pb
 from tests.s3_server import S3Server
+from tests.test_cli import cairn
 
 CHUNK = 1 << 20  # the client's average chunk: objects of a few MiB have a few chunks
 
@@ -220,3 +222,26 @@ def test_a_crash_at_each_step_of_a_transition_leaves_a_readable_copy(local, s3, 
     assert keys <= remote_keys(s3)
     assert client.get(bucket, "obj") == data
     assert blake3.blake3(client.get(bucket, "obj")).digest() == client.head(bucket, "obj").blake3
+
+
+def test_the_tier_commands(local, s3, client):
+    meta = ["--meta", ",".join(local.meta_addresses)]
+    tiers = json.loads(cairn("--json", "tier", "ls", *meta).stdout)
+    assert {t["name"] for t in tiers} >= {"cloud"} and all("testing" not in json.dumps(t) for t in tiers)
+    refused = cairn("tier", "add", "leaky", "--url", s3.url, "--bucket", "cold", "--credentials", "AKIA:secret",
+                    *meta, check=False)
+    assert refused.returncode == 1 and "by reference" in refused.stderr
+    client.create_bucket("cli", k=2, m=2, inline_max_bytes=0)
+    cairn("bucket", "lifecycle", "set", "cli", "--rule", "target=cloud,prefix=old/,after-created=1s", *meta)
+    assert cairn("bucket", "lifecycle", "show", "cli", *meta).stdout.strip() == "target=cloud,prefix=old/,after-created=1s"
+    bad = cairn("bucket", "lifecycle", "set", "cli", "--rule", "target=cloud", *meta, check=False)
+    assert bad.returncode == 2 and "after-created=DURATION" in bad.stderr
+    data = os.urandom(CHUNK)
+    client.put("cli", "old/a", data)
+    wait_for(lambda: all_cold(client, "cli", "old/a"), what="cold")
+    cairn("bucket", "lifecycle", "set", "cli", "--clear", *meta)
+    status = json.loads(cairn("--json", "status", *meta).stdout)["tier"]
+    assert status["cold_chunks"]["cloud"] >= 1 and status["transitioned"] >= 1
+    restored = json.loads(cairn("--json", "restore", "cli/old/", *meta).stdout)
+    assert restored == {"restored_bytes": len(data)}
+    assert not all_cold(client, "cli", "old/a") and client.get("cli", "old/a") == data

@@ -56,17 +56,22 @@ def check_order(order: pb.RepairOrder) -> None:
         raise ValueError(f"bad indexes to avoid {list(order.avoid)}")
 
 
-def check_request(request: pb.RepairRequest) -> None:
-    if not 0 < len(request.orders) <= ORDERS_PER_CALL_MAX:
-        raise ValueError(f"{len(request.orders)} orders in one call; 1 to {ORDERS_PER_CALL_MAX}")
-    total = sum(order.length for order in request.orders)
-    if total > CHUNK_BYTES_PER_CALL_MAX:
-        raise ValueError(f"{total} chunk bytes in one call; at most {CHUNK_BYTES_PER_CALL_MAX}")
-    for number, order in enumerate(request.orders):
+def check_batch(orders, check: Callable, orders_max: int, bytes_max: int) -> None:
+    """Refuses a whole batch of orders (each with a `length`) over the limits, or with one bad order."""
+    if not 0 < len(orders) <= orders_max:
+        raise ValueError(f"{len(orders)} orders in one call; 1 to {orders_max}")
+    total = sum(order.length for order in orders)
+    if total > bytes_max:
+        raise ValueError(f"{total} chunk bytes in one call; at most {bytes_max}")
+    for number, order in enumerate(orders):
         try:
-            check_order(order)
+            check(order)
         except ValueError as error:
             raise ValueError(f"order {number}: {error}") from None
+
+
+def check_request(request: pb.RepairRequest) -> None:
+    check_batch(request.orders, check_order, ORDERS_PER_CALL_MAX, CHUNK_BYTES_PER_CALL_MAX)
 
 
 class RepairExecutor:

@@ -25,6 +25,7 @@ from cluster import faultpoints
 from cluster.client.errors import CairnError
 from cluster.client.fragments import Fragments
 from cluster.client.meta import MetaClient
+from cluster.data.repairs import check_batch
 from cluster.data.wire import DataError
 from cluster.proto import data_pb2 as pb
 from cluster.proto import meta_pb2 as meta_pb
@@ -55,16 +56,7 @@ def check_order(order: pb.TierOrder) -> None:
 
 
 def check_request(request: pb.TierRequest) -> None:
-    if not 0 < len(request.orders) <= ORDERS_PER_CALL_MAX:
-        raise ValueError(f"{len(request.orders)} orders in one call; 1 to {ORDERS_PER_CALL_MAX}")
-    total = sum(order.length for order in request.orders)
-    if total > CHUNK_BYTES_PER_CALL_MAX:
-        raise ValueError(f"{total} chunk bytes in one call; at most {CHUNK_BYTES_PER_CALL_MAX}")
-    for number, order in enumerate(request.orders):
-        try:
-            check_order(order)
-        except ValueError as error:
-            raise ValueError(f"order {number}: {error}") from None
+    check_batch(request.orders, check_order, ORDERS_PER_CALL_MAX, CHUNK_BYTES_PER_CALL_MAX)
 
 
 def check_recall(request: pb.RecallRequest) -> None:
