@@ -56,12 +56,12 @@ def lost_fragments(chunk: pb.Chunk, states: dict[int, int], damaged: set[int]) -
 
 def survey(chunks, states: dict[int, int], damage: dict[bytes, set[int]], moves: "Moves | None" = None) -> Survey:
     """`chunks`: (id, pb.Chunk) pairs; `states`: node id -> NodeState; `damage`: chunk id ->
-    damaged fragment indexes; `moves`: a rebalancing plan to take moves from. COLD chunks have
-    no fragments to lose."""
+    damaged fragment indexes; `moves`: a rebalancing plan to take moves from. COLD chunks (and
+    unreferenced ones that were cold) have no fragments to lose."""
     found = Survey()
     for chunk_id, chunk in chunks:
         found.scanned += 1
-        if chunk.state == pb.COLD:
+        if chunk.state == pb.COLD or not chunk.nodes:
             continue
         for node in chunk.nodes:
             found.load[node] += chunk.length // max(1, chunk.profile.k)
