@@ -377,6 +377,8 @@ class DataNode:
         scrub_stop = threading.Event()
         scrubber = threading.Thread(target=self.scrub_forever, args=(scrub_stop,), daemon=True, name="scrubber")
         scrubber.start()
+        if self.meta is not None:  # the S3 SDK takes a second or two to load: not at the first transition
+            threading.Thread(target=tiering.preload, daemon=True, name="tier-preload").start()
         log.info("data node serving control on %s, fragments on %s", self.address, self.data_address)
         await stop.wait()
         scrub_stop.set()

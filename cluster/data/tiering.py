@@ -68,6 +68,17 @@ def check_recall(request: pb.RecallRequest) -> None:
         raise ValueError("no tier target named")
 
 
+def preload() -> None:
+    """Loads the S3 SDK (boto3) and its S3 model, which the first tier order would otherwise
+    wait for. The client made here is never used (no credentials, no endpoint that answers)."""
+    try:
+        import boto3
+        boto3.client("s3", region_name="us-east-1", endpoint_url="http://127.0.0.1:9",
+                     aws_access_key_id="none", aws_secret_access_key="none")
+    except Exception:  # noqa: BLE001 - not installed, or broken: tier orders will say so
+        pass
+
+
 def target_of(record: meta_pb.TierTarget) -> TierTarget:
     return TierTarget(record.name, record.url, record.bucket, record.prefix, record.credentials,
                       record.addressing or "path", record.region or "us-east-1")

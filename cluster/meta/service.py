@@ -42,6 +42,7 @@ ENTRY_COMMANDS_MAX = 256
 ENTRY_BYTES_MAX = 4 << 20
 GARBAGE_GRACE_SECONDS = 3600.0  # a chunk without references is forgotten after this long
 GARBAGE_PER_ROUND = 1000
+WAKING_COMMANDS = frozenset({"set_lifecycle", "mark_node"})  # the leader's duties act on these at once
 MARK_APPLIED_SECONDS = 0.2  # a DEAD mark is applied by then, usually: the repair round comes after it
 
 
@@ -204,6 +205,11 @@ class MetaService(pb_grpc.MetaServicer):
                 reply(self._failure(op, error))
             else:
                 reply(pb.MetaReply(tag=tag, code=result.code, message=result.message, result=result))
+                if result.code == pb.OK and kind == "set_lifecycle":
+                    self.tiering.rules_changed()
+                if result.code == pb.OK and kind in WAKING_COMMANDS:
+                    self.wake.set()
+        kind = command.WhichOneof("command")
         self._batcher.submit(command, finish)
 
     def _heartbeat(self, op) -> pb.MetaReply:

@@ -43,9 +43,9 @@ READ_RESOLUTION_SECONDS = 3600.0  # a read is recorded when the last recorded on
 READS_PENDING_MAX = 100_000
 TOUCHES_PER_COMMAND = 1000
 QUEUED_MAX = 10_000               # chunks waiting for an order, a memory bound
-BATCH_CHUNKS = 16
+BATCH_CHUNKS = 8
 BATCH_BYTES = 64 << 20
-BATCHES_IN_FLIGHT = 4
+BATCHES_IN_FLIGHT = 8
 BATCH_SECONDS = 300.0
 RETRY_SECONDS = 5.0
 GARBAGE_SCANNED = 5000            # tier garbage entries looked at per round
@@ -106,6 +106,10 @@ class Tiering:
         self._start()
         kinds = Counter(kind for kind, _ in (*self._queue, *self._running))
         self.stats.transitions_pending, self.stats.reheats_pending = kinds[UPLOAD], kinds[REHEAT]
+
+    def rules_changed(self) -> None:
+        """A bucket's rules changed: the next round starts a pass (if none is under way)."""
+        self._next_pass = float("-inf")
 
     def current_stats(self) -> pb.TierStats:
         self.stats.cold_chunks.clear()
@@ -205,6 +209,8 @@ class Tiering:
                     reply.cold += 1
                     reply.cold_bytes += chunk.length
                     self._enqueue(REHEAT, ref.id, chunk.tier, chunk)
+        if reply.cold:
+            self.service.wake.set()  # start them now
         return reply
 
     # ---- tier garbage
@@ -307,20 +313,18 @@ class Tiering:
         try:
             stub = data_pb2_grpc.DataStub(self._channel_to(executor.address))
             reply = await stub.Tier(data_pb2.TierRequest(orders=[order for _, order in batch]), timeout=BATCH_SECONDS)
-            deleted: dict[str, list[bytes]] = {}
+            done, deleted = [], {}
             for (work, order), outcome in zip(batch, reply.outcomes):
                 if not outcome.ok:
                     self._failed(work, f"on node {executor.id}: {outcome.error}")
                 elif work.kind == UPLOAD:
-                    await self._transitioned(work, outcome.sent)
+                    done.append(self._transitioned(work, outcome.sent))
                 elif work.kind == REHEAT:
-                    result = await self.service.propose(reheat_chunk=pb.ReheatChunk(chunk=work.chunk_id, nodes=order.nodes))
-                    self.stats.reheated += result.code == pb.OK and not result.message
+                    done.append(self._reheated(work, order))
                 else:
                     deleted.setdefault(work.target, []).append(work.chunk_id)
-            for target, chunks in deleted.items():
-                await self.service.propose(tier_deleted=pb.TierDeleted(target=target, chunks=chunks))
-                self.stats.deleted += len(chunks)
+            done.extend(self._deleted(target, chunks) for target, chunks in deleted.items())
+            await asyncio.gather(*done)  # one Raft entry for them all, mostly (cluster/meta/service.py)
         except grpc.aio.AioRpcError as error:
             for work, _ in batch:
                 self._failed(work, f"batch on node {executor.id}: {error.code().name} {error.details()}")
@@ -330,6 +334,8 @@ class Tiering:
         finally:
             for work, _ in batch:
                 self._running.discard((work.kind, work.chunk_id))
+            if self._queue:
+                self.service.wake.set()  # the next batches start now, not at the next round
 
     async def _transitioned(self, work: _Work, sent: bool) -> None:
         if faultpoints.hit("tier.before_transition"):  # as if the leader died holding the answer
@@ -341,6 +347,14 @@ class Tiering:
             self.stats.transitioned_bytes += work.chunk.length
             self.stats.uploaded += sent
             faultpoints.hit("tier.after_transition")
+
+    async def _reheated(self, work: _Work, order: data_pb2.TierOrder) -> None:
+        result = await self.service.propose(reheat_chunk=pb.ReheatChunk(chunk=work.chunk_id, nodes=order.nodes))
+        self.stats.reheated += result.code == pb.OK and not result.message
+
+    async def _deleted(self, target: str, chunks: list[bytes]) -> None:
+        await self.service.propose(tier_deleted=pb.TierDeleted(target=target, chunks=chunks))
+        self.stats.deleted += len(chunks)
 
     def _failed(self, work: _Work, why: str) -> None:
         self.stats.failures += 1

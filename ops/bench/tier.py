@@ -15,7 +15,8 @@ S3 server process (the same one the tests use) as the cloud bucket. The benchmar
 
 The references, in the same run against the same server: the same chunks put and got with
 boto3 directly from this process, 4 threads (what the S3 server itself can take), and one
-chunk's GET for the range latency. The tier cannot beat the bucket it talks to, so a ratio near
+chunk's GET for the range latency. A small object goes cold and comes back first, so that the
+data nodes' one-off start (loading the S3 SDK, ~1 s) is not in the figures. The tier cannot beat the bucket it talks to, so a ratio near
 1 means Cairn adds little on top of the S3 endpoint.
 """
 from __future__ import annotations
@@ -99,6 +100,13 @@ def main() -> None:
         local.start()
         client = cluster.connect(local.meta_addresses)
         client.set_tier_target("cloud", server.url, "cold", credentials="env:BENCH")
+        # a first transition and recall: the data nodes load the S3 SDK and open their clients once
+        client.create_bucket("warm-up", k=K, m=M)
+        client.put("warm-up", "w", os.urandom(OBJECT_BYTES))
+        client.set_lifecycle("warm-up", [pb.LifecycleRule(target="cloud", after_created_seconds=1)])
+        wait_for(lambda: client.status().tier.cold_chunks.get("cloud", 0) > 0, "the warm-up object cold")
+        client.set_lifecycle("warm-up", [])
+        client.restore("warm-up")
         client.create_bucket("frames", k=K, m=M)
         keys = [f"f/{n:05d}" for n in range(total // OBJECT_BYTES)]
         objects = {}
@@ -115,10 +123,11 @@ def main() -> None:
         assert all(blake3.blake3(d).digest() == c for c, d in chunks.items())
         chunk_bytes = sum(len(d) for d in chunks.values())
 
+        warm = client.status().tier.cold_chunks.get("cloud", 0)  # whatever of the warm-up is still cold
         started = time.perf_counter()
         client.set_lifecycle("frames", [pb.LifecycleRule(target="cloud", after_created_seconds=1)])
-        wait_for(lambda: client.status().tier.cold_chunks.get("cloud", 0) >= len(chunks), "every chunk cold")
-        transition = chunk_bytes / (time.perf_counter() - started - 1.0) / 1e6  # less the rule's 1 s
+        wait_for(lambda: client.status().tier.cold_chunks.get("cloud", 0) >= len(chunks) + warm, "every chunk cold")
+        transition = chunk_bytes / (time.perf_counter() - started) / 1e6  # (every object is older than 1 s)
         client.set_lifecycle("frames", [])
         progress(f"transition {transition:.1f} MB/s")
 
