@@ -7,9 +7,9 @@ import blake3
 import boto3
 import pytest
 
-from cluster.tier.store import ColdStore, CorruptRemote, NotInTier, TierUnavailable, make_client
+from cluster.tier.store import ColdStore, CorruptRemote, NotInTier, TierError, TierUnavailable, make_client
 from cluster.tier.targets import TierConfigError, TierTarget, resolve_credentials
-from tests.s3_server import S3Server
+from tests.s3_server import FaultyProxy, S3Server
 
 ENV = {"TIER_ACCESS_KEY_ID": "testing", "TIER_SECRET_ACCESS_KEY": "testing"}
 
@@ -75,6 +75,37 @@ def test_an_endpoint_that_is_down_is_retried_with_backoff_then_reported(target):
         store.put(chunk_id, data)
     assert len(waits) == 3 and waits[0] < waits[1] < waits[2]  # growing backoff
     assert store.uploads == 0
+
+
+@pytest.fixture
+def proxy(server):
+    proxy = FaultyProxy(server.url)
+    yield proxy
+    proxy.stop()
+
+
+def test_errors_and_slow_answers_from_the_bucket_are_retried_then_reported(target, proxy):
+    through = TierTarget("cloud", proxy.url, target.bucket, credentials="env:TIER")
+    waits = []
+    store = ColdStore(through, attempts=4, sleep=waits.append, read_seconds=0.5)
+    chunk_id, data = chunk(4)
+    proxy.errors = [(503, "SlowDown"), (500, "InternalError")]  # the existence check fails twice
+    assert store.put(chunk_id, data) is True and store.retries == 2
+    proxy.delay = 0.1  # slow, but within the timeout
+    assert store.get(chunk_id) == data
+    proxy.delay = 1.0  # slower than the timeout every time
+    with pytest.raises(TierUnavailable, match="4 attempts"):
+        store.get(chunk_id)
+    proxy.delay = 0.0
+    proxy.errors = [(503, "ServiceUnavailable")] * 4
+    with pytest.raises(TierUnavailable, match="ServiceUnavailable"):
+        store.get(chunk_id)
+    proxy.errors = [(403, "AccessDenied")]  # a refusal is not retried: retrying cannot help
+    before = proxy.requests
+    with pytest.raises(TierError, match="AccessDenied"):
+        store.get(chunk_id)
+    assert proxy.requests == before + 1
+    assert store.get(chunk_id) == data
 
 
 def test_targets_are_validated_and_hold_credentials_only_by_reference(tmp_path):

@@ -45,7 +45,7 @@ class CorruptRemote(TierError):
     """The bucket's bytes do not match the chunk's BLAKE3: they are never returned."""
 
 
-def make_client(target: TierTarget):
+def make_client(target: TierTarget, read_seconds: float = READ_SECONDS):
     """A boto3 S3 client for the target (path-style or virtual-host addressing)."""
     import boto3
     from botocore.config import Config
@@ -53,15 +53,18 @@ def make_client(target: TierTarget):
     credentials = resolve_credentials(target.credentials)
     keys = {"aws_access_key_id": credentials[0], "aws_secret_access_key": credentials[1]} if credentials else {}
     config = Config(s3={"addressing_style": target.addressing}, connect_timeout=CONNECT_SECONDS,
-                    read_timeout=READ_SECONDS, retries={"max_attempts": 1})  # our own retries, below
+                    read_timeout=read_seconds,
+                    retries={"mode": "standard", "total_max_attempts": 1})  # one try per call: our own retries, below
     return boto3.client("s3", endpoint_url=target.url, region_name=target.region, config=config, **keys)
 
 
 class ColdStore:
     def __init__(self, target: TierTarget, client=None, attempts: int = ATTEMPTS,
-                 sleep: Callable[[float], None] = time.sleep, rng: random.Random | None = None):
+                 sleep: Callable[[float], None] = time.sleep, rng: random.Random | None = None,
+                 read_seconds: float = READ_SECONDS):
+        """`read_seconds`: an answer slower than this counts as a failed attempt."""
         self.target = target.validate()
-        self.client = client if client is not None else make_client(target)
+        self.client = client if client is not None else make_client(target, read_seconds)
         self.attempts, self._sleep = attempts, sleep
         self._rng = rng or random.Random()
         self.uploads = 0       # objects actually sent
