@@ -121,7 +121,8 @@ class Tiering:
     def note_read(self, bucket: str, key: str, manifest: pb.Manifest, chunks: list[tuple[bytes, pb.Chunk]]) -> None:
         """A GetObject this leader answered: its read time, and its cold chunks' recall."""
         head = manifest.head
-        if self._wall_ms() - head.read_ms >= self.read_resolution * 1000 and len(self._reads) < READS_PENDING_MAX:
+        stale = not head.read_ms or self._wall_ms() - head.read_ms >= self.read_resolution * 1000
+        if stale and len(self._reads) < READS_PENDING_MAX:
             self._reads[(bucket, key)] = head.version
         cold = [(chunk_id, chunk) for chunk_id, chunk in chunks if chunk.state == pb.COLD]
         if not cold:
@@ -274,7 +275,11 @@ class Tiering:
         if work.kind == DELETE:
             order.not_after_ms = self._wall_ms() + int(DELETE_START_SECONDS * 1000)
             return up[int.from_bytes(work.chunk_id[:8], "big") % len(up)], order  # one node per chunk, mostly
-        chunk = work.chunk
+        chunk = work.chunk = self.state.chunk(work.chunk_id)  # as it is now, not as queued
+        wanted = pb.HOT if work.kind == UPLOAD else pb.COLD
+        if chunk is None or chunk.state != wanted:  # moved, forgotten, or done meanwhile
+            self._queue.pop((work.kind, work.chunk_id), None)
+            return None
         order.length, order.k, order.m = chunk.length, chunk.profile.k, chunk.profile.m
         if work.kind == UPLOAD:
             nodes = list(chunk.nodes)
