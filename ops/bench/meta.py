@@ -102,7 +102,9 @@ async def fill(endpoints: list[str], bucket: str, keys: int) -> float:
 
 
 async def list_all(endpoints: list[str], bucket: str) -> tuple[int, float]:
+    """Pages as the client library asks for them (cluster/client/objects.py LIST_PAGE_KEYS)."""
     from cluster.client.meta import MetaClient
+    from cluster.client.objects import LIST_PAGE_KEYS
     from cluster.proto import meta_pb2 as pb
 
     client = MetaClient(endpoints, timeout=60)
@@ -112,7 +114,7 @@ async def list_all(endpoints: list[str], bucket: str) -> tuple[int, float]:
         started = time.perf_counter()
         while True:
             reply = await client.call(pb.MetaOp(list_objects=pb.ListObjects(bucket=bucket, start_after=token,
-                                                                            max_keys=1000)))
+                                                                            max_keys=LIST_PAGE_KEYS)))
             if reply.code != pb.OK:
                 raise RuntimeError(f"listing failed: {reply.message}")
             count += len(reply.list_objects.entries)
