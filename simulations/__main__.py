@@ -18,10 +18,11 @@ def _run_seeds(name: str, args, run_one, describe, replay, progress_every: int) 
     """Runs the seeds `args` names; prints a line per violation with its replay command, a line
     per seed when asked, and the summary."""
     seeds = [args.seed] if args.seed is not None else list(range(args.start, args.start + args.seeds))
-    faults, simulated, operations, failures, started = Counter(), 0.0, 0, [], time.monotonic()
+    faults, activity, simulated, operations, failures, started = Counter(), Counter(), 0.0, 0, [], time.monotonic()
     for count, seed in enumerate(seeds, 1):
         report = run_one(seed)
         faults.update(report.faults)
+        activity.update(getattr(report, "activity", Counter()))
         simulated += report.simulated_seconds
         operations += report.operations
         if report.violation:
@@ -37,6 +38,8 @@ def _run_seeds(name: str, args, run_one, describe, replay, progress_every: int) 
           f"({simulated / max(elapsed, 1e-9):.0f}x real time), {operations} client operations, "
           f"{len(failures)} violations")
     print("faults injected: " + (", ".join(f"{kind} {n}" for kind, n in sorted(faults.items())) or "none"))
+    if activity:
+        print("activity: " + ", ".join(f"{kind} {n}" for kind, n in sorted(activity.items())))
     return 1 if failures else 0
 
 

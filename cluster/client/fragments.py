@@ -51,11 +51,13 @@ def fragment_timeout(size: int) -> float:
 class Fragments:
     def __init__(self, meta: MetaClient, connect: Callable[[str], DataClient] = DataClient,
                  hedge_seconds: float = HEDGE_SECONDS, clock: Callable[[], float] = time.monotonic,
-                 offload=asyncio.to_thread):
+                 offload=asyncio.to_thread, control: Callable[[str], object] | None = None):
         """`offload(function, *args)` runs CPU work off the event loop (the simulator runs it
-        inline: a real thread would race its virtual clock)."""
+        inline: a real thread would race its virtual clock); `control(address)` opens a channel
+        to a data node's gRPC API, for recalls of cold chunks."""
         self.meta = meta
         self._connect = connect
+        self._open_control = control or (lambda address: grpc.aio.insecure_channel(address, options=_RECALL_OPTIONS))
         self.hedge_seconds = hedge_seconds
         self._clock = clock
         self._offload = offload
@@ -167,7 +169,7 @@ class Fragments:
         for node in nodes[:RECALL_NODES_TRIED]:  # the same node first for the same chunk
             channel = self._control.get(node.address)
             if channel is None:
-                channel = self._control[node.address] = grpc.aio.insecure_channel(node.address, options=_RECALL_OPTIONS)
+                channel = self._control[node.address] = self._open_control(node.address)
             try:
                 reply = await data_pb2_grpc.DataStub(channel).Recall(
                     data_pb2.RecallRequest(chunk=chunk_id, length=length, target=tier), timeout=RECALL_SECONDS)

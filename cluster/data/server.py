@@ -36,7 +36,7 @@ from cluster.data.store import (BadFragment, DiskFailed, DiskFull, FragmentCorru
 from cluster.process import run_until_signalled
 from cluster.proto import data_pb2 as pb
 from cluster.proto import data_pb2_grpc as pb_grpc
-from cluster.tier.store import CorruptRemote, NotInTier, TierError
+from cluster.tier.store import TierError
 
 log = logging.getLogger("cairn.data")
 
@@ -214,12 +214,8 @@ class ControlService(pb_grpc.DataServicer):
         async with self.node.recall_slots:
             try:
                 data = await self.node.recalls.recall(request.chunk, request.length, request.target)
-            except NotInTier as error:
-                await context.abort(grpc.StatusCode.NOT_FOUND, str(error))
-            except CorruptRemote as error:
-                await context.abort(grpc.StatusCode.DATA_LOSS, str(error))
             except TierError as error:
-                await context.abort(grpc.StatusCode.UNAVAILABLE, str(error))
+                await context.abort(tiering.recall_status(error), str(error))
         return pb.RecallReply(data=data)
 
     async def Has(self, request, context):

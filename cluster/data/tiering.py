@@ -29,7 +29,7 @@ from cluster.data.repairs import check_batch
 from cluster.data.wire import DataError
 from cluster.proto import data_pb2 as pb
 from cluster.proto import meta_pb2 as meta_pb
-from cluster.tier.store import CHUNK_BYTES_MAX, ColdStore, CorruptRemote, TierError
+from cluster.tier.store import CHUNK_BYTES_MAX, ColdStore, CorruptRemote, NotInTier, TierError
 from cluster.tier.targets import TierConfigError, TierTarget
 
 ORDERS_PER_CALL_MAX = 64
@@ -79,6 +79,17 @@ def preload() -> None:
         pass
 
 
+def recall_status(error: TierError):
+    """The gRPC status a failed recall answers with (the client tells them apart)."""
+    import grpc
+
+    if isinstance(error, NotInTier):
+        return grpc.StatusCode.NOT_FOUND
+    if isinstance(error, CorruptRemote):
+        return grpc.StatusCode.DATA_LOSS
+    return grpc.StatusCode.UNAVAILABLE
+
+
 def target_of(record: meta_pb.TierTarget) -> TierTarget:
     return TierTarget(record.name, record.url, record.bucket, record.prefix, record.credentials,
                       record.addressing or "path", record.region or "us-east-1")
@@ -89,9 +100,10 @@ class TierStores:
     (again after `ttl` seconds, or at once for a name not seen yet)."""
 
     def __init__(self, meta: MetaClient, make_store: Callable[[TierTarget], ColdStore] = ColdStore,
-                 clock: Callable[[], float] = time.monotonic, ttl: float = TARGETS_TTL_SECONDS):
+                 clock: Callable[[], float] = time.monotonic, ttl: float = TARGETS_TTL_SECONDS,
+                 offload=asyncio.to_thread):
         self.meta = meta
-        self._make_store, self._clock, self._ttl = make_store, clock, ttl
+        self._make_store, self._clock, self._ttl, self._offload = make_store, clock, ttl, offload
         self._stores: dict[str, ColdStore] = {}
         self._fetched_at = float("-inf")
 
@@ -113,7 +125,7 @@ class TierStores:
             known = self._stores.get(target.name)
             try:  # a changed target (endpoint, credentials...) gets a new client
                 fresh[target.name] = known if known is not None and known.target == target else \
-                    await asyncio.to_thread(self._make_store, target)
+                    await self._offload(self._make_store, target)
             except TierConfigError as error:  # e.g. its credentials are not set on this node
                 raise TierError(f"tier target {target.name!r} is not usable here: {error}") from None
         self._stores, self._fetched_at = fresh, self._clock()

@@ -22,6 +22,14 @@ chunk's reference count equals the references of the manifests; and within a bou
 faults stop, every chunk has all k+m fragments intact on live nodes where its placement says,
 no chunk without references is left, no data node keeps a fragment no placement names, and
 rebalancing has come to rest.
+
+Half the seeds also run a cold tier (a simulated S3 bucket, simulations/cluster/s3.py) with a
+lifecycle rule on the bucket: by age since written, or since read with or without re-heat. The
+bucket goes down, throttles, fails and garbles what it returns, at seeded rates. Extra checks:
+every COLD chunk's object is in the bucket and matches its BLAKE3 (a cold chunk never loses its
+only copy); every object in the bucket belongs to a chunk record or waits in tier garbage; and
+within the liveness bound, tier garbage is deleted. At the end every object must read back
+(cold ones through a recall): a read that fails after healing is a violation.
 """
 from __future__ import annotations
 
@@ -36,9 +44,13 @@ import blake3
 
 from cluster import faultpoints
 from cluster.client.errors import CairnError, NoSuchKey
+from cluster.meta.state import tier_garbage_range
 from cluster.proto import meta_pb2 as pb
+from cluster.tier.targets import TierTarget
 from simulations import linearizability
 from simulations.cluster.world import DEAD_AFTER_SECONDS, DISK_BYTES, World
+
+TIER = TierTarget("cold", "http://s3.sim:9000", "cold-bucket", prefix="sim")
 from simulations.loop import SimLoop, WallClockExceeded, cancel_all, wall_clock_limit
 
 BUCKET = "sim"
@@ -63,6 +75,7 @@ class SeedReport:
     simulated_seconds: float
     operations: int
     faults: Counter = field(default_factory=Counter)
+    activity: Counter = field(default_factory=Counter)  # what the cold tier did
     violation: str | None = None
     trace: str = ""
 
@@ -116,7 +129,7 @@ async def _delete(client, name: str, key: str, rec: Recorder) -> None:
     rec.event(name, "delete", key, "-> ok")
 
 
-async def _get(client, name: str, key: str, rec: Recorder) -> None:
+async def _get(client, name: str, key: str, rec: Recorder, strict: bool = False) -> None:
     op = rec.history.invoke(name, "get", key, (), rec.now())
     try:
         value = _name(await client.get(BUCKET, key))
@@ -124,6 +137,8 @@ async def _get(client, name: str, key: str, rec: Recorder) -> None:
         value = None
     except OPERATION_ERRORS as error:
         rec.event(name, "get", key, "->", type(error).__name__)
+        if strict:
+            raise Violation(f"liveness: {key} does not read back after healing: {type(error).__name__}: {error}")
         return  # no answer: a pending read constrains nothing
     rec.history.complete(op, value, rec.now())
     rec.event(name, "get", key, "->", value)
@@ -150,8 +165,13 @@ async def _workload(world: World, name: str, rng: random.Random, until: float, r
 class Faults:
     """Injects faults at seeded rates while keeping recovery possible (see the module's doc)."""
 
-    def __init__(self, world: World, rng: random.Random, m: int, report: SeedReport, rec: Recorder):
+    def __init__(self, world: World, rng: random.Random, m: int, report: SeedReport, rec: Recorder,
+                 tier_rng: random.Random | None = None):
+        """`tier_rng`: the seed runs a cold tier, whose faults draw from it."""
         self.world, self.rng, self.m, self.report, self.rec = world, rng, m, report, rec
+        self.tier_rng = tier_rng
+        self.tier_rates = {kind: tier_rng.uniform(0, top) for kind, top in (
+            ("tier outage", 0.02), ("tier errors", 0.02), ("tier garble", 0.02))} if tier_rng else {}
         self.rates = {kind: rng.uniform(0, top) for kind, top in (
             ("data crash", 0.04), ("disk lost", 0.01), ("corruption", 0.02), ("meta crash", 0.03),
             ("isolation", 0.02), ("lossy network", 0.03), ("slow node", 0.03), ("clock skew", 0.02),
@@ -193,6 +213,20 @@ class Faults:
             for kind, rate in self.rates.items():
                 if self.rng.random() < rate:
                     await getattr(self, "_" + kind.replace(" ", "_"))()
+            for kind, rate in self.tier_rates.items():
+                if self.tier_rng.random() < rate:
+                    self._tier_fault(kind)
+
+    def _tier_fault(self, kind: str) -> None:
+        s3, seconds = self.world.s3, self.tier_rng.uniform(5.0, 60.0)
+        field, value = {"tier outage": ("down", True), "tier errors": ("error_rate", self.tier_rng.uniform(0.1, 0.7)),
+                        "tier garble": ("garble_rate", self.tier_rng.uniform(0.1, 0.7))}[kind]
+        setattr(s3, field, value)
+        self._count(kind, f"{seconds:.0f} s")
+
+        async def end():
+            setattr(s3, field, type(value)())
+        self._later(seconds, end)
 
     async def _data_crash(self) -> None:
         up = [n for n in self.world.datas.values() if n.up and n.name not in self._impaired()]
@@ -305,6 +339,7 @@ class Faults:
             task.cancel()
         await asyncio.gather(*self._pending, return_exceptions=True)
         self.world.heal()
+        self.world.s3.heal()
         for node in self.world.datas.values():
             node.files.capacity = DISK_BYTES
         for node in self.world.meta.nodes.values():
@@ -438,7 +473,28 @@ def healing_left(world: World) -> str | None:
         for chunk_id, index in node.disks.fragments(b"", b"\xff" * 32):
             if (chunk_id, index, node_id) not in placed:
                 return f"node {node_id} keeps fragment {index} of {chunk_id.hex()[:16]}, which no placement names"
+    for target, chunk_id, settle_ms in state.tier_garbage():
+        if settle_ms == 0:
+            return f"tier object of {chunk_id.hex()[:16]} in {target} is not deleted yet"
     return None
+
+
+def check_tier(world: World) -> None:
+    """Every cold chunk's only copy is in the bucket, intact; every object in the bucket is
+    accounted for (a chunk record, cold or hot, or tier garbage)."""
+    state = world.leader().state
+    chunks = _chunks(state)
+    garbage = {key[-32:] for key, _ in state.disk.scan(*tier_garbage_range())}
+    for chunk_id, chunk in chunks.items():
+        if chunk.tier:
+            data = world.s3.objects.get((TIER.bucket, TIER.chunk_key(chunk_id)))
+            if data is None or blake3.blake3(data).digest() != chunk_id:
+                raise Violation(f"cold chunk {chunk_id.hex()[:16]}: its object in the tier is "
+                                f"{'missing' if data is None else 'corrupt'}")
+    for _, key in world.s3.objects:
+        chunk_id = bytes.fromhex(key.rsplit("/", 1)[-1])
+        if chunk_id not in chunks and chunk_id not in garbage:
+            raise Violation(f"tier object {key} belongs to no chunk record and is not tier garbage")
 
 
 async def _settled(world: World, deadline: float) -> None:
@@ -472,7 +528,7 @@ async def _liveness(world: World, rec: Recorder, report: SeedReport) -> None:
     client = world.client("final")
     try:
         for key in KEYS:
-            await _get(client, "final", key, rec)
+            await _get(client, "final", key, rec, strict=True)
     finally:
         await client.close()
 
@@ -487,14 +543,20 @@ async def simulate(seed: int, safety_seconds: float = SAFETY_SECONDS, verbose: b
     rec = Recorder(verbose)
     loop = asyncio.get_running_loop()
     await world.start()
+    tier_rng = random.Random(f"tier-{seed}")  # (apart: the other draws keep their values)
+    rule = _tier_rule(tier_rng)
     admin = world.client("admin")
     try:
         await admin.create_bucket(BUCKET, k=k, m=m, inline_max_bytes=rng.choice([0, 1024, 4096]))
+        if rule is not None:
+            await admin.set_tier_target(TIER.name, TIER.url, TIER.bucket, TIER.prefix)
+            await admin.set_lifecycle(BUCKET, [rule])
+            report.shape += f", tier ({_describe(rule)})"
     finally:
         await admin.close()
-    rec.event("bucket", k, m)
+    rec.event("bucket", k, m, rule)
     until = loop.time() + safety_seconds
-    faults = Faults(world, random.Random(rng.getrandbits(64)), m, report, rec)
+    faults = Faults(world, random.Random(rng.getrandbits(64)), m, report, rec, tier_rng if rule else None)
     clients = [loop.create_task(_workload(world, f"c{n}", random.Random(rng.getrandbits(64)), until, rec))
                for n in range(rng.randint(2, 4))]
     if scenario is None:
@@ -507,6 +569,9 @@ async def simulate(seed: int, safety_seconds: float = SAFETY_SECONDS, verbose: b
         await _liveness(world, rec, report)
         check_replicas_agree(world)
         check_references(world.leader().state)
+        check_tier(world)
+        report.activity.update(world.s3.done)
+        report.activity["cold chunks at the end"] += sum(c.state == pb.COLD for c in _chunks(world.leader().state).values())
     finally:
         await world.stop()
     result = linearizability.check(rec.history.operations())
@@ -516,6 +581,22 @@ async def simulate(seed: int, safety_seconds: float = SAFETY_SECONDS, verbose: b
     report.simulated_seconds = loop.time()
     report.trace = rec.trace.hexdigest()
     return report
+
+
+def _tier_rule(rng: random.Random) -> pb.LifecycleRule | None:
+    """Half the seeds: a cold tier with one of three kinds of rule."""
+    if rng.random() < 0.5:
+        return None
+    kind = rng.choice(["created", "read", "read-reheat"])
+    if kind == "created":
+        return pb.LifecycleRule(target=TIER.name, after_created_seconds=rng.choice([1, 3, 10]))
+    return pb.LifecycleRule(target=TIER.name, after_read_seconds=rng.choice([2, 8]), reheat_on_read=kind == "read-reheat")
+
+
+def _describe(rule: pb.LifecycleRule) -> str:
+    if rule.after_created_seconds:
+        return f"cold {rule.after_created_seconds} s after written"
+    return f"cold {rule.after_read_seconds} s after read" + (", re-heat on read" if rule.reheat_on_read else "")
 
 
 WALL_SECONDS_MAX = 300

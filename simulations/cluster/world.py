@@ -1,12 +1,14 @@
 """The whole Cairn cluster in one process, on simulated time, network and disks.
 
 Metadata nodes run the real Raft driver and log store, the real metadata state machine and the
-real MetaService (failure detection, repair planning, the repairer, garbage collection). Data
-nodes run the real fragment store over simulated files and index, the real membership
-(registration, heartbeats) and the real repair executor. Clients are the real AsyncClient with its
-writer, reader and fragment protocol. Only time (SimLoop), the network (network.py) and the disks
-(SimFiles, SimDisk) are substitutes: the clients and nodes talk through the same interfaces
-they use over gRPC and ZeroMQ (MetaClient's transport, Fragments' connect, the repairer's channel).
+real MetaService (failure detection, repair planning, the repairer, the cold tier's lifecycle,
+garbage collection). Data nodes run the real fragment store over simulated files and index, the
+real membership (registration, heartbeats), the real repair executor and the real tier executor.
+Clients are the real AsyncClient with its writer, reader and fragment protocol. Only time
+(SimLoop), the network (network.py), the disks (SimFiles, SimDisk) and the cloud bucket (s3.py)
+are substitutes: the clients and nodes talk through the same interfaces they use over gRPC and
+ZeroMQ (MetaClient's transport, Fragments' connect and control channels, the repairer's channel),
+and the tier's ColdStore calls the bucket through boto3's client interface.
 """
 from __future__ import annotations
 
@@ -23,18 +25,22 @@ from cluster.data.membership import Membership, disk_records
 from cluster.data.orphans import OrphanCollector, placements_from
 from cluster.data.repairs import RepairExecutor, check_request
 from cluster.data.scrubber import Scrubber
+from cluster.data import tiering
 from cluster.data.server import COMPACT_THRESHOLD, _status_of
 from cluster.data.store import FragmentStore, StripedStore
 from cluster.data.wire import DataError
 from cluster.meta.liveness import FailureDetector
 from cluster.meta.service import MetaService
 from cluster.meta.state import MetaState
+from cluster.proto import data_pb2 as data_pb
 from cluster.proto import meta_pb2 as pb
 from cluster.raft.config import RaftConfig
 from cluster.raft.core import Raft
 from cluster.raft.driver import RaftDriver
 from cluster.raft.log_store import LogStore
+from cluster.tier.store import ColdStore, TierError
 from simulations.cluster.network import Network
+from simulations.cluster.s3 import SimS3
 from simulations.disk import SimDisk
 from simulations.files import SimFiles
 from simulations.raft.driver_cluster import TICK_SECONDS, DriverCluster, SimNode
@@ -50,6 +56,8 @@ ORPHAN_GRACE_SECONDS = 30.0
 ORPHAN_INTERVAL_SECONDS = 10.0
 SCRUB_PAUSE_SECONDS = 60.0
 COMPACT_INTERVAL_SECONDS = 20.0
+LIFECYCLE_EVERY_SECONDS = 2.0
+READ_RESOLUTION_SECONDS = 1.0
 WALL_EPOCH = 1_800_000_000.0         # the simulated wall clock starts here (commands carry it)
 
 
@@ -102,7 +110,8 @@ class SimMetaNode(SimNode):
             self.driver, self.state, lambda n: f"m{n}", clock=lambda: WALL_EPOCH + loop.time() + self.clock_offset,
             detector=FailureDetector(SUSPECT_AFTER_SECONDS, DEAD_AFTER_SECONDS),
             garbage_grace_seconds=GARBAGE_GRACE_SECONDS, monotonic=loop.time,
-            repair_channel=lambda address: SimChannel(world, self.name, address))
+            repair_channel=lambda address: SimChannel(world, self.name, address),
+            lifecycle_every_seconds=LIFECYCLE_EVERY_SECONDS, read_resolution_seconds=READ_RESOLUTION_SECONDS)
         await self.driver.start()
         self.spawn(self.service.keep_house())
         self.boots += 1
@@ -110,6 +119,7 @@ class SimMetaNode(SimNode):
     async def crash(self) -> None:
         await self.tasks.cancel()
         if self.service is not None:
+            await self.service.tiering.close()
             await self.service.repairer.close()
         self.service = None
         await super().crash()
@@ -136,6 +146,7 @@ class SimDataNode:
         self.disks: DiskSet | None = None
         self.membership: Membership | None = None
         self.repairs: RepairExecutor | None = None
+        self.tier: tiering.TierExecutor | None = None
         self.new_disk()
 
     def new_disk(self) -> None:
@@ -163,6 +174,13 @@ class SimDataNode:
         async def store_local(items):
             return self.disks.put_many(items)
         self.repairs = RepairExecutor(self.world.fragments(self.name, meta), lambda: self.membership.node_id, store_local)
+        loop = asyncio.get_running_loop()
+
+        def cold_store(target) -> ColdStore:  # no backoff sleeps: the retries happen at once
+            return ColdStore(target, client=self.world.s3, sleep=lambda _: None, rng=random.Random(self.rng.getrandbits(64)))
+        stores = tiering.TierStores(meta, make_store=cold_store, clock=loop.time, offload=_inline)
+        self.tier = tiering.TierExecutor(self.repairs.fragments, stores, wall_clock=lambda: WALL_EPOCH + loop.time(),
+                                         offload=_inline)
         self.up, self.boots = True, self.boots + 1
         self.spawn(self.membership.run())
         self.spawn(self._collect_orphans(meta))
@@ -213,13 +231,21 @@ class SimDataNode:
             raise DataError(_status_of(error), str(error)) from None
 
     async def control(self, method: str, request):
-        if method != "Repair":
+        check = {"Repair": check_request, "Tier": tiering.check_request, "Recall": tiering.check_recall}.get(method)
+        if check is None:
             raise _rpc_error(grpc.StatusCode.UNIMPLEMENTED, method)
         try:
-            check_request(request)
+            check(request)
         except ValueError as error:
             raise _rpc_error(grpc.StatusCode.INVALID_ARGUMENT, str(error)) from None
-        return await self.repairs.run(request)
+        if method == "Repair":
+            return await self.repairs.run(request)
+        if method == "Tier":
+            return await self.tier.run(request)
+        try:
+            return data_pb.RecallReply(data=await self.tier.recall(request.chunk, request.length, request.target))
+        except TierError as error:
+            raise _rpc_error(tiering.recall_status(error), str(error)) from None
 
 
 async def _inline(function, *args):
@@ -303,6 +329,7 @@ class World:
         for node in self.datas.values():
             self.network.endpoints[node.name] = node
         self.meta_names = [node.name for node in self.meta.nodes.values()]
+        self.s3 = SimS3(random.Random(f"s3-{seed}"))  # (not drawn from self.rng: other draws keep their values)
 
     async def start(self) -> None:
         await self.meta.start()
@@ -318,7 +345,8 @@ class World:
         return lambda address: SimDataClient(self, source, address)
 
     def fragments(self, name: str, meta: MetaClient) -> Fragments:
-        return Fragments(meta, self.data_connect(name), clock=asyncio.get_running_loop().time, offload=_inline)
+        return Fragments(meta, self.data_connect(name), clock=asyncio.get_running_loop().time, offload=_inline,
+                         control=lambda address: SimChannel(self, name, address))
 
     def client(self, name: str) -> AsyncClient:
         meta = self.meta_client(name)
