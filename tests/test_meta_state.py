@@ -469,6 +469,26 @@ def test_tier_targets_lifecycle_rules_and_transitions(cluster):
     assert cluster.apply(set_tier_target=remove).code == pb.OK and cluster.state.tier_targets() == []
 
 
+def test_an_upload_that_never_went_cold_is_tier_garbage_once_its_chunk_is_forgotten(cluster):
+    target = pb.TierTarget(name="cloud", url="http://127.0.0.1:9000", bucket="cold-bucket", credentials="env:CLOUD")
+    assert cluster.apply(set_tier_target=pb.SetTierTarget(target=target)).code == pb.OK
+    chunks = CHUNK_IDS[:2]
+    for number, chunk in enumerate(chunks):
+        assert commit(cluster, [pb.ChunkRef(id=chunk, length=CHUNKS[chunk])], [pb.Placement(chunk=chunk, nodes=[1, 2, 3])],
+                      key=f"k{number}").code == pb.OK
+    assert cluster.apply(tier_intent=pb.TierIntent(target="nowhere", chunks=chunks)).code == pb.INVALID_ARGUMENT
+    assert cluster.apply(tier_intent=pb.TierIntent(target="cloud", chunks=chunks)).code == pb.OK
+    remove = pb.SetTierTarget(target=pb.TierTarget(name="cloud"), remove=True)
+    assert "cold chunks" in cluster.apply(set_tier_target=remove).message  # uploads may be in the bucket
+    # the first goes cold: its intent is done; the second's answer never came
+    assert cluster.apply(transition_chunk=pb.TransitionChunk(chunk=chunks[0], target="cloud", expect=[1, 2, 3])).code == pb.OK
+    for number, chunk in enumerate(chunks):
+        assert cluster.apply(delete_object=pb.DeleteObject(bucket="data", key=f"k{number}")).code == pb.OK
+    assert cluster.apply(forget_chunks=pb.ForgetChunks(chunks=chunks)).code == pb.OK
+    assert sorted(c for _, c, _ in cluster.state.tier_garbage()) == sorted(chunks)  # both objects go
+    assert list(cluster.state.disk.scan(b"U", b"V")) == []
+
+
 def test_a_reheated_chunk_is_hot_on_its_new_nodes_and_its_tier_copy_is_garbage(cluster):
     target = pb.TierTarget(name="cloud", url="http://127.0.0.1:9000", bucket="cold-bucket", credentials="env:CLOUD")
     assert cluster.apply(set_tier_target=pb.SetTierTarget(target=target)).code == pb.OK

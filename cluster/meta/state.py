@@ -23,6 +23,7 @@ Key layout (bytes; bucket names and keys never contain NUL, UTF-8 never contains
     Z<name>                    TierTarget (a cold tier; credentials only by reference)
     Y<name>                    how many COLD chunks the tier target holds (u64)
     W<name>\0<chunk id>         tier garbage: an object in that tier no chunk points to (u64 settle ms, see TierDeleted)
+    U<name>\0<chunk id>         an upload of a hot chunk to that tier was ordered (TierIntent)
     Q<ms><op id>               when that result was stored (results expire after RESULTS_TTL_MS)
 """
 from __future__ import annotations
@@ -86,6 +87,10 @@ def chunk_key(chunk_id: bytes) -> bytes:
 
 def tier_garbage_key(target: str, chunk_id: bytes) -> bytes:
     return b"W" + target.encode() + b"\0" + chunk_id
+
+
+def tier_intent_key(target: str, chunk_id: bytes) -> bytes:
+    return b"U" + target.encode() + b"\0" + chunk_id
 
 
 def tier_garbage_range(target: str = "") -> tuple[bytes, bytes]:
@@ -382,7 +387,9 @@ class MetaState:
                      if any(rule.target == target.name for rule in b.lifecycle)]
             if users:
                 raise Refused(pb.INVALID_ARGUMENT, f"tier target {target.name!r} is in the lifecycle of {users}")
-            if self._cold_count(batch, target.name) or batch.any_in(*tier_garbage_range(target.name)):
+            intents = (b"U" + target.name.encode() + b"\0", b"U" + target.name.encode() + b"\1")
+            if self._cold_count(batch, target.name) or batch.any_in(*tier_garbage_range(target.name)) \
+                    or batch.any_in(*intents):
                 raise Refused(pb.INVALID_ARGUMENT, f"tier target {target.name!r} still holds cold chunks "
                                                    "(or objects waiting to be deleted)")
             batch.delete(b"Z" + target.name.encode())
@@ -423,11 +430,13 @@ class MetaState:
             return pb.MetaResult(message="the chunk's tier object is being deleted; unchanged")
         if raw is None:  # forgotten while it was uploaded: the upload is tier garbage
             batch.put(tier_garbage_key(c.target, c.chunk), _u64(0))
+            batch.delete(tier_intent_key(c.target, c.chunk))
             return pb.MetaResult(message="the chunk is gone; its upload goes as tier garbage")
         chunk = pb.Chunk.FromString(raw)
         if chunk.state != pb.HOT or list(chunk.nodes) != list(c.expect):
             return pb.MetaResult(message="the chunk is not hot where expected; unchanged")
         chunk.state, chunk.tier = pb.COLD, c.target
+        batch.delete(tier_intent_key(c.target, c.chunk))
         del chunk.nodes[:]  # its fragments become orphans: the data nodes delete them
         batch.put(chunk_key(c.chunk), chunk.SerializeToString())
         for key, _ in batch.items(b"D" + c.chunk, b"D" + c.chunk + b"\xff"):
@@ -451,6 +460,15 @@ class MetaState:
         chunk.state, chunk.tier = pb.HOT, ""
         chunk.nodes.extend(c.nodes)
         batch.put(chunk_key(c.chunk), chunk.SerializeToString())
+        return pb.MetaResult()
+
+    def _do_tier_intent(self, batch: Batch, version: int, now: int, c: pb.TierIntent) -> pb.MetaResult:
+        if batch.get(b"Z" + c.target.encode()) is None:
+            raise Refused(pb.INVALID_ARGUMENT, f"no tier target {c.target!r}")
+        for chunk_id in c.chunks:
+            raw = batch.get(chunk_key(names.check_chunk_id(chunk_id)))
+            if raw is not None and pb.Chunk.FromString(raw).state == pb.HOT:
+                batch.put(tier_intent_key(c.target, chunk_id), b"")
         return pb.MetaResult()
 
     def _do_tier_deleted(self, batch: Batch, version: int, now: int, c: pb.TierDeleted) -> pb.MetaResult:
@@ -496,6 +514,11 @@ class MetaState:
                     batch.delete(b"D" + chunk_id + bytes([index]))
                 if chunk.tier:  # its copy in the tier goes too
                     self._leave_tier(batch, chunk_id, chunk.tier)
+                for key, _ in batch.items(b"Z", b"Z\xff"):  # and uploads that never became COLD
+                    intent = tier_intent_key(key[1:].decode(), chunk_id)
+                    if batch.get(intent) is not None:
+                        batch.delete(intent)
+                        batch.put(tier_garbage_key(key[1:].decode(), chunk_id), _u64(0))
                 self._count_chunks(batch, -1, -chunk.length)
         return pb.MetaResult()
 

@@ -10,6 +10,8 @@ Each round:
 - queues DELETE orders for tier garbage, and confirms settled deletions;
 - sends the queue to data nodes in batches, bounded in flight, and records what succeeded through
   Raft: TransitionChunk after an upload, ReheatChunk after a re-heat, TierDeleted after a delete.
+  Uploads are recorded before they are sent (TierIntent), so an upload whose TransitionChunk
+  never comes still leaves tier garbage when its chunk is forgotten: nothing leaks in the bucket.
 
 Re-heats come from reads of cold chunks that a rule with reheat_on_read covers, and from
 `cairn restore` (the Restore operation). A failed order waits RETRY_SECONDS and goes again; no
@@ -316,6 +318,7 @@ class Tiering:
 
     async def _run_batch(self, executor: pb.Node, batch: list) -> None:
         try:
+            await self._intend_uploads(batch)
             stub = data_pb2_grpc.DataStub(self._channel_to(executor.address))
             reply = await stub.Tier(data_pb2.TierRequest(orders=[order for _, order in batch]), timeout=BATCH_SECONDS)
             done, deleted = [], {}
@@ -341,6 +344,18 @@ class Tiering:
                 self._running.discard((work.kind, work.chunk_id))
             if self._queue:
                 self.service.wake.set()  # the next batches start now, not at the next round
+
+    async def _intend_uploads(self, batch: list) -> None:
+        """Records the uploads about to be ordered (TierIntent) before any is sent: if one is
+        never followed by TransitionChunk, its object still goes once the chunk is forgotten."""
+        by_target: dict[str, list[bytes]] = {}
+        for work, _ in batch:
+            if work.kind == UPLOAD:
+                by_target.setdefault(work.target, []).append(work.chunk_id)
+        for target, chunks in by_target.items():
+            result = await self.service.propose(tier_intent=pb.TierIntent(target=target, chunks=chunks))
+            if result.code != pb.OK:
+                raise RuntimeError(f"uploads to {target} not recorded: {result.message}")
 
     async def _transitioned(self, work: _Work, sent: bool) -> None:
         if faultpoints.hit("tier.before_transition"):  # as if the leader died holding the answer

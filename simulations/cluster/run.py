@@ -481,7 +481,8 @@ def healing_left(world: World) -> str | None:
 
 def check_tier(world: World) -> None:
     """Every cold chunk's only copy is in the bucket, intact; every object in the bucket is
-    accounted for (a chunk record, cold or hot, or tier garbage)."""
+    accounted for: a cold chunk's, a hot chunk's whose upload is recorded (TierIntent), or tier
+    garbage."""
     state = world.leader().state
     chunks = _chunks(state)
     garbage = {key[-32:] for key, _ in state.disk.scan(*tier_garbage_range())}
@@ -491,9 +492,11 @@ def check_tier(world: World) -> None:
             if data is None or blake3.blake3(data).digest() != chunk_id:
                 raise Violation(f"cold chunk {chunk_id.hex()[:16]}: its object in the tier is "
                                 f"{'missing' if data is None else 'corrupt'}")
+    intents = {key[-32:] for key, _ in state.disk.scan(b"U", b"V")}
     for _, key in world.s3.objects:
         chunk_id = bytes.fromhex(key.rsplit("/", 1)[-1])
-        if chunk_id not in chunks and chunk_id not in garbage:
+        cold = chunk_id in chunks and chunks[chunk_id].tier
+        if not (cold or chunk_id in intents or chunk_id in garbage):
             raise Violation(f"tier object {key} belongs to no chunk record and is not tier garbage")
 
 
