@@ -146,6 +146,8 @@ def test_tier_targets_are_looked_up_through_the_leader_and_refreshed(server, mon
     now[0] = 31.0
     moved = asyncio.run(stores.get("cloud"))
     assert moved is not first and moved.target.prefix == "moved" and meta.calls == 2
-    meta.targets = [record(server, name="other", credentials="env:NOT_SET")]
+    meta.targets = [record(server, prefix="moved"), record(server, name="other", credentials="env:NOT_SET")]
     with pytest.raises(TierError, match="not usable here: credentials env:NOT_SET"):
         asyncio.run(stores.get("other"))
+    now[0] = 62.0
+    assert asyncio.run(stores.get("cloud")) is moved  # a target this node cannot use breaks no other

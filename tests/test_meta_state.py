@@ -446,11 +446,11 @@ def test_tier_targets_lifecycle_rules_and_transitions(cluster):
     assert "cold chunks" in cluster.apply(set_tier_target=remove).message  # it holds one
     assert cluster.apply(delete_object=pb.DeleteObject(bucket="data", key="k")).code == pb.OK
     assert cluster.apply(forget_chunks=pb.ForgetChunks(chunks=[chunk])).code == pb.OK
-    assert cluster.state.tier_garbage() == [("cloud", chunk, 0)]  # its copy in the tier goes next
+    assert cluster.state.tier_garbage() == [("cloud", chunk, 0, 0)]  # its copy in the tier goes next
     assert "waiting to be deleted" in cluster.apply(set_tier_target=remove).message
     deleted = pb.TierDeleted(target="cloud", chunks=[chunk])
     assert cluster.apply(tier_deleted=deleted).code == pb.OK
-    [(_, _, settle)] = cluster.state.tier_garbage()
+    [(_, _, settle, _)] = cluster.state.tier_garbage()
     assert settle > 0  # deleted; the entry stays until no late delete can race a new upload
     # the same chunk, put again, cannot go cold while a late delete could remove its upload
     assert commit(cluster, [pb.ChunkRef(id=chunk, length=CHUNKS[chunk])], [pb.Placement(chunk=chunk, nodes=[1, 2, 3])]).code == pb.OK
@@ -477,7 +477,12 @@ def test_an_upload_that_never_went_cold_is_tier_garbage_once_its_chunk_is_forgot
         assert commit(cluster, [pb.ChunkRef(id=chunk, length=CHUNKS[chunk])], [pb.Placement(chunk=chunk, nodes=[1, 2, 3])],
                       key=f"k{number}").code == pb.OK
     assert cluster.apply(tier_intent=pb.TierIntent(target="nowhere", chunks=chunks)).code == pb.INVALID_ARGUMENT
-    assert cluster.apply(tier_intent=pb.TierIntent(target="cloud", chunks=chunks)).code == pb.OK
+    gone = os.urandom(32)
+    assert list(cluster.apply(tier_intent=pb.TierIntent(target="cloud", chunks=[*chunks, gone])).missing) == [gone]
+    moved = pb.TierTarget(name="cloud", url="http://10.9.9.9:9000", bucket="elsewhere", credentials="env:CLOUD")
+    assert "cannot change" in cluster.apply(set_tier_target=pb.SetTierTarget(target=moved)).message
+    moved.bucket = "cold-bucket"  # a new endpoint for the same bucket is fine
+    assert cluster.apply(set_tier_target=pb.SetTierTarget(target=moved)).code == pb.OK
     remove = pb.SetTierTarget(target=pb.TierTarget(name="cloud"), remove=True)
     assert "cold chunks" in cluster.apply(set_tier_target=remove).message  # uploads may be in the bucket
     # the first goes cold: its intent is done; the second's answer never came
@@ -485,7 +490,7 @@ def test_an_upload_that_never_went_cold_is_tier_garbage_once_its_chunk_is_forgot
     for number, chunk in enumerate(chunks):
         assert cluster.apply(delete_object=pb.DeleteObject(bucket="data", key=f"k{number}")).code == pb.OK
     assert cluster.apply(forget_chunks=pb.ForgetChunks(chunks=chunks)).code == pb.OK
-    assert sorted(c for _, c, _ in cluster.state.tier_garbage()) == sorted(chunks)  # both objects go
+    assert sorted(c for _, c, _, _ in cluster.state.tier_garbage()) == sorted(chunks)  # both objects go
     assert list(cluster.state.disk.scan(b"U", b"V")) == []
 
 
@@ -494,7 +499,7 @@ def test_a_reheated_chunk_is_hot_on_its_new_nodes_and_its_tier_copy_is_garbage(c
     assert cluster.apply(set_tier_target=pb.SetTierTarget(target=target)).code == pb.OK
     chunk = CHUNK_IDS[0]
     assert commit(cluster, [pb.ChunkRef(id=chunk, length=CHUNKS[chunk])], [pb.Placement(chunk=chunk, nodes=[1, 2, 3])]).code == pb.OK
-    reheat = pb.ReheatChunk(chunk=chunk, nodes=[2, 3, 4])
+    reheat = pb.ReheatChunk(chunk=chunk, nodes=[2, 3, 4], grace_ms=60_000)
     assert "not cold" in cluster.apply(reheat_chunk=reheat).message
     assert cluster.apply(transition_chunk=pb.TransitionChunk(chunk=chunk, target="cloud", expect=[1, 2, 3])).code == pb.OK
     assert cluster.state.cold_counts() == {"cloud": 1}
@@ -503,7 +508,8 @@ def test_a_reheated_chunk_is_hot_on_its_new_nodes_and_its_tier_copy_is_garbage(c
     hot = cluster.state.chunk(chunk)
     assert (hot.state, hot.tier, list(hot.nodes)) == (pb.HOT, "", [2, 3, 4])
     assert cluster.state.cold_counts() == {"cloud": 0}
-    assert cluster.state.tier_garbage() == [("cloud", chunk, 0)]
+    # the tier copy goes, after readers that still hold the COLD record have had time to finish
+    assert cluster.state.tier_garbage() == [("cloud", chunk, 0, cluster.base_ms + cluster.index + 60_000)]
     assert "not cold" in cluster.apply(reheat_chunk=reheat).message  # a repeat changes nothing
 
 

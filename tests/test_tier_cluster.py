@@ -49,7 +49,8 @@ def local(tmp_path_factory, s3):
         patch.setenv(CRASH_FILE_VARIABLE, crash_file)
         local = LocalCluster(str(tmp_path_factory.mktemp("tier")), metas=3, datas=4, port_base=None,
                              meta_options=["--tick-seconds", "0.02", "--lifecycle-every-seconds", "0.5",
-                                           "--garbage-grace-seconds", "1", "--read-resolution-seconds", "1"],
+                                           "--garbage-grace-seconds", "1", "--read-resolution-seconds", "1",
+                                           "--reheat-grace-seconds", "2"],
                              data_options=["--orphan-grace-seconds", "1", "--orphan-interval-seconds", "1"])
         local.crash_file = crash_file
         local.start()

@@ -105,6 +105,7 @@ class TierStores:
         self.meta = meta
         self._make_store, self._clock, self._ttl, self._offload = make_store, clock, ttl, offload
         self._stores: dict[str, ColdStore] = {}
+        self._unusable: dict[str, str] = {}  # target name -> why this node cannot use it
         self._fetched_at = float("-inf")
 
     async def get(self, name: str) -> ColdStore:
@@ -112,23 +113,23 @@ class TierStores:
             await self._refresh()
         store = self._stores.get(name)
         if store is None:
-            raise TierError(f"no tier target {name!r} in the cluster")
+            raise TierError(self._unusable.get(name, f"no tier target {name!r} in the cluster"))
         return store
 
     async def _refresh(self) -> None:
         reply = await self.meta.call(meta_pb.MetaOp(list_tier_targets=meta_pb.ListTierTargets()))
         if reply.code != meta_pb.OK:
             raise TierError(f"cannot look up tier targets: {reply.message}")
-        fresh = {}
+        fresh, unusable = {}, {}
         for record in reply.list_tier_targets.targets:
             target = target_of(record)
             known = self._stores.get(target.name)
             try:  # a changed target (endpoint, credentials...) gets a new client
                 fresh[target.name] = known if known is not None and known.target == target else \
                     await self._offload(self._make_store, target)
-            except TierConfigError as error:  # e.g. its credentials are not set on this node
-                raise TierError(f"tier target {target.name!r} is not usable here: {error}") from None
-        self._stores, self._fetched_at = fresh, self._clock()
+            except TierConfigError as error:  # e.g. its credentials are not set on this node: that target only
+                unusable[target.name] = f"tier target {target.name!r} is not usable here: {error}"
+        self._stores, self._unusable, self._fetched_at = fresh, unusable, self._clock()
 
 
 class TierExecutor:

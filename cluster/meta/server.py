@@ -17,7 +17,7 @@ from cluster.meta.liveness import DEAD_AFTER_SECONDS, SUSPECT_AFTER_SECONDS, Fai
 from cluster.meta.repairer import BYTES_PER_SECOND
 from cluster import faultpoints
 from cluster.meta.service import GARBAGE_GRACE_SECONDS, MetaService
-from cluster.meta.tiering import LIFECYCLE_EVERY_SECONDS, READ_RESOLUTION_SECONDS
+from cluster.meta.tiering import LIFECYCLE_EVERY_SECONDS, READ_RESOLUTION_SECONDS, REHEAT_GRACE_SECONDS
 from cluster.meta.state import MetaState
 from cluster.proto import meta_pb2_grpc as pb_grpc
 from cluster.raft.node import RaftNode, node_arguments, run_node
@@ -29,7 +29,8 @@ class MetaNode(RaftNode):
                  snapshot_entries: int = 100_000, suspect_after: float = SUSPECT_AFTER_SECONDS,
                  dead_after: float = DEAD_AFTER_SECONDS, garbage_grace: float = GARBAGE_GRACE_SECONDS,
                  repair_bytes_per_second: float = BYTES_PER_SECOND,
-                 lifecycle_every: float = LIFECYCLE_EVERY_SECONDS, read_resolution: float = READ_RESOLUTION_SECONDS):
+                 lifecycle_every: float = LIFECYCLE_EVERY_SECONDS, read_resolution: float = READ_RESOLUTION_SECONDS,
+                 reheat_grace: float = REHEAT_GRACE_SECONDS):
         os.makedirs(data_dir, exist_ok=True)
         self.state = MetaState(RocksDisk(os.path.join(data_dir, "meta")))
         super().__init__(node_id, data_dir, peers, self.state, tick_seconds, snapshot_entries)
@@ -37,7 +38,8 @@ class MetaNode(RaftNode):
                                    detector=FailureDetector(suspect_after, dead_after),
                                    garbage_grace_seconds=garbage_grace,
                                    repair_bytes_per_second=repair_bytes_per_second,
-                                   lifecycle_every_seconds=lifecycle_every, read_resolution_seconds=read_resolution)
+                                   lifecycle_every_seconds=lifecycle_every, read_resolution_seconds=read_resolution,
+                                   reheat_grace_seconds=reheat_grace)
 
     def add_services(self, server) -> None:
         pb_grpc.add_MetaServicer_to_server(self.service, server)
@@ -69,9 +71,12 @@ def main(argv: list[str] | None = None) -> None:
                         help="start a pass of the buckets' lifecycle rules at most this often")
     parser.add_argument("--read-resolution-seconds", type=float, default=READ_RESOLUTION_SECONDS,
                         help="record an object's read time when the last recorded one is older than this")
+    parser.add_argument("--reheat-grace-seconds", type=float, default=REHEAT_GRACE_SECONDS,
+                        help="keep a re-heated chunk's tier copy this long (readers may still be fetching it)")
     args = parser.parse_args(argv)
-    if args.lifecycle_every_seconds <= 0 or args.read_resolution_seconds <= 0:
-        parser.error("--lifecycle-every-seconds and --read-resolution-seconds must be positive")
+    if args.lifecycle_every_seconds <= 0 or args.read_resolution_seconds <= 0 or args.reheat_grace_seconds < 0:
+        parser.error("--lifecycle-every-seconds and --read-resolution-seconds must be positive, "
+                     "--reheat-grace-seconds not negative")
     if args.repair_mb_per_s <= 0:
         parser.error("--repair-mb-per-s must be positive")
     if not HEARTBEAT_SECONDS * 1.25 <= args.suspect_after_seconds < args.dead_after_seconds:
@@ -81,7 +86,8 @@ def main(argv: list[str] | None = None) -> None:
     def start():
         node = MetaNode(args.id, args.data, args.peers, args.tick_seconds, args.snapshot_entries,
                         args.suspect_after_seconds, args.dead_after_seconds, args.garbage_grace_seconds,
-                        args.repair_mb_per_s * 1e6, args.lifecycle_every_seconds, args.read_resolution_seconds)
+                        args.repair_mb_per_s * 1e6, args.lifecycle_every_seconds, args.read_resolution_seconds,
+                        args.reheat_grace_seconds)
         return node, ()
     faultpoints.install_from_environment()
     run_node(args, start)

@@ -22,7 +22,7 @@ from cluster.meta import names
 from cluster.meta.liveness import FailureDetector
 from cluster.meta.repairer import BYTES_PER_SECOND, Repairer
 from cluster.meta.state import MetaState, Refused
-from cluster.meta.tiering import LIFECYCLE_EVERY_SECONDS, READ_RESOLUTION_SECONDS, Tiering
+from cluster.meta.tiering import LIFECYCLE_EVERY_SECONDS, READ_RESOLUTION_SECONDS, REHEAT_GRACE_SECONDS, Tiering
 from cluster.proto import meta_pb2 as pb
 from cluster.proto import meta_pb2_grpc as pb_grpc
 from cluster.raft.core import NotLeader, ProposalDropped
@@ -102,7 +102,8 @@ class MetaService(pb_grpc.MetaServicer):
                  detector: FailureDetector | None = None, garbage_grace_seconds: float = GARBAGE_GRACE_SECONDS,
                  repair_bytes_per_second: float = BYTES_PER_SECOND, monotonic=time.monotonic,
                  repair_channel=grpc.aio.insecure_channel, lifecycle_every_seconds: float = LIFECYCLE_EVERY_SECONDS,
-                 read_resolution_seconds: float = READ_RESOLUTION_SECONDS):
+                 read_resolution_seconds: float = READ_RESOLUTION_SECONDS,
+                 reheat_grace_seconds: float = REHEAT_GRACE_SECONDS):
         """`clock` is wall time (commands carry it), `monotonic` paces repairs, `repair_channel`
         opens a channel to a data node (the simulator passes its own network)."""
         self.driver, self.state = driver, state
@@ -115,7 +116,7 @@ class MetaService(pb_grpc.MetaServicer):
         self.repairer = Repairer(self, repair_bytes_per_second, channel=repair_channel, clock=monotonic,
                                  on_progress=self.wake.set)
         self.tiering = Tiering(self, self.repairer.channel_to, clock=monotonic, lifecycle_every=lifecycle_every_seconds,
-                               read_resolution=read_resolution_seconds)
+                               read_resolution=read_resolution_seconds, reheat_grace=reheat_grace_seconds)
         self._mux = MuxServer(pb.MetaReplies, "ops", "replies")
         self._batcher = CommandBatcher(driver)
 

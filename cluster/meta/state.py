@@ -22,7 +22,8 @@ Key layout (bytes; bucket names and keys never contain NUL, UTF-8 never contains
     R<op id>                   MetaResult of an applied command (retries get it back)
     Z<name>                    TierTarget (a cold tier; credentials only by reference)
     Y<name>                    how many COLD chunks the tier target holds (u64)
-    W<name>\0<chunk id>         tier garbage: an object in that tier no chunk points to (u64 settle ms, see TierDeleted)
+    W<name>\0<chunk id>         tier garbage: an object in that tier no chunk points to (u64 settle ms, see
+                               TierDeleted; u64 not before ms: a re-heated chunk's copy waits for readers)
     U<name>\0<chunk id>         an upload of a hot chunk to that tier was ordered (TierIntent)
     Q<ms><op id>               when that result was stored (results expire after RESULTS_TTL_MS)
 """
@@ -285,6 +286,7 @@ class MetaState:
         self._check_manifest(bucket, manifest)
         self._add_references(batch, now, manifest, c.placements, bucket.profile)
         manifest.head.version, manifest.head.modified_ms, manifest.head.delete_marker = version, now, False
+        manifest.head.read_ms = 0  # only the leader records reads (a client's value would stop read-age rules)
         manifest.profile.CopyFrom(bucket.profile)
         self._install(batch, bucket, c.bucket, c.key, manifest, now)
         return pb.MetaResult(head=manifest.head)
@@ -399,6 +401,15 @@ class MetaState:
                        target.addressing or "path", target.region or "us-east-1").validate()
         except TierConfigError as error:
             raise Refused(pb.INVALID_ARGUMENT, str(error)) from None
+        known = batch.get(b"Z" + target.name.encode())
+        if known is not None:
+            old = pb.TierTarget.FromString(known)
+            holds = self._cold_count(batch, target.name) or batch.any_in(*tier_garbage_range(target.name)) or \
+                batch.any_in(b"U" + target.name.encode() + b"\0", b"U" + target.name.encode() + b"\1")
+            if holds and (old.bucket, old.prefix) != (target.bucket, target.prefix):
+                raise Refused(pb.INVALID_ARGUMENT, f"tier target {target.name!r} holds objects under "
+                                                   f"{old.bucket}/{old.prefix}: its bucket and prefix cannot change "
+                                                   "(its endpoint and credentials can)")
         stored = pb.TierTarget()
         stored.CopyFrom(target)
         stored.addressing, stored.region = target.addressing or "path", target.region or "us-east-1"
@@ -444,9 +455,9 @@ class MetaState:
         batch.put(b"Y" + c.target.encode(), _u64(self._cold_count(batch, c.target) + 1))
         return pb.MetaResult()
 
-    def _leave_tier(self, batch: Batch, chunk_id: bytes, target: str) -> None:
+    def _leave_tier(self, batch: Batch, chunk_id: bytes, target: str, not_before_ms: int = 0) -> None:
         batch.put(b"Y" + target.encode(), _u64(max(0, self._cold_count(batch, target) - 1)))
-        batch.put(tier_garbage_key(target, chunk_id), _u64(0))
+        batch.put(tier_garbage_key(target, chunk_id), _u64(0) + _u64(not_before_ms))
 
     def _do_reheat_chunk(self, batch: Batch, version: int, now: int, c: pb.ReheatChunk) -> pb.MetaResult:
         raw = batch.get(chunk_key(names.check_chunk_id(c.chunk)))
@@ -456,7 +467,7 @@ class MetaState:
         if chunk.state != pb.COLD:
             return pb.MetaResult(message="the chunk is not cold; unchanged")
         self._check_placement(c.chunk, list(c.nodes), chunk.profile, self._nodes()[1])
-        self._leave_tier(batch, c.chunk, chunk.tier)
+        self._leave_tier(batch, c.chunk, chunk.tier, now + c.grace_ms)
         chunk.state, chunk.tier = pb.HOT, ""
         chunk.nodes.extend(c.nodes)
         batch.put(chunk_key(c.chunk), chunk.SerializeToString())
@@ -465,11 +476,13 @@ class MetaState:
     def _do_tier_intent(self, batch: Batch, version: int, now: int, c: pb.TierIntent) -> pb.MetaResult:
         if batch.get(b"Z" + c.target.encode()) is None:
             raise Refused(pb.INVALID_ARGUMENT, f"no tier target {c.target!r}")
+        missing = []
         for chunk_id in c.chunks:
-            raw = batch.get(chunk_key(names.check_chunk_id(chunk_id)))
-            if raw is not None and pb.Chunk.FromString(raw).state == pb.HOT:
+            if batch.get(chunk_key(names.check_chunk_id(chunk_id))) is None:
+                missing.append(chunk_id)  # gone: its upload must not be sent (nothing would delete it)
+            else:
                 batch.put(tier_intent_key(c.target, chunk_id), b"")
-        return pb.MetaResult()
+        return pb.MetaResult(missing=missing)
 
     def _do_tier_deleted(self, batch: Batch, version: int, now: int, c: pb.TierDeleted) -> pb.MetaResult:
         for chunk_id in c.chunks:
@@ -477,9 +490,9 @@ class MetaState:
             raw = batch.get(key)
             if raw is None:
                 continue
-            settle = _U64.unpack(raw)[0]
+            settle = _U64.unpack(raw[:8])[0]
             if not c.final and settle == 0:
-                batch.put(key, _u64(now + TIER_SETTLE_MS))
+                batch.put(key, _u64(now + TIER_SETTLE_MS) + raw[8:])
             elif c.final and 0 < settle <= now:
                 batch.delete(key)
         return pb.MetaResult()
@@ -679,12 +692,15 @@ class MetaState:
     def cold_counts(self) -> dict[str, int]:
         return {key[1:].decode(): _U64.unpack(raw)[0] for key, raw in self.disk.scan(b"Y", b"Y\xff")}
 
-    def tier_garbage(self, limit: int = 1000) -> list[tuple[str, bytes, int]]:
-        """(target, chunk id, settle ms: 0 while its object is not deleted yet) entries."""
+    def tier_garbage(self, limit: int = 1000, after: bytes = b"") -> list[tuple[str, bytes, int, int]]:
+        """(target, chunk id, settle ms, not before ms) entries, from just after the key `after`
+        (a cursor; b"": the first). Settle 0: the object is not deleted yet, and may be from
+        `not before` on."""
+        start = max(after + b"\0", tier_garbage_range()[0]) if after else tier_garbage_range()[0]
         out = []
-        for key, raw in _take(self.disk.scan(*tier_garbage_range()), limit):
-            target, chunk_id = key[1:-33].decode(), key[-32:]
-            out.append((target, chunk_id, _U64.unpack(raw)[0]))
+        for key, raw in _take(self.disk.scan(start, tier_garbage_range()[1]), limit):
+            settle, not_before = _U64.unpack(raw[:8])[0], (_U64.unpack(raw[8:16])[0] if len(raw) >= 16 else 0)
+            out.append((key[1:-33].decode(), key[-32:], settle, not_before))
         return out
 
     def tier_garbage_pending(self, target: str, chunk_id: bytes) -> bool:

@@ -32,7 +32,7 @@ import grpc
 
 from cluster import faultpoints
 from cluster.meta.placement import NotEnoughNodes, place
-from cluster.meta.state import Refused
+from cluster.meta.state import Refused, tier_garbage_key
 from cluster.proto import data_pb2, data_pb2_grpc
 from cluster.proto import meta_pb2 as pb
 from cluster.tier import lifecycle
@@ -42,6 +42,7 @@ log = logging.getLogger("cairn.tier")
 LIFECYCLE_EVERY_SECONDS = 3600.0  # a full lifecycle pass starts at most this often
 SCAN_OBJECTS_PER_ROUND = 2000
 READ_RESOLUTION_SECONDS = 3600.0  # a read is recorded when the last recorded one is older than this
+REHEAT_GRACE_SECONDS = 3600.0     # a re-heated chunk's tier copy stays this long: readers may hold COLD records
 READS_PENDING_MAX = 100_000
 TOUCHES_PER_COMMAND = 1000
 QUEUED_MAX = 10_000               # chunks waiting for an order, a memory bound
@@ -53,6 +54,7 @@ RETRY_SECONDS = 5.0
 GARBAGE_SCANNED = 5000            # tier garbage entries looked at per round
 DELETE_START_SECONDS = 120.0      # a delete order not started by then is dropped by the data node
 RESTORE_KEYS_MAX = 1000
+RESTORE_CHUNKS_MAX = 20_000       # chunk records one Restore call reads at most
 RETRIES_TRACKED_MAX = 100_000
 
 UPLOAD, REHEAT, DELETE = data_pb2.TierOrder.UPLOAD, data_pb2.TierOrder.REHEAT, data_pb2.TierOrder.DELETE
@@ -68,10 +70,11 @@ class _Work:
 
 class Tiering:
     def __init__(self, service, channel_to: Callable[[str], grpc.aio.Channel], clock: Callable[[], float] = time.monotonic,
-                 lifecycle_every: float = LIFECYCLE_EVERY_SECONDS, read_resolution: float = READ_RESOLUTION_SECONDS):
+                 lifecycle_every: float = LIFECYCLE_EVERY_SECONDS, read_resolution: float = READ_RESOLUTION_SECONDS,
+                 reheat_grace: float = REHEAT_GRACE_SECONDS):
         self.service = service
         self._channel_to, self._clock = channel_to, clock
-        self.lifecycle_every, self.read_resolution = lifecycle_every, read_resolution
+        self.lifecycle_every, self.read_resolution, self.reheat_grace = lifecycle_every, read_resolution, reheat_grace
         self.stats = pb.TierStats()
         self._queue: dict[tuple[int, bytes], _Work] = {}  # in order of arrival
         self._running: set[tuple[int, bytes]] = set()
@@ -80,6 +83,8 @@ class Tiering:
         self._scan: list | None = None  # [bucket names, index, continuation] of the pass under way
         self._tally: dict[str, pb.BucketTier] = {}
         self._next_pass = float("-inf")
+        self._rules_changed = False  # during the pass under way: the next starts at once
+        self._garbage_cursor = b""    # tier garbage is looked at a slice at a time, round the keyspace
         self._tasks: set[asyncio.Task] = set()
 
     @property
@@ -110,8 +115,9 @@ class Tiering:
         self.stats.transitions_pending, self.stats.reheats_pending = kinds[UPLOAD], kinds[REHEAT]
 
     def rules_changed(self) -> None:
-        """A bucket's rules changed: the next round starts a pass (if none is under way)."""
+        """A bucket's rules changed: a pass starts at the next round, or right after the one under way."""
         self._next_pass = float("-inf")
+        self._rules_changed = self._scan is not None
 
     def current_stats(self) -> pb.TierStats:
         self.stats.cold_chunks.clear()
@@ -150,15 +156,20 @@ class Tiering:
             self._scan, self._tally = [[b.name for b in self.state.buckets() if b.lifecycle], 0, ""], {}
         names, index, token = self._scan
         budget, now_ms = SCAN_OBJECTS_PER_ROUND, self._wall_ms()
-        while budget > 0 and index < len(names):
+        while budget > 0 and index < len(names):  # the budget counts objects and chunk records read
             try:
                 bucket = self.state.bucket(names[index])
-                entries, _, token = self.state.list_objects(bucket.name, start_after=token, max_keys=min(budget, 1000))
+                entries, _, following = self.state.list_objects(bucket.name, start_after=token,
+                                                                max_keys=min(budget, 1000))
             except Refused:  # deleted meanwhile
-                entries, token = [], ""
-            budget -= max(1, len(entries))
-            for key, raw in entries:
-                self._consider(bucket, key, pb.ObjectHead.FromString(raw), now_ms)
+                entries, following = [], ""
+            budget -= 1
+            for number, (key, raw) in enumerate(entries):
+                budget -= 1 + self._consider(bucket, key, pb.ObjectHead.FromString(raw), now_ms)
+                if budget <= 0 and number + 1 < len(entries):
+                    following = key  # the page is not done: go on after this key next round
+                    break
+            token = following
             if not token:
                 index += 1
         self._scan[1:] = [index, token]
@@ -167,15 +178,19 @@ class Tiering:
             for name, tally in self._tally.items():
                 self.stats.buckets[name].CopyFrom(tally)
             self.stats.passes += 1
-            self._scan, self._next_pass = None, self._clock() + self.lifecycle_every
+            self._scan = None
+            self._next_pass = float("-inf") if self._rules_changed else self._clock() + self.lifecycle_every
+            self._rules_changed = False
 
-    def _consider(self, bucket: pb.Bucket, key: str, head: pb.ObjectHead, now_ms: int) -> None:
+    def _consider(self, bucket: pb.Bucket, key: str, head: pb.ObjectHead, now_ms: int) -> int:
+        """Tallies an object's bytes and queues its hot chunks if a rule selects it; returns how
+        many chunk records it read."""
         tally = self._tally.setdefault(bucket.name, pb.BucketTier())
         target = lifecycle.first_match(bucket.lifecycle, key, head, now_ms)
         try:
             manifest = self.state.get_object(bucket.name, key)
         except Refused:
-            return
+            return 0
         if not manifest.chunks:
             tally.hot_bytes += head.size
         for ref in manifest.chunks:
@@ -189,13 +204,18 @@ class Tiering:
             if (target and chunk.state == pb.HOT and len(chunk.nodes) == chunk.profile.k + chunk.profile.m
                     and not self.state.tier_garbage_pending(target, ref.id)):
                 self._enqueue(UPLOAD, ref.id, target, chunk)
+        return len(manifest.chunks)
 
     def restore(self, request: pb.Restore) -> pb.RestoreReply:
         """Queues re-heats for the cold chunks of one page of objects."""
         max_keys = min(request.max_keys or 100, RESTORE_KEYS_MAX)
         entries, _, token = self.state.list_objects(request.bucket, request.prefix, "", request.start_after, max_keys)
-        reply, seen = pb.RestoreReply(objects=len(entries), next=token), set()
-        for key, _ in entries:
+        reply, seen = pb.RestoreReply(next=token), set()
+        for number, (key, _) in enumerate(entries):
+            if len(seen) >= RESTORE_CHUNKS_MAX and number:  # a page of huge objects: the rest next call
+                reply.next = entries[number - 1][0]
+                break
+            reply.objects += 1
             try:
                 manifest = self.state.get_object(request.bucket, key)
             except Refused:
@@ -219,14 +239,17 @@ class Tiering:
     # ---- tier garbage
 
     def _collect_garbage(self) -> None:
-        now_ms, settled, waiting = self._wall_ms(), {}, 0
-        for target, chunk_id, settle_ms in self.state.tier_garbage(GARBAGE_SCANNED):
-            if settle_ms == 0:
-                waiting += 1
+        """One slice of the tier garbage (a cursor goes round it, so entries that must wait do
+        not hide the others): deletes to order, settled deletions to confirm."""
+        now_ms, settled = self._wall_ms(), {}
+        entries = self.state.tier_garbage(GARBAGE_SCANNED, after=self._garbage_cursor)
+        self._garbage_cursor = tier_garbage_key(*entries[-1][:2]) if len(entries) == GARBAGE_SCANNED else b""
+        for target, chunk_id, settle_ms, not_before_ms in entries:
+            if settle_ms == 0 and not_before_ms <= now_ms:
                 self._enqueue(DELETE, chunk_id, target, None)
-            elif settle_ms <= now_ms:
+            elif 0 < settle_ms <= now_ms:
                 settled.setdefault(target, []).append(chunk_id)
-        self.stats.garbage = waiting
+        self.stats.garbage = sum(kind == DELETE for kind, _ in (*self._queue, *self._running))
         for target, chunks in settled.items():
             self.service.propose_and_forget(tier_deleted=pb.TierDeleted(target=target, chunks=chunks, final=True))
 
@@ -282,6 +305,8 @@ class Tiering:
         if chunk is None or chunk.state != wanted:  # moved, forgotten, or done meanwhile
             self._queue.pop((work.kind, work.chunk_id), None)
             return None
+        if work.kind == REHEAT:
+            work.target = order.target = chunk.tier
         order.length, order.k, order.m = chunk.length, chunk.profile.k, chunk.profile.m
         if work.kind == UPLOAD:
             nodes = list(chunk.nodes)
@@ -318,21 +343,29 @@ class Tiering:
 
     async def _run_batch(self, executor: pb.Node, batch: list) -> None:
         try:
-            await self._intend_uploads(batch)
+            batch = await self._intend_uploads(batch)
+            if not batch:
+                return
             stub = data_pb2_grpc.DataStub(self._channel_to(executor.address))
             reply = await stub.Tier(data_pb2.TierRequest(orders=[order for _, order in batch]), timeout=BATCH_SECONDS)
+            if len(reply.outcomes) != len(batch):
+                raise RuntimeError(f"{len(reply.outcomes)} outcomes for {len(batch)} orders")
             done, deleted = [], {}
             for (work, order), outcome in zip(batch, reply.outcomes):
                 if not outcome.ok:
                     self._failed(work, f"on node {executor.id}: {outcome.error}")
                 elif work.kind == UPLOAD:
-                    done.append(self._transitioned(work, outcome.sent))
+                    done.append((work, self._transitioned(work, outcome.sent)))
                 elif work.kind == REHEAT:
-                    done.append(self._reheated(work, order))
+                    done.append((work, self._reheated(work, order)))
                 else:
-                    deleted.setdefault(work.target, []).append(work.chunk_id)
-            done.extend(self._deleted(target, chunks) for target, chunks in deleted.items())
-            await asyncio.gather(*done)  # one Raft entry for them all, mostly (cluster/meta/service.py)
+                    deleted.setdefault(work.target, []).append(work)
+            done.extend((works[0], self._deleted(target, works)) for target, works in deleted.items())
+            # one Raft entry for them all, mostly (cluster/meta/service.py); each fails alone
+            results = await asyncio.gather(*(record for _, record in done), return_exceptions=True)
+            for (work, _), result in zip(done, results):
+                if isinstance(result, BaseException):
+                    self._failed(work, f"not recorded: {result!r}")
         except grpc.aio.AioRpcError as error:
             for work, _ in batch:
                 self._failed(work, f"batch on node {executor.id}: {error.code().name} {error.details()}")
@@ -345,17 +378,25 @@ class Tiering:
             if self._queue:
                 self.service.wake.set()  # the next batches start now, not at the next round
 
-    async def _intend_uploads(self, batch: list) -> None:
+    async def _intend_uploads(self, batch: list) -> list:
         """Records the uploads about to be ordered (TierIntent) before any is sent: if one is
-        never followed by TransitionChunk, its object still goes once the chunk is forgotten."""
+        never followed by TransitionChunk, its object still goes once the chunk is forgotten.
+        Returns the batch without the uploads of chunks gone meanwhile."""
         by_target: dict[str, list[bytes]] = {}
         for work, _ in batch:
             if work.kind == UPLOAD:
                 by_target.setdefault(work.target, []).append(work.chunk_id)
+        gone: set[bytes] = set()
         for target, chunks in by_target.items():
             result = await self.service.propose(tier_intent=pb.TierIntent(target=target, chunks=chunks))
             if result.code != pb.OK:
                 raise RuntimeError(f"uploads to {target} not recorded: {result.message}")
+            gone.update(result.missing)
+        kept = [(work, order) for work, order in batch if not (work.kind == UPLOAD and work.chunk_id in gone)]
+        for work, _ in batch:
+            if work.kind == UPLOAD and work.chunk_id in gone:
+                self._running.discard((work.kind, work.chunk_id))
+        return kept
 
     async def _transitioned(self, work: _Work, sent: bool) -> None:
         if faultpoints.hit("tier.before_transition"):  # as if the leader died holding the answer
@@ -369,12 +410,14 @@ class Tiering:
             faultpoints.hit("tier.after_transition")
 
     async def _reheated(self, work: _Work, order: data_pb2.TierOrder) -> None:
-        result = await self.service.propose(reheat_chunk=pb.ReheatChunk(chunk=work.chunk_id, nodes=order.nodes))
+        result = await self.service.propose(reheat_chunk=pb.ReheatChunk(chunk=work.chunk_id, nodes=order.nodes,
+                                                                        grace_ms=int(self.reheat_grace * 1000)))
         self.stats.reheated += result.code == pb.OK and not result.message
 
-    async def _deleted(self, target: str, chunks: list[bytes]) -> None:
-        await self.service.propose(tier_deleted=pb.TierDeleted(target=target, chunks=chunks))
-        self.stats.deleted += len(chunks)
+    async def _deleted(self, target: str, works: list[_Work]) -> None:
+        result = await self.service.propose(tier_deleted=pb.TierDeleted(target=target, chunks=[w.chunk_id for w in works]))
+        if result.code == pb.OK:
+            self.stats.deleted += len(works)
 
     def _failed(self, work: _Work, why: str) -> None:
         self.stats.failures += 1

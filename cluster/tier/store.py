@@ -1,7 +1,7 @@
 """Chunks in a cloud bucket, each under its content address (TierTarget.chunk_key).
 
-A chunk is uploaded once: if an object of the right size is already at its key (the same chunk,
-from another bucket or an earlier attempt), nothing is sent. Every read is checked against the
+A chunk is uploaded once: if an object with the same length and MD5 (its ETag) is already at
+its key (the same chunk, from another bucket or an earlier attempt), nothing is sent. Every read is checked against the
 chunk's BLAKE3 name and corrupt bytes raise, never return. Transient failures (connection
 errors, timeouts, 5xx, throttling) are retried with exponential backoff; a missing object, a
 refused request or exhausted retries raise typed errors that say what to do.
@@ -77,10 +77,15 @@ class ColdStore:
         if blake3.blake3(data).digest() != chunk_id:
             raise ValueError(f"these bytes are not chunk {chunk_id.hex()[:16]} (BLAKE3 differs)")
         key = self.target.chunk_key(chunk_id)
-        if self._size(key) == len(data):
-            return False
         body = data if isinstance(data, bytes) else bytes(data)
-        digest = base64.b64encode(hashlib.md5(body).digest()).decode()  # the bucket checks what it got
+        md5 = hashlib.md5(body).digest()
+        there = self._head(key)
+        # there already, the same bytes (a single-part object's ETag is its MD5): not sent again;
+        # anything else at that address (another length, a rotten copy) is overwritten
+        if there is not None and there.get("ContentLength") == len(body) and \
+                there.get("ETag", "").strip('"').lower() == md5.hex():
+            return False
+        digest = base64.b64encode(md5).decode()  # the bucket checks what it got
         self._call(lambda: self.client.put_object(Bucket=self.target.bucket, Key=key, Body=body, ContentMD5=digest), key)
         self.uploads += 1
         return True
@@ -88,15 +93,16 @@ class ColdStore:
     def get(self, chunk_id: bytes) -> bytes:
         """The chunk's bytes, verified against its name."""
         key = self.target.chunk_key(chunk_id)
-        reply = self._call(lambda: self.client.get_object(Bucket=self.target.bucket, Key=key), key)
-        data = reply["Body"].read(CHUNK_BYTES_MAX + 1)
+        # the body is read inside the retried call: a connection cut mid-body is tried again
+        data = self._call(lambda: self.client.get_object(Bucket=self.target.bucket, Key=key)["Body"]
+                          .read(CHUNK_BYTES_MAX + 1), key)
         if blake3.blake3(data).digest() != chunk_id:
             raise CorruptRemote(f"{self._where(key)} does not match chunk {chunk_id.hex()[:16]}: "
                                 "nothing was returned; read it from its fragments or upload it again")
         return data
 
     def exists(self, chunk_id: bytes) -> bool:
-        return self._size(self.target.chunk_key(chunk_id)) is not None
+        return self._head(self.target.chunk_key(chunk_id)) is not None
 
     def delete(self, chunk_id: bytes, not_after: float | None = None) -> None:
         """Removes the chunk's object (no error if it is already gone). No attempt starts after
@@ -104,9 +110,9 @@ class ColdStore:
         key = self.target.chunk_key(chunk_id)
         self._call(lambda: self.client.delete_object(Bucket=self.target.bucket, Key=key), key, not_after)
 
-    def _size(self, key: str) -> int | None:
+    def _head(self, key: str) -> dict | None:
         try:
-            return self._call(lambda: self.client.head_object(Bucket=self.target.bucket, Key=key), key)["ContentLength"]
+            return self._call(lambda: self.client.head_object(Bucket=self.target.bucket, Key=key), key)
         except NotInTier:
             return None
 

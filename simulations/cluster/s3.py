@@ -40,7 +40,7 @@ class SimS3:
         data = self.objects.get((Bucket, Key))
         if data is None:
             raise _error("404", 404, "HeadObject")
-        return {"ContentLength": len(data)}
+        return {"ContentLength": len(data), "ETag": f'"{hashlib.md5(data).hexdigest()}"'}
 
     def put_object(self, Bucket: str, Key: str, Body: bytes, ContentMD5: str | None = None):
         self._fail("PutObject")

@@ -58,6 +58,7 @@ SCRUB_PAUSE_SECONDS = 60.0
 COMPACT_INTERVAL_SECONDS = 20.0
 LIFECYCLE_EVERY_SECONDS = 2.0
 READ_RESOLUTION_SECONDS = 1.0
+REHEAT_GRACE_SECONDS = 30.0
 WALL_EPOCH = 1_800_000_000.0         # the simulated wall clock starts here (commands carry it)
 
 
@@ -111,7 +112,8 @@ class SimMetaNode(SimNode):
             detector=FailureDetector(SUSPECT_AFTER_SECONDS, DEAD_AFTER_SECONDS),
             garbage_grace_seconds=GARBAGE_GRACE_SECONDS, monotonic=loop.time,
             repair_channel=lambda address: SimChannel(world, self.name, address),
-            lifecycle_every_seconds=LIFECYCLE_EVERY_SECONDS, read_resolution_seconds=READ_RESOLUTION_SECONDS)
+            lifecycle_every_seconds=LIFECYCLE_EVERY_SECONDS, read_resolution_seconds=READ_RESOLUTION_SECONDS,
+            reheat_grace_seconds=REHEAT_GRACE_SECONDS)
         await self.driver.start()
         self.spawn(self.service.keep_house())
         self.boots += 1
