@@ -65,7 +65,7 @@ class _Work:
     kind: int
     chunk_id: bytes
     target: str
-    chunk: pb.Chunk | None  # UPLOAD, REHEAT: the record when queued
+    chunk: pb.Chunk | None  # UPLOAD, REHEAT: the record (read again when the order is planned)
 
 
 class Tiering:
