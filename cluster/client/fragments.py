@@ -128,7 +128,7 @@ class Fragments:
     # ---- read
 
     async def read(self, chunk_id: bytes, length: int, chunk: pb.Chunk, last: tuple[int, ...] = (),
-                   asked: list[int] | None = None) -> bytearray:
+                   asked: list[int] | None = None) -> bytearray | bytes:
         """The chunk's bytes, verified against its name. Fragments in `last` are asked for only
         if the others cannot do (a repair's lost ones). The indexes fetched go into `asked`."""
         asked = [] if asked is None else asked
@@ -159,7 +159,7 @@ class Fragments:
         raise NotEnoughFragmentsError(f"chunk {chunk_id.hex()[:16]}: fewer than {k} of its {k + m} fragments "
                                       f"could be read intact (unreadable: {sorted(bad)}); check the data nodes")
 
-    async def recall(self, chunk_id: bytes, length: int, tier: str) -> bytearray:
+    async def recall(self, chunk_id: bytes, length: int, tier: str) -> bytes:
         """A cold chunk's bytes, which a data node gets from the tier; verified here too."""
         if not any(n.state == pb.UP and n.address for n in self._nodes.values()):
             await self.refresh()
@@ -184,7 +184,7 @@ class Fragments:
             if len(reply.data) != length or blake3.blake3(reply.data).digest() != chunk_id:
                 raise CorruptObject(f"cold chunk {chunk_id.hex()[:16]} came back from node {node.id} altered; "
                                     "nothing was returned")
-            return bytearray(reply.data)
+            return reply.data  # (readers take views of it: no copy)
         raise TierUnavailable(f"cold chunk {chunk_id.hex()[:16]} could not be recalled from tier {tier!r} "
                               f"({last}); check that its endpoint is up and the data nodes hold its credentials")
 

@@ -26,7 +26,7 @@ from cluster.client.writer import BUFFER_BYTES, Progress, Writer
 from cluster.data.wire import DataClient
 from cluster.proto import meta_pb2 as pb
 
-LIST_PAGE_KEYS = 5000  # keys per listing round trip: 5x S3's pages; a page costs the leader ~15 ms
+LIST_PAGE_KEYS = 5000  # keys per listing round trip: 5x S3's pages (the leader scans a page in one go)
 CHUNK_IDS_PER_CALL = 10_000
 RESTORE_PAGE_KEYS = 100
 RESTORE_POLL_SECONDS = 0.5

@@ -183,34 +183,29 @@ class ControlService(pb_grpc.DataServicer):
             raise ValueError(f"at most {IDS_PER_CALL_MAX} fragments per call")
         return [(f.chunk, f.index) for f in request.fragments]
 
-    async def Repair(self, request, context):
-        """Rebuilds a batch of chunks' lost fragments (cluster/data/repairs.py)."""
+    async def _admit(self, request, context, check) -> None:
+        """Aborts the call if the request fails `check`, or if this node has no metadata
+        cluster (repair and tier work answer to its leader)."""
         try:
-            check_request(request)
+            check(request)
         except ValueError as error:
             await context.abort(grpc.StatusCode.INVALID_ARGUMENT, str(error))
         if self.node.meta is None:
             await context.abort(grpc.StatusCode.FAILED_PRECONDITION, "this node runs without a metadata cluster")
+
+    async def Repair(self, request, context):
+        """Rebuilds a batch of chunks' lost fragments (cluster/data/repairs.py)."""
+        await self._admit(request, context, check_request)
         return await self.node.repairs().run(request)
 
     async def Tier(self, request, context):
         """Moves a batch of chunks to, from or out of a cold tier (cluster/data/tiering.py)."""
-        try:
-            tiering.check_request(request)
-        except ValueError as error:
-            await context.abort(grpc.StatusCode.INVALID_ARGUMENT, str(error))
-        if self.node.meta is None:
-            await context.abort(grpc.StatusCode.FAILED_PRECONDITION, "this node runs without a metadata cluster")
+        await self._admit(request, context, tiering.check_request)
         return await self.node.repairs().run_tier(request)
 
     async def Recall(self, request, context):
         """A cold chunk's bytes from its tier, verified against its BLAKE3."""
-        try:
-            tiering.check_recall(request)
-        except ValueError as error:
-            await context.abort(grpc.StatusCode.INVALID_ARGUMENT, str(error))
-        if self.node.recalls is None:
-            await context.abort(grpc.StatusCode.FAILED_PRECONDITION, "this node runs without a metadata cluster")
+        await self._admit(request, context, tiering.check_recall)
         async with self.node.recall_slots:
             try:
                 data = await self.node.recalls.recall(request.chunk, request.length, request.target)

@@ -154,11 +154,14 @@ class TierExecutor:
 
     async def recall(self, chunk_id: bytes, length: int, target: str) -> bytes:
         """A cold chunk's verified bytes (raises TierError and its kinds, which say why not)."""
-        store = await self.stores.get(target)
-        data = await self._offload(store.get, chunk_id)
+        data = await self._fetch(await self.stores.get(target), chunk_id, length)
+        self.recalls += 1
+        return data
+
+    async def _fetch(self, store: ColdStore, chunk_id: bytes, length: int) -> bytes:
+        data = await self._offload(store.get, chunk_id)  # checked against its BLAKE3 name
         if len(data) != length:  # cannot happen with a matching hash; a record that lies about length
             raise CorruptRemote(f"chunk {chunk_id.hex()[:16]} is {len(data)} bytes in the tier, not {length}")
-        self.recalls += 1
         return data
 
     async def _one(self, order: pb.TierOrder) -> pb.TierOutcome:
@@ -183,16 +186,14 @@ class TierExecutor:
         data = await self.fragments.read(order.chunk, order.length, self._record(order))
         if faultpoints.hit("tier.before_upload"):
             raise faultpoints.Injected("fault point: no upload")
-        sent = await self._offload(store.put, order.chunk, data)
+        sent = await self._offload(store.put, order.chunk, data, True)  # (Fragments.read checked its BLAKE3)
         if faultpoints.hit("tier.after_upload"):  # uploaded, but the leader never hears of it
             raise faultpoints.Injected("fault point: upload answer lost")
         return sent
 
     async def _reheat(self, order: pb.TierOrder, store: ColdStore) -> None:
         chunk = self._record(order)
-        data = await self._offload(store.get, order.chunk)
-        if len(data) != order.length:
-            raise CorruptRemote(f"{len(data)} bytes in the tier, the chunk has {order.length}")
+        data = await self._fetch(store, order.chunk, order.length)
         encoded = await self._offload(self.fragments.codec(order.k, order.m).encode_chunk, data)
         await asyncio.gather(*(self.fragments.send(node, order.chunk, index, encoded[index])
                                for index, node in enumerate(chunk.nodes)))

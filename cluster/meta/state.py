@@ -43,8 +43,8 @@ from cluster.storage.disk import SnapshotDisk
 from cluster.tier.targets import TierConfigError, TierTarget
 
 RESULTS_TTL_MS = 24 * 3600 * 1000
-COMMANDS_PER_ENTRY_MAX = 1 << 16
-LIFECYCLE_RULES_MAX = 100  # versions are (index << 16) | position
+COMMANDS_PER_ENTRY_MAX = 1 << 16  # versions are (index << 16) | position
+LIFECYCLE_RULES_MAX = 100
 RESULTS_PRUNE_EVERY = 64       # entries between prunings of old results (a scan costs more than a commit)
 RESULTS_PRUNED_EACH_TIME = 16_384  # at most this many each time: more than 64 full entries add
 CHUNK_BYTES_MAX = 64 << 20
@@ -53,6 +53,7 @@ TOUCHES_MAX = 10_000
 TIER_SETTLE_MS = 10 * 60 * 1000  # a deleted tier object's entry outlives any late delete order by this
 _U64 = struct.Struct(">Q")
 _CHUNK_COUNTS = struct.Struct(">QQ")
+_GARBAGE = struct.Struct(">QQ")  # W values: settle ms, not before ms
 _OBJECT_END = b"\xff"
 _LIVE, _MARKER = b"\x00", b"\x01"
 PREFIX_TOKEN = "\x00"  # keys never hold NUL: a continuation token that starts with it names a prefix
@@ -95,7 +96,22 @@ def tier_intent_key(target: str, chunk_id: bytes) -> bytes:
 
 
 def tier_garbage_range(target: str = "") -> tuple[bytes, bytes]:
-    return (b"W" + target.encode() + b"\0", b"W" + target.encode() + b"\1") if target else (b"W", b"X")
+    return _tier_range(b"W", target)
+
+
+def tier_intent_range(target: str = "") -> tuple[bytes, bytes]:
+    return _tier_range(b"U", target)
+
+
+def _tier_range(kind: bytes, target: str) -> tuple[bytes, bytes]:
+    """The keys of one kind (W, U) for one target, or for all."""
+    if not target:
+        return kind, bytes([kind[0] + 1])
+    return kind + target.encode() + b"\0", kind + target.encode() + b"\1"
+
+
+def _garbage_value(settle_ms: int = 0, not_before_ms: int = 0) -> bytes:
+    return _u64(settle_ms) + _u64(not_before_ms)
 
 
 def node_key(node_id: int) -> bytes:
@@ -389,9 +405,7 @@ class MetaState:
                      if any(rule.target == target.name for rule in b.lifecycle)]
             if users:
                 raise Refused(pb.INVALID_ARGUMENT, f"tier target {target.name!r} is in the lifecycle of {users}")
-            intents = (b"U" + target.name.encode() + b"\0", b"U" + target.name.encode() + b"\1")
-            if self._cold_count(batch, target.name) or batch.any_in(*tier_garbage_range(target.name)) \
-                    or batch.any_in(*intents):
+            if self._tier_holds(batch, target.name):
                 raise Refused(pb.INVALID_ARGUMENT, f"tier target {target.name!r} still holds cold chunks "
                                                    "(or objects waiting to be deleted)")
             batch.delete(b"Z" + target.name.encode())
@@ -404,9 +418,7 @@ class MetaState:
         known = batch.get(b"Z" + target.name.encode())
         if known is not None:
             old = pb.TierTarget.FromString(known)
-            holds = self._cold_count(batch, target.name) or batch.any_in(*tier_garbage_range(target.name)) or \
-                batch.any_in(b"U" + target.name.encode() + b"\0", b"U" + target.name.encode() + b"\1")
-            if holds and (old.bucket, old.prefix) != (target.bucket, target.prefix):
+            if (old.bucket, old.prefix) != (target.bucket, target.prefix) and self._tier_holds(batch, target.name):
                 raise Refused(pb.INVALID_ARGUMENT, f"tier target {target.name!r} holds objects under "
                                                    f"{old.bucket}/{old.prefix}: its bucket and prefix cannot change "
                                                    "(its endpoint and credentials can)")
@@ -440,7 +452,7 @@ class MetaState:
             # an earlier copy there is being deleted: a late delete could remove this upload
             return pb.MetaResult(message="the chunk's tier object is being deleted; unchanged")
         if raw is None:  # forgotten while it was uploaded: the upload is tier garbage
-            batch.put(tier_garbage_key(c.target, c.chunk), _u64(0))
+            batch.put(tier_garbage_key(c.target, c.chunk), _garbage_value())
             batch.delete(tier_intent_key(c.target, c.chunk))
             return pb.MetaResult(message="the chunk is gone; its upload goes as tier garbage")
         chunk = pb.Chunk.FromString(raw)
@@ -457,7 +469,7 @@ class MetaState:
 
     def _leave_tier(self, batch: Batch, chunk_id: bytes, target: str, not_before_ms: int = 0) -> None:
         batch.put(b"Y" + target.encode(), _u64(max(0, self._cold_count(batch, target) - 1)))
-        batch.put(tier_garbage_key(target, chunk_id), _u64(0) + _u64(not_before_ms))
+        batch.put(tier_garbage_key(target, chunk_id), _garbage_value(not_before_ms=not_before_ms))
 
     def _do_reheat_chunk(self, batch: Batch, version: int, now: int, c: pb.ReheatChunk) -> pb.MetaResult:
         raw = batch.get(chunk_key(names.check_chunk_id(c.chunk)))
@@ -490,9 +502,9 @@ class MetaState:
             raw = batch.get(key)
             if raw is None:
                 continue
-            settle = _U64.unpack(raw[:8])[0]
+            settle, not_before = _GARBAGE.unpack(raw)
             if not c.final and settle == 0:
-                batch.put(key, _u64(now + TIER_SETTLE_MS) + raw[8:])
+                batch.put(key, _garbage_value(now + TIER_SETTLE_MS, not_before))
             elif c.final and 0 < settle <= now:
                 batch.delete(key)
         return pb.MetaResult()
@@ -510,11 +522,17 @@ class MetaState:
                 batch.put(object_key(touch.bucket, touch.key), _LIVE + head.SerializeToString())
         return pb.MetaResult()
 
+    def _tier_holds(self, batch: Batch, target: str) -> bool:
+        """Whether objects in the target may be ours: cold chunks, uploads, or garbage to delete."""
+        return bool(self._cold_count(batch, target) or batch.any_in(*tier_garbage_range(target))
+                    or batch.any_in(*tier_intent_range(target)))
+
     def _cold_count(self, batch: Batch, target: str) -> int:
         raw = batch.get(b"Y" + target.encode())
         return _U64.unpack(raw)[0] if raw else 0
 
     def _do_forget_chunks(self, batch: Batch, version: int, now: int, c: pb.ForgetChunks) -> pb.MetaResult:
+        targets = [key[1:].decode() for key, _ in batch.items(b"Z", b"Z\xff")]
         for chunk_id in c.chunks:
             raw = batch.get(chunk_key(chunk_id))
             if raw is None:
@@ -527,11 +545,11 @@ class MetaState:
                     batch.delete(b"D" + chunk_id + bytes([index]))
                 if chunk.tier:  # its copy in the tier goes too
                     self._leave_tier(batch, chunk_id, chunk.tier)
-                for key, _ in batch.items(b"Z", b"Z\xff"):  # and uploads that never became COLD
-                    intent = tier_intent_key(key[1:].decode(), chunk_id)
+                for target in targets:  # and uploads that never became COLD
+                    intent = tier_intent_key(target, chunk_id)
                     if batch.get(intent) is not None:
                         batch.delete(intent)
-                        batch.put(tier_garbage_key(key[1:].decode(), chunk_id), _u64(0))
+                        batch.put(tier_garbage_key(target, chunk_id), _garbage_value())
                 self._count_chunks(batch, -1, -chunk.length)
         return pb.MetaResult()
 
@@ -699,8 +717,7 @@ class MetaState:
         start = max(after + b"\0", tier_garbage_range()[0]) if after else tier_garbage_range()[0]
         out = []
         for key, raw in _take(self.disk.scan(start, tier_garbage_range()[1]), limit):
-            settle, not_before = _U64.unpack(raw[:8])[0], (_U64.unpack(raw[8:16])[0] if len(raw) >= 16 else 0)
-            out.append((key[1:-33].decode(), key[-32:], settle, not_before))
+            out.append((key[1:-33].decode(), key[-32:], *_GARBAGE.unpack(raw)))
         return out
 
     def tier_garbage_pending(self, target: str, chunk_id: bytes) -> bool:

@@ -65,7 +65,7 @@ class _Work:
     kind: int
     chunk_id: bytes
     target: str
-    chunk: pb.Chunk | None  # UPLOAD, REHEAT: the record (read again when the order is planned)
+    chunk: pb.Chunk | None = None  # UPLOAD, REHEAT: the record, read when the order is planned
 
 
 class Tiering:
@@ -112,7 +112,8 @@ class Tiering:
         self._collect_garbage()
         self._start()
         kinds = Counter(kind for kind, _ in (*self._queue, *self._running))
-        self.stats.transitions_pending, self.stats.reheats_pending = kinds[UPLOAD], kinds[REHEAT]
+        self.stats.transitions_pending, self.stats.reheats_pending, self.stats.garbage = \
+            kinds[UPLOAD], kinds[REHEAT], kinds[DELETE]
 
     def rules_changed(self) -> None:
         """A bucket's rules changed: a pass starts at the next round, or right after the one under way."""
@@ -139,7 +140,7 @@ class Tiering:
         rules = self.state.bucket(bucket).lifecycle
         for chunk_id, chunk in cold:
             if lifecycle.reheats(rules, key, chunk.tier):
-                self._enqueue(REHEAT, chunk_id, chunk.tier, chunk)
+                self._enqueue(REHEAT, chunk_id, chunk.tier)
 
     def _flush_reads(self) -> None:
         touches = [pb.Touch(bucket=b, key=k, version=v) for (b, k), v in self._reads.items()]
@@ -203,7 +204,7 @@ class Tiering:
             tally.hot_bytes += ref.length
             if (target and chunk.state == pb.HOT and len(chunk.nodes) == chunk.profile.k + chunk.profile.m
                     and not self.state.tier_garbage_pending(target, ref.id)):
-                self._enqueue(UPLOAD, ref.id, target, chunk)
+                self._enqueue(UPLOAD, ref.id, target)
         return len(manifest.chunks)
 
     def restore(self, request: pb.Restore) -> pb.RestoreReply:
@@ -231,7 +232,7 @@ class Tiering:
                 if chunk.state == pb.COLD:
                     reply.cold += 1
                     reply.cold_bytes += chunk.length
-                    self._enqueue(REHEAT, ref.id, chunk.tier, chunk)
+                    self._enqueue(REHEAT, ref.id, chunk.tier)
         if reply.cold:
             self.service.wake.set()  # start them now
         return reply
@@ -246,16 +247,15 @@ class Tiering:
         self._garbage_cursor = tier_garbage_key(*entries[-1][:2]) if len(entries) == GARBAGE_SCANNED else b""
         for target, chunk_id, settle_ms, not_before_ms in entries:
             if settle_ms == 0 and not_before_ms <= now_ms:
-                self._enqueue(DELETE, chunk_id, target, None)
+                self._enqueue(DELETE, chunk_id, target)
             elif 0 < settle_ms <= now_ms:
                 settled.setdefault(target, []).append(chunk_id)
-        self.stats.garbage = sum(kind == DELETE for kind, _ in (*self._queue, *self._running))
         for target, chunks in settled.items():
             self.service.propose_and_forget(tier_deleted=pb.TierDeleted(target=target, chunks=chunks, final=True))
 
     # ---- orders
 
-    def _enqueue(self, kind: int, chunk_id: bytes, target: str, chunk: pb.Chunk | None) -> None:
+    def _enqueue(self, kind: int, chunk_id: bytes, target: str) -> None:
         key = (kind, chunk_id)
         if key in self._queue or key in self._running or len(self._queue) >= QUEUED_MAX:
             return
@@ -265,7 +265,7 @@ class Tiering:
         if self._retry_at.get(key, 0.0) > now:
             return
         self._retry_at.pop(key, None)
-        self._queue[key] = _Work(kind, chunk_id, target, chunk)
+        self._queue[key] = _Work(kind, chunk_id, target)
 
     def _start(self) -> None:
         free = BATCHES_IN_FLIGHT - len(self._tasks)
@@ -277,7 +277,7 @@ class Tiering:
         if not up:
             return
         batches: dict[int, list] = {}
-        for key, work in list(self._queue.items()):
+        for work in list(self._queue.values()):
             planned = self._plan(work, by_id, up)
             if planned is None:
                 continue

@@ -38,9 +38,3 @@ def reheats(rules: Iterable[pb.LifecycleRule], key: str, target: str) -> bool:
     key and that target asks for it."""
     return any(rule.reheat_on_read and rule.target == target and key.startswith(rule.prefix) for rule in rules)
 
-
-def cold_candidates(rules: Iterable[pb.LifecycleRule], objects: Iterable[tuple[str, pb.ObjectHead]],
-                    now_ms: int) -> list[tuple[str, str]]:
-    """(key, target) for every object the first matching rule sends to a tier."""
-    rules = list(rules)
-    return [(key, target) for key, head in objects if (target := first_match(rules, key, head, now_ms))]

@@ -70,23 +70,23 @@ class ColdStore:
         self.uploads = 0       # objects actually sent
         self.retries = 0
 
-    def put(self, chunk_id: bytes, data) -> bool:
-        """Stores a chunk (checked against its name first); False if the bucket had it already."""
+    def put(self, chunk_id: bytes, data, verified: bool = False) -> bool:
+        """Stores a chunk (bytes or bytearray), checked against its name first unless the caller
+        has just done so (`verified`); False if the bucket had it already."""
         if len(data) > CHUNK_BYTES_MAX:
             raise ValueError(f"a chunk of {len(data)} bytes; at most {CHUNK_BYTES_MAX}")
-        if blake3.blake3(data).digest() != chunk_id:
+        if not verified and blake3.blake3(data).digest() != chunk_id:
             raise ValueError(f"these bytes are not chunk {chunk_id.hex()[:16]} (BLAKE3 differs)")
         key = self.target.chunk_key(chunk_id)
-        body = data if isinstance(data, bytes) else bytes(data)
-        md5 = hashlib.md5(body).digest()
+        md5 = hashlib.md5(data).digest()
         there = self._head(key)
         # there already, the same bytes (a single-part object's ETag is its MD5): not sent again;
         # anything else at that address (another length, a rotten copy) is overwritten
-        if there is not None and there.get("ContentLength") == len(body) and \
+        if there is not None and there.get("ContentLength") == len(data) and \
                 there.get("ETag", "").strip('"').lower() == md5.hex():
             return False
         digest = base64.b64encode(md5).decode()  # the bucket checks what it got
-        self._call(lambda: self.client.put_object(Bucket=self.target.bucket, Key=key, Body=body, ContentMD5=digest), key)
+        self._call(lambda: self.client.put_object(Bucket=self.target.bucket, Key=key, Body=data, ContentMD5=digest), key)
         self.uploads += 1
         return True
 

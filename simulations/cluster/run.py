@@ -44,7 +44,7 @@ import blake3
 
 from cluster import faultpoints
 from cluster.client.errors import CairnError, NoSuchKey
-from cluster.meta.state import tier_garbage_range
+from cluster.meta.state import tier_garbage_range, tier_intent_range
 from cluster.proto import meta_pb2 as pb
 from cluster.tier.targets import TierTarget
 from simulations import linearizability
@@ -475,7 +475,7 @@ def healing_left(world: World) -> str | None:
                 return f"node {node_id} keeps fragment {index} of {chunk_id.hex()[:16]}, which no placement names"
     now_ms = int(leader.service.clock() * 1000)
     for target, chunk_id, settle_ms, not_before_ms in state.tier_garbage(100_000):
-        if settle_ms == 0 and not_before_ms <= now_ms:  # (a re-heated chunk's copy waits an hour for readers)
+        if settle_ms == 0 and not_before_ms <= now_ms:  # (a re-heated chunk's copy waits for readers first)
             return f"tier object of {chunk_id.hex()[:16]} in {target} is not deleted yet"
     return None
 
@@ -493,7 +493,7 @@ def check_tier(world: World) -> None:
             if data is None or blake3.blake3(data).digest() != chunk_id:
                 raise Violation(f"cold chunk {chunk_id.hex()[:16]}: its object in the tier is "
                                 f"{'missing' if data is None else 'corrupt'}")
-    intents = {key[-32:] for key, _ in state.disk.scan(b"U", b"V")}
+    intents = {key[-32:] for key, _ in state.disk.scan(*tier_intent_range())}
     for _, key in world.s3.objects:
         chunk_id = bytes.fromhex(key.rsplit("/", 1)[-1])
         cold = chunk_id in chunks and chunks[chunk_id].tier

@@ -24,14 +24,10 @@ class SimS3:
         self.down = False
         self.error_rate = 0.0    # calls answered 503/500
         self.garble_rate = 0.0   # GETs whose bytes come back altered
-        self.calls = 0
         self.done = Counter()  # successful uploads, reads, deletes
 
     def heal(self) -> None:
         self.down, self.error_rate, self.garble_rate = False, 0.0, 0.0
-
-    def keys(self) -> set[str]:
-        return {key for _, key in self.objects}
 
     # ---- what ColdStore calls
 
@@ -69,7 +65,6 @@ class SimS3:
         return {}
 
     def _fail(self, operation: str) -> None:
-        self.calls += 1
         if self.down:
             raise EndpointConnectionError(endpoint_url="http://s3.sim")
         if self.rng.random() < self.error_rate:
