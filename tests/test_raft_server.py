@@ -146,9 +146,16 @@ def test_pipelined_puts_and_gets_from_many_callers(cluster):
             gets = await asyncio.gather(*(muxes[leader].call(pb.KvOp(get=pb.GetRequest(key=b"p%03d" % i)), 10.0)
                                           for i in range(300)))
             assert [r.get.value for r in gets] == [b"v%d" % i for i in range(300)]
-            # a follower answers pipelined operations with the leader's address
-            redirected = (await muxes[follower].call(pb.KvOp(put=pb.PutRequest(key=b"f", value=b"1")), 10.0)).put
-            assert not redirected.ok and redirected.leader_address == leader
+            # a follower answers pipelined operations with the leader's address (once it has heard
+            # from the leader: a node still starting up names nobody, so ask again for a while)
+            end = time.monotonic() + START_SECONDS_MAX
+            while True:
+                redirected = (await muxes[follower].call(pb.KvOp(put=pb.PutRequest(key=b"f", value=b"1")), 10.0)).put
+                assert not redirected.ok and redirected.error == "not leader"
+                if redirected.leader_address or time.monotonic() > end:
+                    break
+                await asyncio.sleep(0.1)
+            assert redirected.leader_address == leader
             read = (await muxes[follower].call(pb.KvOp(get=pb.GetRequest(key=b"f")), 10.0)).get
             assert read.error == "not leader" and read.leader_address == leader
             empty = (await muxes[leader].call(pb.KvOp(), 10.0)).put
