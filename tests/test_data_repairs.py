@@ -26,7 +26,7 @@ class MemoryNodes:
         store = self.stores.setdefault(address, {})
 
         class Client:
-            async def get(self, chunk_id, index, offset=0, length=None, timeout=None, small=False):
+            async def get(self, chunk_id, index, offset=0, length=None, timeout=None, expect=None):
                 if (chunk_id, index) not in store:
                     raise DataError(NOT_FOUND, "no such fragment")
                 return store[(chunk_id, index)]

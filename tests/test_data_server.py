@@ -145,12 +145,18 @@ def test_small_puts_issued_together_share_messages(tmp_path, meta):
             assert isinstance(results[42], DataError) and results[42].status == wire.BAD_REQUEST
             assert all(r is None for i, r in enumerate(results) if i != 42)
             sent = client.messages
-            got = await asyncio.gather(*(client.get(other, i, small=True) for i in small), return_exceptions=True)
+            got = await asyncio.gather(*(client.get(other, i, expect=len(b)) for i, b in small.items()),
+                                       return_exceptions=True)
             assert client.messages - sent <= 4, "100 small gets were not coalesced"
             assert isinstance(got[42], DataError) and got[42].status == wire.NOT_FOUND  # its put failed
             assert all(bytes(got[i]) == b for i, b in small.items() if i != 42)
-            part = await client.get(other, 7, offset=100, length=10, small=True)
+            part = await client.get(other, 7, offset=100, length=10, expect=10)
             assert bytes(part) == small[7][100:110]
+            # a batch of gets carries at most GET_MANY_BYTES_MAX expected bytes (read side by side)
+            sent = client.messages
+            expect = wire.GET_MANY_BYTES_MAX // 4
+            got = await asyncio.gather(*(client.get(other, i, expect=expect) for i in range(8)))
+            assert client.messages - sent == 2 and [bytes(g) for g in got] == [small[i] for i in range(8)]
             with pytest.raises(DataError) as malformed_many:  # payload count disagrees with the header
                 await client._call([wire.OP_PUT_MANY, wire.join_headers([wire.encode_put(other, 1, 0), wire.encode_put(other, 2, 0)]), b"x"], 5.0)
             assert malformed_many.value.status == wire.BAD_REQUEST

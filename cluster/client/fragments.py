@@ -237,7 +237,7 @@ class Fragments:
                     raise DataError(UNAVAILABLE, "fault point: fragment get failed")
                 client = await self._client(chunk.nodes[index])
                 have[index] = await client.get(chunk_id, index, timeout=fragment_timeout(size),
-                                               small=size <= COALESCE_BYTES_MAX)
+                                               expect=size)
                 self._suspect_until.pop(chunk.nodes[index], None)
             except _FAILURES:
                 bad.add(index)  # down, missing, or corrupt (the node checks its CRC32C)

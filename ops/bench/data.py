@@ -95,7 +95,7 @@ async def cairn_point(address: str, directory: str, size: int, streams: int, cou
 
     async def check(chunk_id):
         # as the client library reads: small fragments may share a message (GET_MANY)
-        if len(await client.get(chunk_id, 0, small=size <= COALESCE_BYTES_MAX)) != size:
+        if len(await client.get(chunk_id, 0, expect=size)) != size:
             raise RuntimeError("short read")
     write = await run(lambda chunk_id: client.put(chunk_id, 0, payload, crc))
     for stripe in os.listdir(os.path.join(directory, "disk")):

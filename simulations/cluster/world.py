@@ -270,7 +270,7 @@ class SimDataClient:
                                       min(timeout, DATA_CALL_SECONDS))
 
     async def get(self, chunk_id: bytes, index: int, offset: int = 0, length: int | None = None,
-                  timeout: float = DATA_CALL_SECONDS, small: bool = False):
+                  timeout: float = DATA_CALL_SECONDS, expect: int | None = None):
         network = self.world.network
         data = await network.call(self.source, self.target, lambda node: node.get(chunk_id, index, offset, length),
                                   min(timeout, DATA_CALL_SECONDS))
