@@ -194,8 +194,8 @@ def test_corrupt_remote_bytes_are_detected_and_never_returned(local, s3, client)
     data = os.urandom(CHUNK // 2)
     client.put("fragile", "y", data)
     wait_for(lambda: all_cold(client, "fragile", "y"), what="chunk cold")
-    [ref] = client.manifest("fragile", "y").chunks
-    garbled = bytearray(data)
+    ref = client.manifest("fragile", "y").chunks[0]  # random bytes: one chunk or, rarely, more
+    garbled = bytearray(data[:ref.length])
     garbled[100] ^= 1
     s3_client(s3).put_object(Bucket="cold", Key=f"site-a/chunks/{ref.id.hex()}", Body=bytes(garbled))
     with pytest.raises(errors.CorruptObject, match="does not match"):
