@@ -72,6 +72,30 @@ def test_random_k_subsets_decode_to_the_original(k, m, size, data):
     assert rs.decode_chunk(available, size) == chunk
 
 
+@settings(max_examples=60, deadline=None)
+@given(k=st.integers(1, 12), m=st.integers(1, 6), size=st.integers(0, 3000), data=st.data())
+def test_decoding_into_a_buffer_writes_exactly_the_chunk(k, m, size, data):
+    """decode_chunk(out=) fills a chunk-sized slice of a larger buffer and touches nothing around
+    it, whichever fragments are missing (the last one's padding is decoded aside)."""
+    rs = ReedSolomon(k, m)
+    chunk = data.draw(st.binary(min_size=size, max_size=size))
+    fragments = rs.encode_chunk(chunk)
+    present = data.draw(st.lists(st.sampled_from(range(k + m)), min_size=k, max_size=k, unique=True))
+    buffer = bytearray(b"\xaa" * (size + 20))
+    out = memoryview(buffer)[7:7 + size]
+    assert rs.decode_chunk({index: fragments[index] for index in present}, size, out=out) is out
+    assert buffer == b"\xaa" * 7 + chunk + b"\xaa" * 13
+
+
+def test_decoding_into_a_wrong_buffer_is_refused():
+    rs = ReedSolomon(2, 1)
+    fragments = rs.encode_chunk(b"abcdef")
+    with pytest.raises(CodecError, match="holds 5 bytes"):
+        rs.decode_chunk(dict(enumerate(fragments)), 6, out=bytearray(5))
+    with pytest.raises(TypeError, match="writable"):
+        rs.decode_chunk(dict(enumerate(fragments)), 6, out=bytes(6))
+
+
 @pytest.mark.parametrize("kernel", SIMD)
 @settings(max_examples=40, deadline=None)
 @given(k=st.integers(1, 32), m=st.integers(1, 16), size=st.integers(0, 700), data=st.data())

@@ -128,12 +128,18 @@ class Fragments:
     # ---- read
 
     async def read(self, chunk_id: bytes, length: int, chunk: pb.Chunk, last: tuple[int, ...] = (),
-                   asked: list[int] | None = None) -> bytearray | bytes:
-        """The chunk's bytes, verified against its name. Fragments in `last` are asked for only
-        if the others cannot do (a repair's lost ones). The indexes fetched go into `asked`."""
+                   asked: list[int] | None = None, out=None):
+        """The chunk's bytes, verified against its name: a new buffer, or written into `out` (a
+        writable buffer of `length` bytes, returned; on failure it may hold unverified bytes).
+        Fragments in `last` are asked for only if the others cannot do (a repair's lost ones).
+        The indexes fetched go into `asked`."""
         asked = [] if asked is None else asked
         if chunk.state == pb.COLD:
-            return await self.recall(chunk_id, length, chunk.tier)
+            data = await self.recall(chunk_id, length, chunk.tier)
+            if out is None:
+                return data
+            memoryview(out).cast("B")[:] = data
+            return out
         k, m = chunk.profile.k, chunk.profile.m
         if len(chunk.nodes) != k + m:
             raise NotEnoughFragmentsError(f"chunk {chunk_id.hex()[:16]} has {len(chunk.nodes)} placements, "
@@ -141,7 +147,7 @@ class Fragments:
         codec = self.codec(k, m)
         have, bad = await self._fetch_k(chunk_id, length, chunk, tuple(dict.fromkeys(last)), asked)
         if len(have) >= k:
-            data = self._verified(codec, chunk_id, length, have)
+            data = self._verified(codec, chunk_id, length, have, out)
             if data is not None:
                 return data
             # decoded, but not to the chunk's name: one fragment is wrong in a way its CRC could
@@ -150,7 +156,7 @@ class Fragments:
             asked.extend(rest)
             await self._fetch(chunk_id, length, chunk, rest, have, bad)
             for left_out in sorted(have):
-                data = self._verified(codec, chunk_id, length, {i: f for i, f in have.items() if i != left_out})
+                data = self._verified(codec, chunk_id, length, {i: f for i, f in have.items() if i != left_out}, out)
                 if data is not None:
                     await self._report(chunk_id, left_out, chunk.nodes[left_out])
                     return data
@@ -226,27 +232,27 @@ class Fragments:
             self._suspect_until[node_id] = until
 
     def _spawn(self, chunk_id, length, chunk, index, have, bad) -> asyncio.Task:
-        return asyncio.ensure_future(self._fetch(chunk_id, length, chunk, [index], have, bad))
+        return asyncio.ensure_future(self._fetch_one(chunk_id, length, chunk, index, have, bad))
 
     async def _fetch(self, chunk_id: bytes, length: int, chunk: pb.Chunk, indexes, have: dict, bad: set) -> None:
-        size = self.codec(chunk.profile.k, chunk.profile.m).fragment_size(length)
+        await asyncio.gather(*(self._fetch_one(chunk_id, length, chunk, i, have, bad) for i in indexes))
 
-        async def one(index: int) -> None:
-            try:
-                if faultpoints.hit("fragment.get"):  # the node fails this read: parity instead
-                    raise DataError(UNAVAILABLE, "fault point: fragment get failed")
-                client = await self._client(chunk.nodes[index])
-                have[index] = await client.get(chunk_id, index, timeout=fragment_timeout(size),
-                                               expect=size)
-                self._suspect_until.pop(chunk.nodes[index], None)
-            except _FAILURES:
-                bad.add(index)  # down, missing, or corrupt (the node checks its CRC32C)
-        await asyncio.gather(*(one(i) for i in indexes))
+    async def _fetch_one(self, chunk_id: bytes, length: int, chunk: pb.Chunk, index: int, have: dict,
+                         bad: set) -> None:
+        size = self.codec(chunk.profile.k, chunk.profile.m).fragment_size(length)
+        try:
+            if faultpoints.hit("fragment.get"):  # the node fails this read: parity instead
+                raise DataError(UNAVAILABLE, "fault point: fragment get failed")
+            client = await self._client(chunk.nodes[index])
+            have[index] = await client.get(chunk_id, index, timeout=fragment_timeout(size), expect=size)
+            self._suspect_until.pop(chunk.nodes[index], None)
+        except _FAILURES:
+            bad.add(index)  # down, missing, or corrupt (the node checks its CRC32C)
 
     @staticmethod
-    def _verified(codec: ReedSolomon, chunk_id: bytes, length: int, fragments) -> bytearray | None:
+    def _verified(codec: ReedSolomon, chunk_id: bytes, length: int, fragments, out=None):
         try:
-            data = codec.decode_chunk(fragments, length)
+            data = codec.decode_chunk(fragments, length, out)
         except CodecError:  # too few, or a fragment of the wrong size
             return None
         return data if blake3.blake3(data).digest() == chunk_id else None

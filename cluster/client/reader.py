@@ -45,6 +45,8 @@ class ObjectReader:
         self._cache: OrderedDict[int, asyncio.Task] = OrderedDict()
         self._whole = blake3.blake3()  # of the bytes read in order from 0, to check a full read
         self._hashed = 0
+        self._into: tuple[int, int, memoryview] | None = None  # read_range's result: (start, end, view)
+        self._placed: set[int] = set()  # chunks being decoded straight into it
 
     def read_ahead_until(self, end: int) -> None:
         """No read-ahead past byte `end`: a range read fetches only the chunks it covers (a
@@ -80,22 +82,51 @@ class ObjectReader:
         self._position += filled
         return filled
 
-    async def read_range(self, start: int, end: int, progress=None) -> bytes:
-        """Bytes [start, end) (clipped to the object), fetching only the chunks they cover."""
-        return b"".join([piece async for piece in self.pieces(start, end, progress)])
+    async def read_range(self, start: int, end: int, progress=None) -> bytearray:
+        """Bytes [start, end) (clipped to the object) in a new bytearray, fetching only the chunks
+        they cover. Chunks wholly inside the range are decoded straight into it: no buffer per
+        chunk and no copy after (on a 1 GiB get that halved the page faults and the copies)."""
+        start, end = self._clip(start, end)
+        result = bytearray(end - start)
+        view = memoryview(result)
+        self._into = (start, end, view)
+        try:
+            filled = 0
+            async for index, piece in self._indexed_pieces(start, end, progress):
+                if index not in self._placed:
+                    view[filled:filled + len(piece)] = piece
+                filled += len(piece)
+        finally:
+            self._into = None
+            for index in self._placed:  # their bytes now belong to the caller: never served again
+                task = self._cache.pop(index, None)
+                if task is not None:
+                    task.cancel()
+            self._placed.clear()
+        return result
 
     def _end(self, size: int | None) -> int:
         return self.size if size is None or size < 0 else min(self.size, self._position + size)
 
     async def pieces(self, start: int, end: int, progress=None):
         """Views of the verified bytes [start, end), chunk by chunk, in order."""
+        start, end = self._clip(start, end)
+        async for _, piece in self._indexed_pieces(start, end, progress):
+            yield piece
+
+    def _clip(self, start: int, end: int) -> tuple[int, int]:
         if start < 0 or end < start:
             raise InvalidArgument(f"bad range [{start}, {end})")
         end = min(end, self.size)
+        return min(start, end), end
+
+    async def _indexed_pieces(self, start: int, end: int, progress):
+        """(chunk index, view of its verified bytes in [start, end)), in order; index -1 for an
+        inline object's bytes."""
         if start >= end:
             return
         if not self.manifest.chunks:
-            yield memoryview(self.manifest.inline_data)[start:end]
+            yield -1, memoryview(self.manifest.inline_data)[start:end]
             return
         first = bisect.bisect_right(self._starts, start) - 1
         last = bisect.bisect_right(self._starts, end - 1) - 1
@@ -106,7 +137,7 @@ class ObjectReader:
             hi = min(end - self._starts[index], len(data))
             if progress:
                 progress(hi - lo)
-            yield memoryview(data)[lo:hi]
+            yield index, memoryview(data)[lo:hi]
 
     # ---- whole-object check
 
@@ -146,9 +177,23 @@ class ObjectReader:
             record = self._chunks.get(ref.id)
             if record is None:
                 raise CorruptObject(f"{self.name}: no record of chunk {ref.id.hex()[:16]}")
-            task = self._cache[index] = asyncio.ensure_future(self.fragments.read(ref.id, ref.length, record))
+            out = self._destination(index, ref.length)
+            task = self._cache[index] = asyncio.ensure_future(self.fragments.read(ref.id, ref.length, record,
+                                                                                  out=out))
+            if out is not None:
+                self._placed.add(index)
             task.add_done_callback(_quiet)
         return task
+
+    def _destination(self, index: int, length: int) -> memoryview | None:
+        """Where in read_range's result chunk `index` goes, if it lies wholly inside the range."""
+        if self._into is None:
+            return None
+        start, end, view = self._into
+        first = self._starts[index]
+        if first < start or first + length > end:
+            return None
+        return view[first - start:first - start + length]
 
     async def close(self) -> None:
         for task in self._cache.values():

@@ -95,16 +95,28 @@ class ReedSolomon:
         data = self.split(chunk)
         return data + self.encode(data)
 
-    def decode_chunk(self, fragments: Mapping[int, object], chunk_size: int) -> bytearray:
-        """Rebuilds a chunk of chunk_size bytes from any k of its fragments."""
+    def decode_chunk(self, fragments: Mapping[int, object], chunk_size: int, out=None):
+        """Rebuilds a chunk of chunk_size bytes from any k of its fragments: a new bytearray, or
+        written into `out` (a writable buffer of exactly chunk_size bytes, returned), so a reader
+        can place chunks straight where they belong (no buffer per chunk, no copy after)."""
         size = self.fragment_size(chunk_size)
-        result = bytearray(size * self.k)
-        self._assemble(fragments, memoryview(result), size)
-        del result[chunk_size:]  # drops the padding; no view of result is left by now
-        return result
+        if out is None:
+            result = bytearray(size * self.k)
+            self._assemble(fragments, memoryview(result), size)
+            del result[chunk_size:]  # drops the padding; no view of result is left by now
+            return result
+        view = buffers.byte_view(out, "chunk output")
+        if view.readonly:
+            raise TypeError(f"the chunk output must be writable, not read-only {type(out).__name__}")
+        if view.nbytes != chunk_size:
+            raise CodecError(f"the chunk output holds {view.nbytes} bytes, the chunk {chunk_size}")
+        self._assemble(fragments, view, size)
+        return out
 
     def _assemble(self, fragments: Mapping[int, object], view: memoryview, size: int) -> None:
-        """Copies the present data fragments into place and decodes the missing ones there."""
+        """Copies the present data fragments into place and decodes the missing ones there.
+        `view` may stop short of k whole fragments (the chunk without its padding): the
+        fragments it cuts are copied, or decoded aside, only as far as it reaches."""
         targets = [view[index * size:(index + 1) * size] for index in range(self.k)]
         missing = [index for index in range(self.k) if index not in fragments]
         for index in range(self.k):
@@ -112,9 +124,12 @@ class ReedSolomon:
                 piece = buffers.byte_view(fragments[index], f"fragment {index}")
                 if piece.nbytes != size:
                     raise CodecError(f"fragment {index} has {piece.nbytes} bytes, expected {size}")
-                targets[index][:] = piece
+                targets[index][:] = piece[:len(targets[index])]
         if missing:
-            self.decode(fragments, missing, out={index: targets[index] for index in missing})
+            aside = {index: bytearray(size) for index in missing if len(targets[index]) < size}
+            self.decode(fragments, missing, out={index: aside.get(index, targets[index]) for index in missing})
+            for index, whole in aside.items():
+                targets[index][:] = memoryview(whole)[:len(targets[index])]
         for target in targets:
             target.release()
         view.release()

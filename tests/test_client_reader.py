@@ -1,0 +1,101 @@
+"""ObjectReader over in-memory chunks: ranges decoded straight into the result are right, never
+served again once handed over, and a failed read returns nothing."""
+import asyncio
+
+import blake3
+import pytest
+from hypothesis import given, settings, strategies as st
+
+from cluster.client.reader import ObjectReader
+from cluster.proto import meta_pb2 as pb
+
+
+class MemoryFragments:
+    """Fragments.read's contract over a dict of chunks: verified bytes, into `out` when given."""
+
+    def __init__(self, chunks: dict[bytes, bytes]):
+        self.chunks = chunks
+        self.into = 0      # reads that wrote into a caller's buffer
+        self.failing: set[bytes] = set()
+
+    async def read(self, chunk_id, length, record, out=None):
+        await asyncio.sleep(0)
+        data = self.chunks[chunk_id]
+        if out is not None:
+            self.into += 1
+            memoryview(out)[:] = bytes(len(data)) if chunk_id in self.failing else data
+        if chunk_id in self.failing:  # as a failed hash check: raised, whatever `out` holds
+            raise OSError("chunk does not match its name")
+        return data if out is None else out
+
+
+def object_of(sizes: list[int], seed: int = 0):
+    data = bytes((seed + i * 7) % 251 for i in range(sum(sizes)))
+    refs, chunks, offset = [], {}, 0
+    for n, size in enumerate(sizes):
+        piece = data[offset:offset + size]
+        chunk_id = blake3.blake3(piece + bytes([n])).digest()  # distinct even when equal
+        chunks[chunk_id] = piece
+        refs.append(pb.ChunkRef(id=chunk_id, length=size))
+        offset += size
+    manifest = pb.Manifest(head=pb.ObjectHead(size=len(data), blake3=blake3.blake3(data).digest()), chunks=refs)
+    return data, manifest, chunks
+
+
+def reader_of(sizes, read_ahead=2):
+    data, manifest, chunks = object_of(sizes)
+    fragments = MemoryFragments(chunks)
+    reader = ObjectReader(fragments, "b/k", manifest, {i: pb.Chunk() for i in chunks}, read_ahead=read_ahead)
+    return data, reader, fragments
+
+
+@settings(max_examples=80, deadline=None)
+@given(sizes=st.lists(st.integers(1, 300), min_size=1, max_size=8), data=st.data())
+def test_ranges_read_back_exactly(sizes, data):
+    source, reader, fragments = reader_of(sizes)
+    total = len(source)
+    start = data.draw(st.integers(0, total + 5))
+    end = data.draw(st.integers(start, total + 10))
+
+    async def main():
+        got = await reader.read_range(start, end)
+        assert isinstance(got, bytearray) and got == source[start:end]
+        whole_inside = sum(1 for i, s in enumerate(reader._starts) if s >= start and s + sizes[i] <= min(end, total))
+        assert fragments.into == whole_inside  # those went straight into the result
+    asyncio.run(main())
+
+
+def test_a_result_handed_over_is_never_served_again():
+    source, reader, _ = reader_of([100, 100, 100], read_ahead=0)
+
+    async def main():
+        first = await reader.read_range(0, 300)
+        first[:] = bytes(300)  # the caller owns it now
+        assert await reader.read_range(100, 200) == source[100:200]
+        assert await reader.read_range(0, 300) == source
+    asyncio.run(main())
+
+
+def test_a_failed_chunk_fails_the_read_and_a_later_read_succeeds():
+    source, reader, fragments = reader_of([100, 100, 100])
+    bad = reader.manifest.chunks[1].id
+    fragments.failing.add(bad)
+
+    async def main():
+        with pytest.raises(OSError, match="does not match"):
+            await reader.read_range(0, 300)
+        fragments.failing.clear()
+        assert await reader.read_range(0, 300) == source
+    asyncio.run(main())
+
+
+def test_read_and_pieces_still_serve_chunks_of_their_own():
+    source, reader, fragments = reader_of([50, 60, 70])
+
+    async def main():
+        reader.seek(10)
+        assert await reader.read(100) == source[10:110]
+        assert b"".join([bytes(p) async for p in reader.pieces(0, 180)]) == source
+        with pytest.raises(Exception, match="bad range"):
+            await reader.read_range(5, 4)
+    asyncio.run(main())
