@@ -26,7 +26,7 @@ from cluster import faultpoints
 from cluster.client.errors import CorruptObject, NotEnoughFragmentsError, TierUnavailable, raise_for
 from cluster.client.meta import MetaClient
 from cluster.codec import CodecError, ReedSolomon, crc32c
-from cluster.data.wire import COALESCE_BYTES_MAX, UNAVAILABLE, DataClient, DataError
+from cluster.data.wire import UNAVAILABLE, DataClient, DataError
 from cluster.proto import data_pb2, data_pb2_grpc
 from cluster.proto import meta_pb2 as pb
 

@@ -70,7 +70,7 @@ def drop_cache(directory: str) -> None:
 async def cairn_point(address: str, directory: str, size: int, streams: int, count: int,
                       tag: int) -> tuple[float, float]:
     from cluster.codec.crc import crc32c
-    from cluster.data.wire import COALESCE_BYTES_MAX, DataClient
+    from cluster.data.wire import DataClient
 
     client = DataClient(address)
     payload = os.urandom(size)
