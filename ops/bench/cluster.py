@@ -30,6 +30,7 @@ import tempfile
 import time
 
 import numpy as np
+import uvloop
 
 ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 sys.path.insert(0, ROOT)  # first: `cluster` is the package, not ops/bench/cluster.py
@@ -196,7 +197,7 @@ def main() -> None:
     try:
         progress(f"starting a local cluster (3 meta, 6 data) in {work} ...")
         bench.local.start()
-        asyncio.run(measure(bench, rounds, big, medium, small))
+        uvloop.run(measure(bench, rounds, big, medium, small))  # the loop we recommend to users
     finally:
         bench.local.stop()
         shutil.rmtree(work, ignore_errors=True)
