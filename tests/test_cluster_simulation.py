@@ -74,9 +74,9 @@ def test_a_reader_that_skips_the_hash_checks_is_caught(monkeypatch):
     monkeypatch.setattr(Network, "garble", garble)
     from cluster.codec import CodecError
 
-    def unchecked(codec, chunk_id, length, fragments):
+    def unchecked(codec, chunk_id, length, fragments, out=None):
         try:
-            return codec.decode_chunk(fragments, length)
+            return codec.decode_chunk(fragments, length, out)
         except CodecError:
             return None
     monkeypatch.setattr(Fragments, "_verified", staticmethod(unchecked))
