@@ -232,7 +232,7 @@ class Fragments:
             self._suspect_until[node_id] = until
 
     def _spawn(self, chunk_id, length, chunk, index, have, bad) -> asyncio.Task:
-        return asyncio.ensure_future(self._fetch_one(chunk_id, length, chunk, index, have, bad))
+        return asyncio.get_running_loop().create_task(self._fetch_one(chunk_id, length, chunk, index, have, bad))
 
     async def _fetch(self, chunk_id: bytes, length: int, chunk: pb.Chunk, indexes, have: dict, bad: set) -> None:
         await asyncio.gather(*(self._fetch_one(chunk_id, length, chunk, i, have, bad) for i in indexes))

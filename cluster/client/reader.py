@@ -178,8 +178,8 @@ class ObjectReader:
             if record is None:
                 raise CorruptObject(f"{self.name}: no record of chunk {ref.id.hex()[:16]}")
             out = self._destination(index, ref.length)
-            task = self._cache[index] = asyncio.ensure_future(self.fragments.read(ref.id, ref.length, record,
-                                                                                  out=out))
+            reading = self.fragments.read(ref.id, ref.length, record, out=out)
+            task = self._cache[index] = asyncio.get_running_loop().create_task(reading)
             if out is not None:
                 self._placed.add(index)
             task.add_done_callback(_quiet)

@@ -185,7 +185,7 @@ class DataClient:
         return batch
 
     def _start(self, batch: list, frames: list, timeout: float, payloads: bool) -> None:
-        task = asyncio.ensure_future(self._batch([item[-1] for item in batch], frames, timeout, payloads))
+        task = asyncio.get_running_loop().create_task(self._batch([item[-1] for item in batch], frames, timeout, payloads))
         self._batches.add(task)
         task.add_done_callback(self._batches.discard)
 
