@@ -162,6 +162,10 @@ def test_range_reads_and_the_file_like_reader(shared):
         assert f.readinto(buffer) == len(buffer) and bytes(buffer) == data[:1 << 20]
     with client.open(b, "r") as f:  # read whole, sequentially, in small pieces
         assert b"".join(iter(lambda: f.read(777_777), b"")) == data
+    with client.open(b, "r") as f:  # read whole in one call (readall), after a buffered peek
+        assert f.peek(1)[:1] == data[:1]
+        whole = f.read()
+        assert type(whole) is bytes and whole == data and f.read() == b""
 
 
 def test_concurrent_writers_to_one_key(shared):

@@ -89,6 +89,26 @@ def test_a_failed_chunk_fails_the_read_and_a_later_read_succeeds():
     asyncio.run(main())
 
 
+@settings(max_examples=60, deadline=None)
+@given(sizes=st.lists(st.integers(1, 300), min_size=1, max_size=8), data=st.data())
+def test_readinto_fills_any_buffer_exactly(sizes, data):
+    source, reader, _ = reader_of(sizes)
+    position = data.draw(st.integers(0, len(source) + 3))
+    length = data.draw(st.integers(0, len(source) + 10))
+
+    async def main():
+        reader.seek(position)
+        buffer = bytearray(b"\x55" * (length + 4))
+        filled = await reader.readinto(memoryview(buffer)[:length])
+        expected = source[position:position + length]
+        assert filled == len(expected) and reader.tell() == position + filled
+        assert buffer == expected + b"\x55" * (length + 4 - filled)  # nothing past what was filled
+        buffer[:] = bytes(len(buffer))  # the caller's to change: a later read is unaffected
+        reader.seek(0)
+        assert await reader.read_range(0, len(source)) == source
+    asyncio.run(main())
+
+
 def test_read_and_pieces_still_serve_chunks_of_their_own():
     source, reader, fragments = reader_of([50, 60, 70])
 

@@ -67,20 +67,19 @@ class ObjectReader:
         self._position = base + offset
         return self._position
 
-    async def read(self, size: int = -1) -> bytes:
+    async def read(self, size: int = -1) -> bytearray:
         data = await self.read_range(self._position, self._end(size))
         self._position += len(data)
         return data
 
     async def readinto(self, buffer) -> int:
-        """Copies straight from the verified chunks into `buffer` (no intermediate bytes)."""
+        """Fills `buffer` from the current position, chunks wholly inside it decoded straight
+        there (no intermediate bytes); returns the bytes filled."""
         view = memoryview(buffer).cast("B")
-        filled = 0
-        async for piece in self.pieces(self._position, self._end(len(view))):
-            view[filled:filled + len(piece)] = piece
-            filled += len(piece)
-        self._position += filled
-        return filled
+        start, end = self._clip(self._position, self._end(len(view)))
+        await self._fill(start, end, view[:end - start])
+        self._position = end
+        return end - start
 
     async def read_range(self, start: int, end: int, progress=None) -> bytearray:
         """Bytes [start, end) (clipped to the object) in a new bytearray, fetching only the chunks
@@ -88,7 +87,12 @@ class ObjectReader:
         chunk and no copy after (on a 1 GiB get that halved the page faults and the copies)."""
         start, end = self._clip(start, end)
         result = bytearray(end - start)
-        view = memoryview(result)
+        await self._fill(start, end, memoryview(result), progress)
+        return result
+
+    async def _fill(self, start: int, end: int, view: memoryview, progress=None) -> None:
+        """Writes the verified bytes [start, end) into `view`. On failure it raises, and `view`
+        may hold unverified bytes: the caller must not use them."""
         self._into = (start, end, view)
         try:
             filled = 0
@@ -103,7 +107,6 @@ class ObjectReader:
                 if task is not None:
                     task.cancel()
             self._placed.clear()
-        return result
 
     def _end(self, size: int | None) -> int:
         return self.size if size is None or size < 0 else min(self.size, self._position + size)

@@ -108,6 +108,11 @@ class RawReader(io.RawIOBase):
     def readinto(self, buffer) -> int:
         return self._client._run(self._reader.readinto(buffer))
 
+    def readall(self) -> bytes:
+        """The rest in one read (io's default loops over 8 KiB reads: a loop-thread hop each,
+        which made `open(...).read()` 6× slower than `get`)."""
+        return bytes(self._client._run(self._reader.read(-1)))
+
     def seek(self, offset: int, whence: int = io.SEEK_SET) -> int:
         return self._reader.seek(offset, whence)
 
