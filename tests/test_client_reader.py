@@ -118,4 +118,7 @@ def test_read_and_pieces_still_serve_chunks_of_their_own():
         assert b"".join([bytes(p) async for p in reader.pieces(0, 180)]) == source
         with pytest.raises(Exception, match="bad range"):
             await reader.read_range(5, 4)
+        reader.seek(500)  # past the end: reads return nothing and leave the position
+        assert await reader.read() == b"" and await reader.readinto(bytearray(10)) == 0
+        assert reader.tell() == 500
     asyncio.run(main())

@@ -78,7 +78,7 @@ class ObjectReader:
         view = memoryview(buffer).cast("B")
         start, end = self._clip(self._position, self._end(len(view)))
         await self._fill(start, end, view[:end - start])
-        self._position = end
+        self._position += end - start
         return end - start
 
     async def read_range(self, start: int, end: int, progress=None) -> bytearray:
@@ -109,7 +109,10 @@ class ObjectReader:
             self._placed.clear()
 
     def _end(self, size: int | None) -> int:
-        return self.size if size is None or size < 0 else min(self.size, self._position + size)
+        """Where a read of `size` from the position stops (at the position when it is past the
+        end, where a read returns nothing)."""
+        end = self.size if size is None or size < 0 else min(self.size, self._position + size)
+        return max(end, self._position)
 
     async def pieces(self, start: int, end: int, progress=None):
         """Views of the verified bytes [start, end), chunk by chunk, in order."""

@@ -34,27 +34,12 @@ import uvloop
 
 ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 sys.path.insert(0, ROOT)  # first: `cluster` is the package, not ops/bench/cluster.py
-from common import bench_parser, print_table, progress, row, write_json  # noqa: E402
+from common import bench_parser, drop_cache_tree, print_table, progress, row, write_json  # noqa: E402
 
 K, M = 4, 2
 SMALL_IN_FLIGHT = 64
 MEDIUM_IN_FLIGHT = 16
 DIR_THREADS = 16
-
-
-def drop_cache_tree(directory: str) -> None:
-    """Evicts every file under `directory` from the page cache (both systems read from disk)."""
-    for parent, _, files in os.walk(directory):
-        for name in files:
-            try:
-                fd = os.open(os.path.join(parent, name), os.O_RDONLY)
-            except OSError:
-                continue
-            try:
-                os.fdatasync(fd)
-                os.posix_fadvise(fd, 0, 0, os.POSIX_FADV_DONTNEED)
-            finally:
-                os.close(fd)
 
 
 # ---- the plain directory

@@ -9,6 +9,7 @@ means Cairn is better, and metric names stay stable across runs.
 from __future__ import annotations
 
 import json
+import os
 import statistics
 import subprocess
 import sys
@@ -115,3 +116,18 @@ class PeakResident:
 
 def progress(message: str) -> None:
     print(message, file=sys.stderr, flush=True)
+
+
+def drop_cache_tree(directory: str) -> None:
+    """Evicts every file under `directory` from the page cache (both systems read from disk)."""
+    for parent, _, files in os.walk(directory):
+        for name in files:
+            try:
+                fd = os.open(os.path.join(parent, name), os.O_RDONLY)
+            except OSError:
+                continue
+            try:
+                os.fdatasync(fd)
+                os.posix_fadvise(fd, 0, 0, os.POSIX_FADV_DONTNEED)
+            finally:
+                os.close(fd)
