@@ -45,7 +45,7 @@ class ObjectReader:
         self._cache: OrderedDict[int, asyncio.Task] = OrderedDict()
         self._whole = blake3.blake3()  # of the bytes read in order from 0, to check a full read
         self._hashed = 0
-        self._into: tuple[int, int, memoryview] | None = None  # read_range's result: (start, end, view)
+        self._into: tuple[int, int, memoryview] | None = None  # what _fill writes: (start, end, view)
         self._placed: set[int] = set()  # chunks being decoded straight into it
 
     def read_ahead_until(self, end: int) -> None:
@@ -192,7 +192,7 @@ class ObjectReader:
         return task
 
     def _destination(self, index: int, length: int) -> memoryview | None:
-        """Where in read_range's result chunk `index` goes, if it lies wholly inside the range."""
+        """Where in the buffer _fill writes chunk `index` goes, if it lies wholly inside it."""
         if self._into is None:
             return None
         start, end, view = self._into
