@@ -22,7 +22,7 @@ OPEN_BUFFER_BYTES = 1 << 20
 
 def _new_loop() -> asyncio.AbstractEventLoop:
     """uvloop where installed (a declared dependency): its loop runs the client's many small
-    tasks and callbacks in C, ~10% more 64 KiB gets per second than asyncio's own loop."""
+    tasks and callbacks in C."""
     try:
         import uvloop
     except ImportError:
@@ -109,8 +109,7 @@ class RawReader(io.RawIOBase):
         return self._client._run(self._reader.readinto(buffer))
 
     def readall(self) -> bytes:
-        """The rest in one read (io's default loops over 8 KiB reads: a loop-thread hop each,
-        which made `open(...).read()` 6× slower than `get`)."""
+        """The rest in one read (io's default loops over 8 KiB reads, a loop-thread hop each)."""
         return bytes(self._client._run(self._reader.read(-1)))
 
     def seek(self, offset: int, whence: int = io.SEEK_SET) -> int:

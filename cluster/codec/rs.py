@@ -96,27 +96,22 @@ class ReedSolomon:
         return data + self.encode(data)
 
     def decode_chunk(self, fragments: Mapping[int, object], chunk_size: int, out=None):
-        """Rebuilds a chunk of chunk_size bytes from any k of its fragments: a new bytearray, or
-        written into `out` (a writable buffer of exactly chunk_size bytes, returned), so a reader
-        can place chunks straight where they belong (no buffer per chunk, no copy after)."""
-        size = self.fragment_size(chunk_size)
-        if out is None:
-            result = bytearray(size * self.k)
-            self._assemble(fragments, memoryview(result), size)
-            del result[chunk_size:]  # drops the padding; no view of result is left by now
-            return result
-        view = buffers.byte_view(out, "chunk output")
+        """Rebuilds a chunk of chunk_size bytes from any k of its fragments: into a new bytearray,
+        or into `out` (a writable buffer of exactly chunk_size bytes), which it returns; a reader
+        passes where the chunk belongs (no buffer per chunk, no copy after)."""
+        result = bytearray(chunk_size) if out is None else out
+        view = buffers.byte_view(result, "chunk output")
         if view.readonly:
             raise TypeError(f"the chunk output must be writable, not read-only {type(out).__name__}")
         if view.nbytes != chunk_size:
             raise CodecError(f"the chunk output holds {view.nbytes} bytes, the chunk {chunk_size}")
-        self._assemble(fragments, view, size)
-        return out
+        self._assemble(fragments, view, self.fragment_size(chunk_size))
+        return result
 
     def _assemble(self, fragments: Mapping[int, object], view: memoryview, size: int) -> None:
         """Copies the present data fragments into place and decodes the missing ones there.
-        `view` may stop short of k whole fragments (the chunk without its padding): the
-        fragments it cuts are copied, or decoded aside, only as far as it reaches."""
+        `view` holds the chunk without its padding: a fragment it cuts short is copied, or
+        decoded aside, only as far as it reaches."""
         targets = [view[index * size:(index + 1) * size] for index in range(self.k)]
         missing = [index for index in range(self.k) if index not in fragments]
         for index in range(self.k):

@@ -392,10 +392,12 @@ class Tiering:
             if result.code != pb.OK:
                 raise RuntimeError(f"uploads to {target} not recorded: {result.message}")
             gone.update(result.missing)
-        kept = [(work, order) for work, order in batch if not (work.kind == UPLOAD and work.chunk_id in gone)]
-        for work, _ in batch:
+        kept = []
+        for work, order in batch:
             if work.kind == UPLOAD and work.chunk_id in gone:
                 self._running.discard((work.kind, work.chunk_id))
+            else:
+                kept.append((work, order))
         return kept
 
     async def _transitioned(self, work: _Work, sent: bool) -> None:

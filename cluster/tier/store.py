@@ -1,10 +1,10 @@
 """Chunks in a cloud bucket, each under its content address (TierTarget.chunk_key).
 
 A chunk is uploaded once: if an object with the same length and MD5 (its ETag) is already at
-its key (the same chunk, from another bucket or an earlier attempt), nothing is sent. Every read is checked against the
-chunk's BLAKE3 name and corrupt bytes raise, never return. Transient failures (connection
-errors, timeouts, 5xx, throttling) are retried with exponential backoff; a missing object, a
-refused request or exhausted retries raise typed errors that say what to do.
+its key (the same chunk, from another bucket or an earlier attempt), nothing is sent. Every read
+is checked against the chunk's BLAKE3 name and corrupt bytes raise, never return. Transient
+failures (connection errors, timeouts, 5xx, throttling) are retried with exponential backoff; a
+missing object, a refused request or exhausted retries raise typed errors that say what to do.
 
 Calls block (boto3); callers run them off their event loop.
 """

@@ -49,9 +49,9 @@ from cluster.proto import meta_pb2 as pb
 from cluster.tier.targets import TierTarget
 from simulations import linearizability
 from simulations.cluster.world import DEAD_AFTER_SECONDS, DISK_BYTES, World
+from simulations.loop import SimLoop, WallClockExceeded, cancel_all, wall_clock_limit
 
 TIER = TierTarget("cold", "http://s3.sim:9000", "cold-bucket", prefix="sim")
-from simulations.loop import SimLoop, WallClockExceeded, cancel_all, wall_clock_limit
 
 BUCKET = "sim"
 KEYS = [f"k{n}" for n in range(6)]
