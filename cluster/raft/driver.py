@@ -2,8 +2,9 @@
 
 Theory of operation. One consensus task owns the core. It wakes when something arrives (a
 message, a proposal, a read, a tick), feeds it all to the core, then works through Ready after
-Ready: the leader's replication messages go out at once, the hard state and entries are saved
-with one synced write, the remaining messages go out, committed entries are queued for the apply
+Ready: the leader's replication messages go out at once (handed to the transport before the
+disk is touched, so the followers' appends run beside the leader's), the hard state and entries
+are saved with one synced write, the remaining messages go out, committed entries are queued for the apply
 task, and the core is told to advance. Whatever arrived during the fsync is fed in as one batch
 before the next Ready, so under load one append, one fsync and one AppendEntries per follower
 carry many proposals (group commit). The apply task applies entries in order off that path,
@@ -11,8 +12,8 @@ resolves each proposal with its result, releases linearizable reads once their r
 applied, installs received snapshots and takes local ones every `snapshot_entries` entries.
 
 Everything outside the core is injected: the transport, the store (over a Disk), the state
-machine, the snapshot files and how blocking work runs (`run_blocking`: a thread in production,
-inline in the simulator), so the deterministic simulator drives this same code on virtual time.
+machine, the snapshot files and how snapshot files are written (`run_blocking`: a thread in
+production, inline in the simulator), so the deterministic simulator drives this same code on virtual time.
 """
 from __future__ import annotations
 
@@ -42,6 +43,11 @@ class ProposalOutcomeUnknown(Exception):
 class Transport(Protocol):
     def send(self, messages: tuple[Message, ...]) -> None:
         """Queues messages for delivery; never blocks, may drop (Raft retransmits)."""
+
+    async def flush(self) -> None:
+        """Returns once the messages sent so far are on their way (best effort: a peer that is
+        slow or away may still hold some); the driver calls it before a synced write, so the
+        followers' appends run beside the leader's own."""
 
 
 class SnapshotFiles(Protocol):
@@ -298,6 +304,8 @@ class RaftDriver:
         self.stats["readies"] += 1
         if ready.messages_now:
             self.transport.send(tuple(self._fill(m) for m in ready.messages_now))
+            if ready.must_sync:
+                await self.transport.flush()
         for chunk in ready.snapshot_chunks:
             self.snapshots.stage(chunk.offset, chunk.data or b"")
         if ready.snapshot is not None:
@@ -306,7 +314,10 @@ class RaftDriver:
             self._apply_queue.put_nowait(("restore", meta))
         if ready.must_sync:
             self.stats["persists"] += 1
-            await self._run_blocking(lambda: self.store.save(ready.hard_state, ready.entries, ready.snapshot))
+            # On the loop's thread, not a worker's: the synced write lets go of the GIL while the
+            # disk works, and handing it to a thread and back took longer than the fsync itself
+            # once gRPC's poller thread was competing for the GIL too.
+            self.store.save(ready.hard_state, ready.entries, ready.snapshot)
         elif ready.hard_state is not None:
             self.store.save(ready.hard_state, (), sync=False)  # commit index only: no fsync, no wait
         if ready.messages:

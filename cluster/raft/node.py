@@ -4,8 +4,8 @@ its peers, and the gRPC server that the Raft service and the state machine's own
 Peers talk over one long-lived client stream each way (`Raft.Stream`): a sender task per peer
 drains that peer's bounded queue into one MessageBatch per write, so a burst of Raft messages
 costs one gRPC message. When a peer is down its queue fills and new messages are dropped (Raft
-retransmits), and the sender reconnects with backoff. Disk work (the synced write of each Ready,
-snapshots) runs on one worker thread so the event loop keeps serving while it waits for fsync.
+retransmits), and the sender reconnects with backoff. The synced write of each Ready runs on the
+loop's thread (see RaftDriver._handle); snapshots, which can be large, on one worker thread.
 """
 from __future__ import annotations
 
@@ -74,26 +74,33 @@ class GrpcTransport:
             except asyncio.QueueFull:
                 self.dropped += 1
 
+    async def flush(self) -> None:
+        """Returns once every sender that `send` woke has started writing its batch: a woken
+        sender runs in the next loop turn, ahead of this coroutine (asyncio runs callbacks in
+        the order they were scheduled). A sender still busy with an earlier write takes the
+        new messages with its next one."""
+        await asyncio.sleep(0)
+
     async def _sender(self, peer: int) -> None:
         queue, delay = self._queues[peer], RECONNECT_SECONDS[0]
         while True:
             try:
                 async with grpc.aio.insecure_channel(self.peers[peer], options=GRPC_OPTIONS) as channel:
-                    stub = pb_grpc.RaftStub(channel)
-                    await stub.Stream(self._batches(peer, queue))
-            except (grpc.aio.AioRpcError, OSError) as error:
+                    call = pb_grpc.RaftStub(channel).Stream()
+                    while True:
+                        await call.write(await self._next_batch(peer, queue))
+            except (grpc.aio.AioRpcError, asyncio.InvalidStateError, OSError) as error:
                 log.debug("stream to %s ended: %s", peer, error)
             await asyncio.sleep(delay)
             delay = min(delay * 2, RECONNECT_SECONDS[1])
 
-    async def _batches(self, peer: int, queue: asyncio.Queue):
-        while True:
-            batch = [await queue.get()]
-            await asyncio.sleep(0)  # let the rest of this loop turn's messages join the batch
-            while not queue.empty() and len(batch) < BATCH_MESSAGES_MAX:
-                batch.append(queue.get_nowait())
-            self._queued_bytes[peer] -= sum(size for _, size in batch)
-            yield pb.MessageBatch(messages=[to_proto(m) for m, _ in batch])
+    async def _next_batch(self, peer: int, queue: asyncio.Queue) -> pb.MessageBatch:
+        """Everything queued for `peer` by now (up to a bound), as one message."""
+        batch = [await queue.get()]
+        while not queue.empty() and len(batch) < BATCH_MESSAGES_MAX:
+            batch.append(queue.get_nowait())
+        self._queued_bytes[peer] -= sum(size for _, size in batch)
+        return pb.MessageBatch(messages=[to_proto(m) for m, _ in batch])
 
 
 class RaftService(pb_grpc.RaftServicer):

@@ -54,8 +54,6 @@ class RocksDisk:
         options = self._options = Options(raw_mode=True)
         options.create_if_missing(True)
         self._db = Rdict(path, options)
-        self._sync = WriteOptions()
-        self._sync.sync = True
         self._nosync = WriteOptions()
 
     def get(self, key: bytes) -> bytes | None:
@@ -77,7 +75,15 @@ class RocksDisk:
             batch.delete(key)
         for key, value in puts:
             batch.put(key, value)
-        self._db.write(batch, self._sync if sync else self._nosync)
+        self._db.write(batch, self._nosync)
+        if sync:
+            # Not WriteOptions.sync: rocksdict holds the GIL through a synced write, which stalls
+            # every other thread (an event loop that should be sending the entries to followers
+            # meanwhile) for the whole fsync. FlushWAL(sync) syncs the same WAL, the directory of
+            # a new WAL file included, and releases the GIL while it waits on the disk. The one
+            # difference, that the batch is readable before it is durable, does not matter: the
+            # callers act on a write only after this returns.
+            self._db.flush_wal(True)
 
     def close(self) -> None:
         self._db.close()
