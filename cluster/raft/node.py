@@ -91,6 +91,8 @@ class GrpcTransport:
                         await call.write(await self._next_batch(peer, queue))
             except (grpc.aio.AioRpcError, asyncio.InvalidStateError, OSError) as error:
                 log.debug("stream to %s ended: %s", peer, error)
+            except Exception as error:  # noqa: BLE001 - a sender that died would cut the peer off for good
+                log.warning("stream to %s failed: %r", peer, error)
             await asyncio.sleep(delay)
             delay = min(delay * 2, RECONNECT_SECONDS[1])
 
