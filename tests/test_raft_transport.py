@@ -1,0 +1,129 @@
+"""The Raft driver's hand-off to its transport, and the gRPC transport between real servers on
+127.0.0.1: entries leave before the leader's own synced write, and a peer's sender outlives
+errors."""
+import asyncio
+import random
+
+import grpc
+
+from cluster.dev import free_ports
+from cluster.proto import raft_pb2_grpc as pb_grpc
+from cluster.raft.config import RaftConfig
+from cluster.raft.core import Raft, Role
+from cluster.raft.driver import RaftDriver
+from cluster.raft.kv import KeyValueStore
+from cluster.raft.log_store import LogStore
+from cluster.raft.messages import Entry, EntryKind, Membership, Message, MessageType, SnapshotMeta
+from cluster.raft.node import GrpcTransport, RaftService
+from cluster.raft.rsm import Sessions
+from cluster.raft.snapshot_files import MemorySnapshots
+from cluster.storage.disk import MemoryDisk
+
+
+class RecordingTransport:
+    """Keeps what was sent and notes, in `events`, every send, flush and synced write."""
+
+    def __init__(self, events: list):
+        self.events, self.sent = events, []
+
+    def send(self, messages) -> None:
+        self.sent.extend(messages)
+        self.events.append(("send", tuple(m.type for m in messages)))
+
+    async def flush(self) -> None:
+        self.events.append(("flush",))
+
+
+class RecordingStore(LogStore):
+    def __init__(self, events: list):
+        super().__init__(MemoryDisk())
+        self.events = events
+
+    def save(self, hard_state, entries, snapshot=None, sync=True) -> None:
+        if sync:
+            self.events.append(("save", len(entries)))
+        super().save(hard_state, entries, snapshot, sync)
+
+
+def _leader_of_three(events: list) -> tuple[RaftDriver, RecordingTransport]:
+    raft = Raft(RaftConfig(node_id=1, pre_vote=False), random.Random(1),
+                snapshot=SnapshotMeta(membership=Membership(frozenset({1, 2, 3}))))
+    raft.campaign()
+    raft.step(Message(MessageType.VOTE_RESPONSE, 2, 1, raft.term))
+    assert raft.role is Role.LEADER
+    transport = RecordingTransport(events)
+    driver = RaftDriver(raft, RecordingStore(events), Sessions(KeyValueStore()), transport, MemorySnapshots())
+    return driver, transport
+
+
+def test_a_leader_hands_new_entries_to_the_transport_before_its_synced_write():
+    async def main():
+        events: list = []
+        driver, transport = _leader_of_three(events)
+        await driver.start()
+        proposal = driver.submit(b"not decoded before it commits")
+        try:
+            for _ in range(100):
+                await asyncio.sleep(0)
+                if any(e[0] == "save" for e in events):
+                    break
+            appends = [i for i, e in enumerate(events) if e[0] == "send" and MessageType.APPEND in e[1]]
+            flushes = [i for i, e in enumerate(events) if e[0] == "flush"]
+            saves = [i for i, e in enumerate(events) if e[0] == "save" and e[1] > 0]
+            assert appends and flushes and saves, events
+            # the followers get the entries, and the transport is given its turn, before the fsync
+            assert appends[0] < flushes[0] < saves[0], events
+            sent = [m for m in transport.sent if m.type is MessageType.APPEND]
+            assert {m.target for m in sent} == {2, 3}
+            assert all(m.entries for m in sent)  # (the new leader's no-op: followers are probed first)
+        finally:
+            await driver.stop()
+            assert proposal.done()
+            proposal.exception()  # the node stopped before a quorum answered: outcome unknown
+    asyncio.run(main())
+
+
+class _Inbox:
+    """Stands in for a RaftNode behind RaftService: keeps what arrives."""
+
+    def __init__(self):
+        self.received: list[Message] = []
+        self.driver = self
+
+    def receive(self, message: Message) -> None:
+        self.received.append(message)
+
+
+def test_a_sender_outlives_an_unexpected_error_and_keeps_delivering():
+    async def main():
+        port = free_ports(1)[0]
+        inbox = _Inbox()
+        server = grpc.aio.server()
+        pb_grpc.add_RaftServicer_to_server(RaftService(inbox), server)
+        server.add_insecure_port(f"127.0.0.1:{port}")
+        await server.start()
+        transport = GrpcTransport(1, {1: "127.0.0.1:1", 2: f"127.0.0.1:{port}"})
+        real_next_batch, failures = transport._next_batch, []
+
+        async def failing_once(peer, queue):
+            batch = await real_next_batch(peer, queue)
+            if not failures:
+                failures.append(batch)
+                raise RuntimeError("planted: a batch that cannot be written")
+            return batch
+        transport._next_batch = failing_once
+        transport.start()
+        try:
+            entry = Entry(1, 1, EntryKind.NORMAL, b"x")
+            for index in range(1, 30):
+                transport.send((Message(MessageType.APPEND, 1, 2, 1, entries=(entry,), index=index),))
+                await transport.flush()
+                if inbox.received:
+                    break
+                await asyncio.sleep(0.2)
+            assert failures, "the planted failure never ran"
+            assert inbox.received, "nothing arrived after the sender's error: it stopped for good"
+        finally:
+            await transport.stop()
+            await server.stop(0)
+    asyncio.run(main())
