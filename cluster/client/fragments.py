@@ -29,6 +29,7 @@ from cluster.codec import CodecError, ReedSolomon, crc32c
 from cluster.data.wire import UNAVAILABLE, DataClient, DataError
 from cluster.proto import data_pb2, data_pb2_grpc
 from cluster.proto import meta_pb2 as pb
+from cluster.rpc.endpoints import insecure_channel
 
 REPLACE_ATTEMPTS = 3
 HEDGE_SECONDS = 0.25  # a data fragment this late gets a parity fragment asked for in its place
@@ -57,7 +58,7 @@ class Fragments:
         to a data node's gRPC API, for recalls of cold chunks."""
         self.meta = meta
         self._connect = connect
-        self._open_control = control or (lambda address: grpc.aio.insecure_channel(address, options=_RECALL_OPTIONS))
+        self._open_control = control or (lambda address: insecure_channel(address, options=_RECALL_OPTIONS))
         self.hedge_seconds = hedge_seconds
         self._clock = clock
         self._offload = offload

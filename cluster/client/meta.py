@@ -18,6 +18,7 @@ import grpc
 from cluster.client.errors import ClusterUnavailable
 from cluster.proto import meta_pb2 as pb
 from cluster.proto import meta_pb2_grpc as pb_grpc
+from cluster.rpc.endpoints import insecure_channel
 from cluster.rpc.mux import StreamBroken, StreamMux
 
 CALL_SECONDS = 10.0
@@ -54,7 +55,7 @@ class MetaClient:
         return mux
 
     def _grpc_mux(self, address: str) -> StreamMux:
-        channel = self._channels[address] = grpc.aio.insecure_channel(address, options=_OPTIONS)
+        channel = self._channels[address] = insecure_channel(address, options=_OPTIONS)
         return StreamMux(pb_grpc.MetaStub(channel).Pipeline, pb.MetaOps, "ops", "replies")
 
     async def close(self) -> None:

@@ -36,6 +36,7 @@ from cluster.data.store import (BadFragment, DiskFailed, DiskFull, FragmentCorru
 from cluster.process import run_until_signalled
 from cluster.proto import data_pb2 as pb
 from cluster.proto import data_pb2_grpc as pb_grpc
+from cluster.rpc import endpoints
 from cluster.tier.store import TierError
 
 log = logging.getLogger("cairn.data")
@@ -354,10 +355,9 @@ class DataNode:
             stop.wait(self.scrub_pause_seconds)
 
     async def serve(self, stop: asyncio.Event) -> None:
-        server = grpc.aio.server(options=GRPC_OPTIONS)
+        server = endpoints.server(options=GRPC_OPTIONS)
         pb_grpc.add_DataServicer_to_server(ControlService(self), server)
-        if server.add_insecure_port(self.address) == 0:
-            raise OSError(f"cannot listen on {self.address}")
+        endpoints.listen(server, self.address)
         plane = DataPlane(self.disks, self.data_address)
         await server.start()
         loop = asyncio.get_running_loop()

@@ -28,6 +28,7 @@ from cluster.meta import repair
 from cluster.meta.state import Refused
 from cluster.proto import data_pb2, data_pb2_grpc
 from cluster.proto import meta_pb2 as pb
+from cluster.rpc.endpoints import insecure_channel
 
 log = logging.getLogger("cairn.repair")
 
@@ -56,7 +57,7 @@ class _Order:
 
 class Repairer:
     def __init__(self, service, bytes_per_second: float = BYTES_PER_SECOND,
-                 channel: Callable[[str], grpc.aio.Channel] = grpc.aio.insecure_channel,
+                 channel: Callable[[str], grpc.aio.Channel] = insecure_channel,
                  clock: Callable[[], float] = time.monotonic, sleep=asyncio.sleep,
                  on_progress: Callable[[], None] = lambda: None):
         self.service = service

@@ -16,7 +16,6 @@ import os
 import time
 from typing import Callable
 
-import grpc
 
 from cluster.meta import names
 from cluster.meta.liveness import FailureDetector
@@ -27,6 +26,7 @@ from cluster.proto import meta_pb2 as pb
 from cluster.proto import meta_pb2_grpc as pb_grpc
 from cluster.raft.core import NotLeader, ProposalDropped
 from cluster.raft.driver import ProposalOutcomeUnknown, RaftDriver
+from cluster.rpc.endpoints import insecure_channel
 from cluster.rpc.mux import MuxServer
 
 log = logging.getLogger("cairn.meta")
@@ -101,7 +101,7 @@ class MetaService(pb_grpc.MetaServicer):
     def __init__(self, driver: RaftDriver, state: MetaState, address_of, clock=time.time,
                  detector: FailureDetector | None = None, garbage_grace_seconds: float = GARBAGE_GRACE_SECONDS,
                  repair_bytes_per_second: float = BYTES_PER_SECOND, monotonic=time.monotonic,
-                 repair_channel=grpc.aio.insecure_channel, lifecycle_every_seconds: float = LIFECYCLE_EVERY_SECONDS,
+                 repair_channel=insecure_channel, lifecycle_every_seconds: float = LIFECYCLE_EVERY_SECONDS,
                  read_resolution_seconds: float = READ_RESOLUTION_SECONDS,
                  reheat_grace_seconds: float = REHEAT_GRACE_SECONDS):
         """`clock` is wall time (commands carry it), `monotonic` paces repairs, `repair_channel`

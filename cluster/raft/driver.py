@@ -4,8 +4,8 @@ Theory of operation. One consensus task owns the core. It wakes when something a
 message, a proposal, a read, a tick), feeds it all to the core, then works through Ready after
 Ready: the leader's replication messages go out at once (handed to the transport before the
 disk is touched, so the followers' appends run beside the leader's), the hard state and entries
-are saved with one synced write, the remaining messages go out, committed entries are queued for the apply
-task, and the core is told to advance. Whatever arrived during the fsync is fed in as one batch
+are saved with one synced write, the remaining messages go out, committed entries are queued
+for the apply task, and the core is told to advance. Whatever arrived during the fsync is fed in as one batch
 before the next Ready, so under load one append, one fsync and one AppendEntries per follower
 carry many proposals (group commit). The apply task applies entries in order off that path,
 resolves each proposal with its result, releases linearizable reads once their read index is
@@ -13,7 +13,8 @@ applied, installs received snapshots and takes local ones every `snapshot_entrie
 
 Everything outside the core is injected: the transport, the store (over a Disk), the state
 machine, the snapshot files and how snapshot files are written (`run_blocking`: a thread in
-production, inline in the simulator), so the deterministic simulator drives this same code on virtual time.
+production, inline in the simulator), so the deterministic simulator drives this same code on
+virtual time.
 """
 from __future__ import annotations
 

@@ -30,6 +30,7 @@ from cluster.raft.messages import Membership, Message, message_bytes
 from cluster.raft.rsm import StateMachine
 from cluster.raft.snapshot_files import FileSnapshots
 from cluster.raft.wire import MESSAGE_BYTES_MAX, from_proto, to_proto
+from cluster.rpc import endpoints
 from cluster.storage.disk import RocksDisk
 
 log = logging.getLogger("cairn.raft")
@@ -85,7 +86,7 @@ class GrpcTransport:
         queue, delay = self._queues[peer], RECONNECT_SECONDS[0]
         while True:
             try:
-                async with grpc.aio.insecure_channel(self.peers[peer], options=GRPC_OPTIONS) as channel:
+                async with endpoints.insecure_channel(self.peers[peer], options=GRPC_OPTIONS) as channel:
                     call = pb_grpc.RaftStub(channel).Stream()
                     while True:
                         await call.write(await self._next_batch(peer, queue))
@@ -154,12 +155,11 @@ class RaftNode:
                     services: tuple[Callable[[grpc.aio.Server], None], ...] = ()) -> None:
         """Serves the Raft service and `services` (each adds itself to the server) until `stop`."""
         self._stop = stop
-        server = grpc.aio.server(options=GRPC_OPTIONS)
+        server = endpoints.server(options=GRPC_OPTIONS)
         pb_grpc.add_RaftServicer_to_server(RaftService(self), server)
         for add in services:
             add(server)
-        if server.add_insecure_port(listen) == 0:
-            raise OSError(f"cannot listen on {listen}")
+        endpoints.listen(server, listen)
         await server.start()
         self.transport.start()
         await self.driver.start()

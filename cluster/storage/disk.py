@@ -81,8 +81,8 @@ class RocksDisk:
             # every other thread (an event loop that should be sending the entries to followers
             # meanwhile) for the whole fsync. FlushWAL(sync) syncs the same WAL, the directory of
             # a new WAL file included, and releases the GIL while it waits on the disk. The one
-            # difference, that the batch is readable before it is durable, does not matter: the
-            # callers act on a write only after this returns.
+            # difference: another thread may read the batch a moment before it is durable.
+            # Nothing depends on that, as callers acknowledge a write only once this returns.
             self._db.flush_wal(True)
 
     def close(self) -> None:
