@@ -94,6 +94,11 @@ class DataPlane:
             zmq.proxy(self.frontend, self.backend)
         except zmq.ContextTerminated:
             pass
+        finally:
+            # zmq sockets belong to one thread: the proxy's are closed here, never by close(),
+            # which crashed zmq's reaper now and then while the proxy still polled them
+            self.frontend.close(0)
+            self.backend.close(0)
 
     def _worker(self) -> None:
         socket = self.context.socket(zmq.DEALER)
@@ -165,9 +170,7 @@ class DataPlane:
         self._stop.set()
         for thread in self._threads[1:]:
             thread.join(5)
-        self.frontend.close(0)
-        self.backend.close(0)
-        self.context.term()
+        self.context.term()  # the proxy stops with ETERM and closes its sockets; then term returns
         self._threads[0].join(5)
 
 
