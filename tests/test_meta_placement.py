@@ -75,3 +75,34 @@ def test_balance_over_many_placements():
     load = Counter(i for _ in range(3000) for i in place(nodes, 6, rng))
     mean = sum(load.values()) / len(nodes)
     assert max(load.values()) < mean * 1.1 and min(load.values()) > mean * 0.9
+
+
+@st.composite
+def one_node_a_host(draw):
+    """Clusters where the domain rules never separate nodes (the fast path of `place`)."""
+    count = draw(st.integers(1, 12))
+    rack = draw(st.sampled_from(["", "r1"]))
+    return [Candidate(i + 1, f"h{i}", rack, "", draw(st.sampled_from([0, 1, 7, 1000, 1 << 42])))
+            for i in range(count)]
+
+
+@settings(max_examples=300, deadline=None)
+@given(nodes=one_node_a_host(), seed=st.integers(0, 2**32), data=st.data())
+def test_the_fast_path_draws_what_the_rules_draw(nodes, seed, data):
+    from cluster.meta.placement import _all_tie, _by_rules, _sample
+
+    taken = data.draw(st.lists(st.sampled_from(nodes), max_size=len(nodes) - 1, unique=True))
+    free = [n for n in nodes if n not in taken]
+    count = data.draw(st.integers(1, len(free)))
+    assert _all_tie(free, taken)
+    expected = _by_rules(list(free), count, random.Random(seed), taken)
+    assert _sample(free, count, random.Random(seed)) == expected
+    assert place(nodes, count, random.Random(seed), taken) == expected
+
+
+def test_the_fast_path_is_not_taken_when_domains_differ():
+    from cluster.meta.placement import _all_tie
+
+    assert not _all_tie([Candidate(1, "h", "", "", 1), Candidate(2, "h", "", "", 1)], [])
+    assert not _all_tie([Candidate(1, "a", "r1", "", 1), Candidate(2, "b", "r2", "", 1)], [])
+    assert not _all_tie([Candidate(1, "a", "", "", 1)], [Candidate(2, "a", "", "", 1)])

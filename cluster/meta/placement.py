@@ -37,9 +37,15 @@ def candidate(node_id: int, labels: dict[str, str], free: int) -> Candidate:
 def place(nodes: list[Candidate], count: int, rng: random.Random, taken: list[Candidate] = ()) -> list[int]:
     """Chooses `count` nodes for new fragments, given the ones already `taken` by this chunk."""
     used = {n.id for n in taken}
-    free = [n for n in nodes if n.id not in used]
+    free = [n for n in nodes if n.id not in used] if used else list(nodes)
     if len(free) < count:
         raise NotEnoughNodes(f"{count} fragments need {count} more usable data nodes; {len(free)} are available")
+    if _all_tie(free, taken):
+        return _sample(free, count, rng)
+    return _by_rules(free, count, rng, taken)
+
+
+def _by_rules(free: list[Candidate], count: int, rng: random.Random, taken) -> list[int]:
     hosts: dict[str, int] = {}
     racks: dict[str, int] = {}
     zones: dict[str, int] = {}
@@ -47,18 +53,46 @@ def place(nodes: list[Candidate], count: int, rng: random.Random, taken: list[Ca
         _count(n, hosts, racks, zones)
     chosen = []
     for _ in range(count):
-        best, ties, total = None, [], 0
-        for n in free:
-            load = (hosts.get(n.host, 0), racks.get(n.rack, 0), zones.get(n.zone, 0))
-            if best is None or load < best:
-                best, ties, total = load, [n], n.free
-            elif load == best:
-                ties.append(n)
-                total += n.free
-        pick = _weighted(ties, total, rng)
+        if hosts:
+            loads = [(hosts.get(n.host, 0), racks.get(n.rack, 0), zones.get(n.zone, 0)) for n in free]
+            best = min(loads)
+            ties = [n for n, load in zip(free, loads) if load == best]
+        else:
+            ties = free  # nothing placed yet: every node ties
+        pick = _weighted(ties, sum(n.free for n in ties), rng)
         chosen.append(pick.id)
         free.remove(pick)
         _count(pick, hosts, racks, zones)
+    return chosen
+
+
+def _all_tie(free: list[Candidate], taken) -> bool:
+    """Whether rule 2 can never separate the free nodes: one node a host, and one rack and zone
+    for all (the usual small cluster). Then each pick ties every node still free."""
+    everyone = free + list(taken)
+    return len({n.host for n in everyone}) == len(everyone) and len({(n.rack, n.zone) for n in everyone}) == 1
+
+
+def _sample(free: list[Candidate], count: int, rng: random.Random) -> list[int]:
+    """`count` picks from `free`, each weighted by free bytes: what `_by_rules` does when every
+    pick ties every free node, with the same draws (`_weighted` inlined: this
+    runs for every chunk of every put)."""
+    ids, weights = [n.id for n in free], [n.free for n in free]
+    total, chosen = sum(weights), []
+    for _ in range(count):
+        if len(ids) == 1:
+            at = 0
+        elif total <= 0:
+            at = rng.randrange(len(ids))
+        else:
+            point, at = rng.random() * total, len(ids) - 1
+            for position, weight in enumerate(weights):
+                point -= weight
+                if point < 0:
+                    at = position
+                    break
+        chosen.append(ids.pop(at))
+        total -= weights.pop(at)
     return chosen
 
 

@@ -17,6 +17,7 @@ from typing import Iterator, Protocol
 _FILE_HEADER = struct.Struct(">HQ")  # name length, file length
 _CHECKPOINT_MAGIC = b"CairnCKP1"  # a packed RocksDB checkpoint
 _PAIRS_MAGIC = b"CairnKVS1"       # a logical dump: key and value pairs
+BLOOM_BITS_PER_KEY = 10
 
 
 class Disk(Protocol):
@@ -48,11 +49,17 @@ class RocksDisk:
     """A RocksDB database in raw-bytes mode."""
 
     def __init__(self, path: str):
-        from rocksdict import Options, Rdict, WriteOptions
+        from rocksdict import BlockBasedOptions, Options, Rdict, WriteOptions
 
         self.path = path
         options = self._options = Options(raw_mode=True)
         options.create_if_missing(True)
+        # Most lookups miss (a new chunk id, an op id not seen before): without a filter each miss
+        # reads an index and a data block in every level; a bloom filter (10 bits a key, about 1 %
+        # false positives) answers most of them from memory, nearly ten times faster.
+        table = BlockBasedOptions()
+        table.set_bloom_filter(BLOOM_BITS_PER_KEY, False)
+        options.set_block_based_table_factory(table)
         self._db = Rdict(path, options)
         self._nosync = WriteOptions()
 
