@@ -128,11 +128,15 @@ class Batch:
         self.deletes: set[bytes] = set()
 
     def get(self, key: bytes) -> bytes | None:
-        if key in self.puts:
-            return self.puts[key]
-        if key in self.deletes:
-            return None
-        return self.parent.get(key) if self.parent is not None else self.disk.get(key)
+        layer = self
+        while layer is not None:
+            value = layer.puts.get(key)
+            if value is not None:
+                return value
+            if key in layer.deletes:
+                return None
+            layer = layer.parent
+        return self.disk.get(key)
 
     def _layers(self) -> list["Batch"]:
         layers, layer = [], self
@@ -215,9 +219,7 @@ class MetaState:
             results.results.add(code=pb.INVALID_ARGUMENT, message="too many commands in one entry")
         nodes_changed = False
         for position, command in enumerate(entry.commands if entry is not None else ()):
-            result = self._apply_command(batch, (index << 16) | position, command)
-            if command.op_id and batch.get(b"R" + command.op_id) is None:
-                self._remember(batch, command.op_id, result.SerializeToString())
+            result = self._apply_once(batch, (index << 16) | position, command)
             results.results.append(result)
             nodes_changed |= command.WhichOneof("command") in ("register_node", "node_report", "mark_node")
         if index % RESULTS_PRUNE_EVERY == 0:  # by log index: every replica prunes at the same entries
@@ -238,11 +240,18 @@ class MetaState:
 
     # ---- commands
 
-    def _apply_command(self, batch: Batch, version: int, command: pb.MetaCommand) -> pb.MetaResult:
+    def _apply_once(self, batch: Batch, version: int, command: pb.MetaCommand) -> pb.MetaResult:
+        """A command retried under its op id gets its first result back and changes nothing."""
         if command.op_id:
             known = batch.get(b"R" + command.op_id)
             if known is not None:
                 return pb.MetaResult.FromString(known)
+        result = self._apply_command(batch, version, command)
+        if command.op_id:
+            self._remember(batch, command.op_id, result.SerializeToString())
+        return result
+
+    def _apply_command(self, batch: Batch, version: int, command: pb.MetaCommand) -> pb.MetaResult:
         now = self._clock = max(self._clock, command.now_ms)
         batch.put(b"T", _u64(now))
         kind = command.WhichOneof("command")
@@ -611,7 +620,7 @@ class MetaState:
             if p.chunk not in counts:
                 raise Refused(pb.BAD_PLACEMENT, f"a placement for chunk {p.chunk.hex()[:16]} the manifest lacks")
             placed[p.chunk] = list(p.nodes)
-        missing = []
+        missing, new_chunks, new_bytes = [], 0, 0
         for chunk_id, count in counts.items():
             raw = batch.get(chunk_key(chunk_id))
             if raw is not None:
@@ -626,7 +635,9 @@ class MetaState:
             self._check_placement(chunk_id, nodes, profile, self._nodes()[1])
             chunk = pb.Chunk(length=lengths[chunk_id], refs=count, state=pb.HOT, profile=profile, nodes=nodes)
             batch.put(chunk_key(chunk_id), chunk.SerializeToString())
-            self._count_chunks(batch, 1, chunk.length)
+            new_chunks, new_bytes = new_chunks + 1, new_bytes + chunk.length
+        if new_chunks:
+            self._count_chunks(batch, new_chunks, new_bytes)
         if missing:
             raise Refused(pb.MISSING_CHUNKS, f"{len(missing)} chunks are neither stored nor placed by this commit; "
                                              "upload them and commit again", missing)
