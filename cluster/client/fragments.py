@@ -66,6 +66,7 @@ class Fragments:
         self._clients: dict[str, DataClient] = {}
         self._control: dict[str, grpc.aio.Channel] = {}  # data nodes' gRPC, for recalls
         self._nodes: dict[int, pb.Node] = {}
+        self._refreshing: asyncio.Future | None = None  # the node list read on its way
         self._codecs: dict[tuple[int, int], ReedSolomon] = {}
         self.sent = 0        # fragments stored, for dedup checks and progress
         self.hedged = 0      # parity fragments asked for because a data fragment was late
@@ -277,9 +278,22 @@ class Fragments:
     # ---- nodes
 
     async def refresh(self) -> None:
+        """Reads the node list again. Callers that come while a read is on its way share it: the
+        first fragments of 64 concurrent puts asked the leader for the list 384 times."""
+        if self._refreshing is None:
+            self._refreshing = asyncio.ensure_future(self._read_nodes())
+            self._refreshing.add_done_callback(self._refreshed)
+        await asyncio.shield(self._refreshing)
+
+    async def _read_nodes(self) -> None:
         reply = await self.meta.call(pb.MetaOp(list_nodes=pb.ListNodes()))
         raise_for(reply)
         self._nodes = {n.id: n for n in reply.list_nodes.nodes}
+
+    def _refreshed(self, read: asyncio.Future) -> None:
+        self._refreshing = None
+        if not read.cancelled():
+            read.exception()  # its waiters have it; retrieved here too, in case all were cancelled
 
     async def _client(self, node_id: int) -> DataClient:
         if node_id not in self._nodes:
