@@ -6,6 +6,7 @@ import blake3
 import pytest
 from hypothesis import given, settings, strategies as st
 
+from cluster.client.errors import CorruptObject
 from cluster.client.reader import ObjectReader
 from cluster.proto import meta_pb2 as pb
 
@@ -122,3 +123,27 @@ def test_read_and_pieces_still_serve_chunks_of_their_own():
         assert await reader.read() == b"" and await reader.readinto(bytearray(10)) == 0
         assert reader.tell() == 500
     asyncio.run(main())
+
+
+def test_a_chunk_that_comes_back_short_fails_the_read():
+    """The result buffer is not zero-filled: a read that would leave bytes unwritten raises."""
+    data, manifest, chunks = object_of([100, 100])
+    short = MemoryFragments({i: c[:90] for i, c in chunks.items()})  # (Fragments.read never does this)
+    reader = ObjectReader(short, "b/k", manifest, {i: pb.Chunk() for i in chunks})
+
+    async def main():
+        with pytest.raises(CorruptObject, match="cover 130 of the 140 bytes"):
+            await reader.read_range(10, 150)  # no chunk wholly inside: both are copied in
+    asyncio.run(main())
+
+
+@pytest.mark.parametrize("size", [0, 1, (4 << 20) - 1, 4 << 20, (8 << 20) + 3])
+def test_unzeroed_bytearrays_have_the_size_asked_and_are_writable(size):
+    from cluster.codec.buffers import unzeroed_bytearray
+
+    buffer = unzeroed_bytearray(size)
+    assert type(buffer) is bytearray and len(buffer) == size
+    buffer[:] = b"\x5a" * size
+    assert buffer.count(0x5a) == size
+    buffer.extend(b"12")  # an ordinary bytearray: it still grows
+    assert len(buffer) == size + 2 and buffer[-2:] == b"12"

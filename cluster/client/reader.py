@@ -16,6 +16,7 @@ import blake3
 
 from cluster.client.errors import CorruptObject, InvalidArgument
 from cluster.client.fragments import Fragments
+from cluster.codec.buffers import unzeroed_bytearray
 from cluster.proto import meta_pb2 as pb
 
 READ_AHEAD_CHUNKS = 8
@@ -86,7 +87,7 @@ class ObjectReader:
         they cover. Chunks wholly inside the range are decoded straight into it: no buffer per
         chunk and no copy after."""
         start, end = self._clip(start, end)
-        result = bytearray(end - start)
+        result = unzeroed_bytearray(end - start)  # _fill writes every byte or raises
         await self._fill(start, end, memoryview(result), progress)
         return result
 
@@ -100,6 +101,8 @@ class ObjectReader:
                 if index not in self._placed:
                     view[filled:filled + len(piece)] = piece
                 filled += len(piece)
+            if filled != len(view):  # never hand over bytes that were not written
+                raise CorruptObject(f"{self.name}: its chunks cover {filled} of the {len(view)} bytes asked for")
         finally:
             self._into = None
             for index in self._placed:  # their bytes now belong to the caller: never served again
