@@ -75,8 +75,8 @@ def _all_tie(free: list[Candidate], taken) -> bool:
 
 def _sample(free: list[Candidate], count: int, rng: random.Random) -> list[int]:
     """`count` picks from `free`, each weighted by free bytes: what `_by_rules` does when every
-    pick ties every free node, with the same draws (`_weighted` inlined: this
-    runs for every chunk of every put)."""
+    pick ties every free node, with the same draws (`_weighted` inlined: this runs for every
+    chunk of every put)."""
     ids, weights = [n.id for n in free], [n.free for n in free]
     total, chosen = sum(weights), []
     for _ in range(count):
