@@ -62,3 +62,53 @@ def test_a_cancelled_waiter_does_not_cancel_the_others():
             await first
         assert meta.calls == 1
     asyncio.run(run())
+
+
+class FlakyNodes:
+    """Data clients that fail the first `failures[node]` puts sent to each node."""
+
+    def __init__(self, failures: dict[str, int]):
+        self.failures, self.puts = dict(failures), []
+
+    def connect(self, address):
+        nodes = self
+
+        class Client:
+            async def put(self, chunk_id, index, data, crc, timeout):
+                nodes.puts.append((address, index))
+                if nodes.failures.get(address, 0) > 0:
+                    nodes.failures[address] -= 1
+                    raise asyncio.TimeoutError()
+        return Client()
+
+
+class NoSpareMeta(CountingMeta):
+    async def call(self, op):
+        if op.WhichOneof("op") == "replace":
+            return pb.MetaReply(code=pb.NOT_ENOUGH_NODES, message="0 are available")
+        return await super().call(op)
+
+
+def store(nodes: FlakyNodes):
+    f = Fragments(NoSpareMeta(), connect=nodes.connect)
+    return f.store(b"c" * 32, b"x" * 1000, [1, 2, 3, 4, 5, 6], pb.ErasureProfile(k=4, m=2), asyncio.Semaphore(8))
+
+
+def test_without_a_spare_node_a_failed_fragment_goes_to_the_same_node_again(monkeypatch):
+    from cluster.client import fragments as module
+
+    monkeypatch.setattr(module, "SAME_NODES_PAUSE_SECONDS", 0.001)
+    nodes = FlakyNodes({"127.0.0.1:7003": 2})  # times out twice, then takes it
+    assert asyncio.run(store(nodes)) == [1, 2, 3, 4, 5, 6]
+    assert nodes.puts.count(("127.0.0.1:7003", 2)) == 3 and len(nodes.puts) == 8
+
+
+def test_without_a_spare_node_a_node_that_keeps_failing_fails_the_store(monkeypatch):
+    from cluster.client import fragments as module
+    from cluster.client.errors import NotEnoughFragmentsError
+
+    monkeypatch.setattr(module, "SAME_NODES_PAUSE_SECONDS", 0.001)
+    nodes = FlakyNodes({"127.0.0.1:7003": 100})
+    with pytest.raises(NotEnoughFragmentsError, match=r"fragments \[2\] .* in 4 tries"):
+        asyncio.run(store(nodes))
+    assert nodes.puts.count(("127.0.0.1:7003", 2)) == 4

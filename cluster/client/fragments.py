@@ -32,6 +32,7 @@ from cluster.proto import meta_pb2 as pb
 from cluster.rpc.endpoints import insecure_channel
 
 REPLACE_ATTEMPTS = 3
+SAME_NODES_PAUSE_SECONDS = 0.5  # before a retry on the same nodes, times the attempt
 HEDGE_SECONDS = 0.25  # a data fragment this late gets a parity fragment asked for in its place
 THREAD_ENCODE_BYTES = 256 << 10
 SUSPECT_SECONDS = 10.0  # a node that failed or was late is read from last for this long
@@ -120,12 +121,18 @@ class Fragments:
                 break
             reply = await self.meta.call(pb.MetaOp(replace=pb.Replace(
                 chunk=chunk_id, profile=profile, nodes=nodes, failed=sorted(failed), seed=os.urandom(16))))
+            pending = sorted(failed)
+            if reply.code == pb.NOT_ENOUGH_NODES:
+                # no spare node (a cluster of exactly k+m nodes): a node that was only slow for
+                # once (a timeout under load) gets its fragment again, after a pause
+                await asyncio.sleep(SAME_NODES_PAUSE_SECONDS * (attempt + 1))
+                continue
             raise_for(reply)
-            nodes, pending = list(reply.replace.nodes), sorted(failed)
+            nodes = list(reply.replace.nodes)
             await self.refresh()
         raise NotEnoughFragmentsError(f"could not store fragments {sorted(failed)} of chunk "
-                                      f"{chunk_id.hex()[:16]} after {REPLACE_ATTEMPTS} replacement nodes; "
-                                      "check the data nodes (cairn status)")
+                                      f"{chunk_id.hex()[:16]} in {REPLACE_ATTEMPTS + 1} tries (on replacement "
+                                      "nodes where the cluster had any); check the data nodes (cairn status)")
 
     # ---- read
 
