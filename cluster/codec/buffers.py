@@ -74,7 +74,7 @@ def unzeroed_bytearray(size: int) -> bytearray:
         return bytearray(size)
     result = _new_bytearray(None, size)
     if _madvise is not None:
-        address = _ctypes.addressof((_ctypes.c_char * size).from_buffer(result))
+        address = _ctypes.addressof(_ctypes.c_char.from_buffer(result))  # (no array type per size)
         first, last = (address + _PAGE - 1) & ~(_PAGE - 1), (address + size) & ~(_PAGE - 1)
         if last > first:
             _madvise(first, last - first, _MADV_HUGEPAGE)  # advice only: a refusal changes nothing
