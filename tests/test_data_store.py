@@ -406,3 +406,45 @@ def test_a_mostly_dead_active_segment_is_closed_and_compacted(tmp_path):
     assert all(not reopened.has(chunk, i) for i in range(15))
     assert all(bytes(reopened.get(chunk, i)) == blobs[i] for i in range(15, 20))
     reopened.close()
+
+
+class SlowSyncFiles(LocalFiles):
+    """A disk whose syncs take their time (and record when they ran), or fail."""
+
+    def __init__(self, path, ran: list, fail: bool = False):
+        super().__init__(path)
+        self.ran, self.fail = ran, fail
+
+    def sync(self, handle):
+        start = time.monotonic()
+        time.sleep(0.2)
+        if self.fail:
+            raise OSError(errno.EIO, "I/O error")
+        super().sync(handle)
+        self.ran.append((start, time.monotonic()))
+
+
+def test_a_batch_over_several_stripes_waits_for_their_syncs_side_by_side(tmp_path):
+    from cluster.data.disks import DiskSet
+    from cluster.data.store import FragmentStore, StripedStore
+
+    ran: list = []
+    stripes: list = []
+
+    def open_stripes(path, count):
+        stripes.extend(FragmentStore(SlowSyncFiles(os.path.join(path, f"s{k}"), ran, fail=(k == 2)),
+                                     RocksDisk(os.path.join(path, f"i{k}"))) for k in range(count))
+        return StripedStore(stripes)
+    disks = DiskSet([str(tmp_path)], stripes=4, open_store=open_stripes)
+    items = [(random.Random(n).randbytes(32), 0, content(n, 0, 500), None) for n in range(40)]
+    outcomes = disks.put_many(items)
+    striped = disks.disks[0].store
+    on_failed = [striped._stripe(c, i) is stripes[2] for c, i, _, _ in items]
+    assert 0 < sum(on_failed) < len(items)
+    for outcome, failed in zip(outcomes, on_failed):
+        assert (outcome is not None) == failed  # each fragment hears its own stripe's outcome
+    assert all(outcome.__class__.__name__ == "DiskFailed" for outcome, f in zip(outcomes, on_failed) if f)
+    assert len(ran) == 3 and max(start for start, _ in ran) < min(end for _, end in ran)  # they overlapped
+    for (chunk_id, index, data, _), failed in zip(items, on_failed):
+        if not failed:
+            assert striped.get(chunk_id, index) == data

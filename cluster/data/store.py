@@ -295,10 +295,12 @@ class FragmentStore:
                     self._synced.wait()
                 if self._stopping:
                     return
-                self._syncing = True
+                covered = all(ticket <= self._durable for ticket, _ in self._callbacks)
+                self._syncing = not covered  # another thread's sync may have covered them all
             error = None
             try:
-                self._sync_once()
+                if not covered:
+                    self._sync_once()
             except Exception as failure:  # noqa: BLE001 - _sync_once marks the store failed
                 error = failure
             with self._synced:
