@@ -417,7 +417,7 @@ class SlowSyncFiles(LocalFiles):
 
     def sync(self, handle):
         start = time.monotonic()
-        time.sleep(0.2)
+        time.sleep(0.5)  # long enough that syncs started together overlap even on a loaded machine
         if self.fail:
             raise OSError(errno.EIO, "I/O error")
         super().sync(handle)
