@@ -37,15 +37,12 @@ def candidate(node_id: int, labels: dict[str, str], free: int) -> Candidate:
 def place(nodes: list[Candidate], count: int, rng: random.Random, taken: list[Candidate] = ()) -> list[int]:
     """Chooses `count` nodes for new fragments, given the ones already `taken` by this chunk."""
     used = {n.id for n in taken}
-    free = [n for n in nodes if n.id not in used] if used else list(nodes)
+    free = [n for n in nodes if n.id not in used]
     if len(free) < count:
         raise NotEnoughNodes(f"{count} fragments need {count} more usable data nodes; {len(free)} are available")
-    if _all_tie(free, taken):
-        return _sample(free, count, rng)
-    return _by_rules(free, count, rng, taken)
-
-
-def _by_rules(free: list[Candidate], count: int, rng: random.Random, taken) -> list[int]:
+    # When every node is its own host in one rack and zone (the usual small cluster), rule 2 ties
+    # every free node at every pick: the loads need not be counted, and the draws are the same.
+    spread = not _all_tie(free, taken)
     hosts: dict[str, int] = {}
     racks: dict[str, int] = {}
     zones: dict[str, int] = {}
@@ -53,47 +50,24 @@ def _by_rules(free: list[Candidate], count: int, rng: random.Random, taken) -> l
         _count(n, hosts, racks, zones)
     chosen = []
     for _ in range(count):
-        if hosts:
-            loads = [(hosts.get(n.host, 0), racks.get(n.rack, 0), zones.get(n.zone, 0)) for n in free]
-            best = min(loads)
-            ties = [n for n, load in zip(free, loads) if load == best]
-        else:
-            ties = free  # nothing placed yet: every node ties
+        ties = _least_loaded(free, hosts, racks, zones) if spread else free
         pick = _weighted(ties, sum(n.free for n in ties), rng)
         chosen.append(pick.id)
         free.remove(pick)
-        _count(pick, hosts, racks, zones)
+        if spread:
+            _count(pick, hosts, racks, zones)
     return chosen
 
 
 def _all_tie(free: list[Candidate], taken) -> bool:
-    """Whether rule 2 can never separate the free nodes: one node a host, and one rack and zone
-    for all (the usual small cluster). Then each pick ties every node still free."""
     everyone = free + list(taken)
     return len({n.host for n in everyone}) == len(everyone) and len({(n.rack, n.zone) for n in everyone}) == 1
 
 
-def _sample(free: list[Candidate], count: int, rng: random.Random) -> list[int]:
-    """`count` picks from `free`, each weighted by free bytes: what `_by_rules` does when every
-    pick ties every free node, with the same draws (`_weighted` inlined: this runs for every
-    chunk of every put)."""
-    ids, weights = [n.id for n in free], [n.free for n in free]
-    total, chosen = sum(weights), []
-    for _ in range(count):
-        if len(ids) == 1:
-            at = 0
-        elif total <= 0:
-            at = rng.randrange(len(ids))
-        else:
-            point, at = rng.random() * total, len(ids) - 1
-            for position, weight in enumerate(weights):
-                point -= weight
-                if point < 0:
-                    at = position
-                    break
-        chosen.append(ids.pop(at))
-        total -= weights.pop(at)
-    return chosen
+def _least_loaded(free: list[Candidate], hosts: dict, racks: dict, zones: dict) -> list[Candidate]:
+    loads = [(hosts.get(n.host, 0), racks.get(n.rack, 0), zones.get(n.zone, 0)) for n in free]
+    best = min(loads)
+    return [n for n, load in zip(free, loads) if load == best]
 
 
 def _count(n: Candidate, hosts: dict, racks: dict, zones: dict) -> None:
