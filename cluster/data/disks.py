@@ -93,29 +93,29 @@ class DiskSet:
 
     @staticmethod
     def _durable(last: dict) -> dict:
-        """Waits until each store has made its ticket durable; each store's error or None. With
-        several stores (stripes, disks) their syncs run side by side on their syncer threads:
-        one after another, a batch spread over four stripes waited for four fsyncs in a row."""
-        if len(last) <= 1:  # on this thread (and the simulator's disks never start a thread)
-            results = {}
-            for store, ticket in last.items():
-                try:
-                    store.wait_durable(ticket)
-                    results[store] = None
-                except Exception as error:  # noqa: BLE001
-                    results[store] = error
-            return results
-        results, done = {}, threading.Semaphore(0)
+        """Waits until each store has made its ticket durable; each store's error or None. The
+        first store syncs on this thread, the others on their syncer threads meanwhile (one
+        after another, a batch spread over four stripes waited for four fsyncs in a row); with
+        one store, as on the simulator's disks, no thread is involved."""
+        results: dict = {}
+        others = threading.Semaphore(0)
 
-        def callback(store):
-            def record(error):
+        def record(store):
+            def done(error):
                 results[store] = error
-                done.release()
-            return record
-        for store, ticket in last.items():
-            store.when_durable(ticket, callback(store))
-        for _ in last:
-            done.acquire()
+                others.release()
+            return done
+        stores = list(last)
+        for store in stores[1:]:
+            store.when_durable(last[store], record(store))
+        for store in stores[:1]:
+            try:
+                store.wait_durable(last[store])
+                results[store] = None
+            except Exception as error:  # noqa: BLE001 - that store's fragments hear it
+                results[store] = error
+        for _ in stores[1:]:
+            others.acquire()
         return results
 
     def submit(self, chunk_id: bytes, index: int, data, crc: int | None = None):
