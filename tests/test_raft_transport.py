@@ -4,8 +4,6 @@ errors."""
 import asyncio
 import random
 
-import grpc
-
 from cluster.dev import free_ports
 from cluster.proto import raft_pb2_grpc as pb_grpc
 from cluster.raft.config import RaftConfig
@@ -17,6 +15,7 @@ from cluster.raft.messages import Entry, EntryKind, Membership, Message, Message
 from cluster.raft.node import GrpcTransport, RaftService
 from cluster.raft.rsm import Sessions
 from cluster.raft.snapshot_files import MemorySnapshots
+from cluster.rpc import endpoints
 from cluster.storage.disk import MemoryDisk
 
 
@@ -98,9 +97,9 @@ def test_a_sender_outlives_an_unexpected_error_and_keeps_delivering():
     async def main():
         port = free_ports(1)[0]
         inbox = _Inbox()
-        server = grpc.aio.server()
+        server = endpoints.server()
         pb_grpc.add_RaftServicer_to_server(RaftService(inbox), server)
-        server.add_insecure_port(f"127.0.0.1:{port}")
+        endpoints.listen(server, f"127.0.0.1:{port}")
         await server.start()
         transport = GrpcTransport(1, {1: "127.0.0.1:1", 2: f"127.0.0.1:{port}"})
         real_next_batch, failures = transport._next_batch, []

@@ -45,7 +45,6 @@ def test_a_new_channel_reaches_a_server_that_refused_an_earlier_one():
     # backoff is shared, which is what broke a test that asked a follower directly)
 
 
-
 def test_a_second_server_cannot_take_a_port_in_use():
     async def main():
         address = f"127.0.0.1:{free_ports(1)[0]}"

@@ -4,6 +4,9 @@ Anything with the buffer protocol works (bytes, bytearray, memoryview, mmap, num
 long as it is C-contiguous; its length is counted in bytes whatever its item type. The returned
 cdata pointer borrows the object's memory: keep the object alive while C uses it.
 """
+import ctypes
+import sys
+
 from cluster._load import ffi
 
 
@@ -44,21 +47,11 @@ UNZEROED_MIN_BYTES = 4 << 20  # below this, bytearray(n)'s zero fill costs littl
 _MADV_HUGEPAGE = 14           # Linux
 _PAGE = 4096
 
-
-def _native_calls():
-    import ctypes
-    import sys
-
-    new = ctypes.pythonapi.PyByteArray_FromStringAndSize  # with NULL it allocates and does not zero
-    new.restype, new.argtypes = ctypes.py_object, (ctypes.c_void_p, ctypes.c_ssize_t)
-    madvise = None
-    if sys.platform.startswith("linux"):
-        madvise = ctypes.CDLL(None, use_errno=True).madvise
-        madvise.restype, madvise.argtypes = ctypes.c_int, (ctypes.c_void_p, ctypes.c_size_t, ctypes.c_int)
-    return ctypes, new, madvise
-
-
-_ctypes, _new_bytearray, _madvise = _native_calls()
+_new_bytearray = ctypes.pythonapi.PyByteArray_FromStringAndSize  # with NULL: allocated, not zeroed
+_new_bytearray.restype, _new_bytearray.argtypes = ctypes.py_object, (ctypes.c_void_p, ctypes.c_ssize_t)
+_madvise = ctypes.CDLL(None, use_errno=True).madvise if sys.platform.startswith("linux") else None
+if _madvise is not None:
+    _madvise.restype, _madvise.argtypes = ctypes.c_int, (ctypes.c_void_p, ctypes.c_size_t, ctypes.c_int)
 
 
 def unzeroed_bytearray(size: int) -> bytearray:
@@ -67,14 +60,14 @@ def unzeroed_bytearray(size: int) -> bytearray:
     which is returned only once every byte is in place and verified).
 
     Why: bytearray(n) zero-fills, which touches every page before the bytes that go there are even
-    fetched; for 256 MiB that is 150 ms of page faults on the reader's thread. A large one is also
-    advised onto huge pages (where the kernel allows: transparent_hugepage=madvise), which makes the
-    faults of its first write about a third as costly."""
+    fetched (for 256 MiB, see the README's one-line measurement). A large one is also advised onto
+    huge pages, where the kernel allows (transparent_hugepage=madvise): fewer page faults on its
+    first write."""
     if size < UNZEROED_MIN_BYTES:
         return bytearray(size)
     result = _new_bytearray(None, size)
     if _madvise is not None:
-        address = _ctypes.addressof(_ctypes.c_char.from_buffer(result))  # (no array type per size)
+        address = ctypes.addressof(ctypes.c_char.from_buffer(result))  # (no array type per size)
         first, last = (address + _PAGE - 1) & ~(_PAGE - 1), (address + size) & ~(_PAGE - 1)
         if last > first:
             _madvise(first, last - first, _MADV_HUGEPAGE)  # advice only: a refusal changes nothing
