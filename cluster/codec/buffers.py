@@ -5,7 +5,6 @@ long as it is C-contiguous; its length is counted in bytes whatever its item typ
 cdata pointer borrows the object's memory: keep the object alive while C uses it.
 """
 import ctypes
-import sys
 
 from cluster._load import ffi
 
@@ -44,31 +43,15 @@ def writable(obj, what: str = "output buffer"):
 # ---- buffers that are written whole before they are read
 
 UNZEROED_MIN_BYTES = 4 << 20  # below this, bytearray(n)'s zero fill costs little
-_MADV_HUGEPAGE = 14           # Linux
-_PAGE = 4096
 
 _new_bytearray = ctypes.pythonapi.PyByteArray_FromStringAndSize  # with NULL: allocated, not zeroed
 _new_bytearray.restype, _new_bytearray.argtypes = ctypes.py_object, (ctypes.c_void_p, ctypes.c_ssize_t)
-_madvise = ctypes.CDLL(None, use_errno=True).madvise if sys.platform.startswith("linux") else None
-if _madvise is not None:
-    _madvise.restype, _madvise.argtypes = ctypes.c_int, (ctypes.c_void_p, ctypes.c_size_t, ctypes.c_int)
 
 
 def unzeroed_bytearray(size: int) -> bytearray:
     """A bytearray of `size` bytes that is not zero-filled: it holds whatever the allocator had,
     so it is only for a buffer the caller writes whole before anything reads it (a get's result,
-    which is returned only once every byte is in place and verified).
-
-    Why: bytearray(n) zero-fills, which touches every page before the bytes that go there are even
-    fetched (for 256 MiB, see the README's one-line measurement). A large one is also advised onto
-    huge pages, where the kernel allows (transparent_hugepage=madvise): fewer page faults on its
-    first write."""
-    if size < UNZEROED_MIN_BYTES:
-        return bytearray(size)
-    result = _new_bytearray(None, size)
-    if _madvise is not None:
-        address = ctypes.addressof(ctypes.c_char.from_buffer(result))  # (no array type per size)
-        first, last = (address + _PAGE - 1) & ~(_PAGE - 1), (address + size) & ~(_PAGE - 1)
-        if last > first:
-            _madvise(first, last - first, _MADV_HUGEPAGE)  # advice only: a refusal changes nothing
-    return result
+    which is returned only once every byte is in place and verified). bytearray(n) zero-fills,
+    touching every page before the bytes that go there are even fetched (for 256 MiB, see the
+    README's one-line measurement)."""
+    return bytearray(size) if size < UNZEROED_MIN_BYTES else _new_bytearray(None, size)
