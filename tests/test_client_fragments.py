@@ -1,4 +1,6 @@
-"""The client's node list: concurrent callers that find a node unknown share one read of it."""
+"""The client's fragment plumbing: concurrent callers that find a node unknown share one read of
+the node list; a store retries a failed fragment; a read asks for exactly k fragments while they
+come, parity at once for one that fails and for the ones late by the hedge delay."""
 import asyncio
 
 import pytest
@@ -112,3 +114,77 @@ def test_without_a_spare_node_a_node_that_keeps_failing_fails_the_store(monkeypa
     with pytest.raises(NotEnoughFragmentsError, match=r"fragments \[2\] .* in 4 tries"):
         asyncio.run(store(nodes))
     assert nodes.puts.count(("127.0.0.1:7003", 2)) == 4
+
+
+class ScriptedNodes:
+    """Data clients whose gets answer as scripted per node: "ok" at once, "fail" at once, or
+    "stall" (never, unless cancelled). Gets are futures, as the real client's are, or coroutines
+    (the simulator's) with `coroutines`."""
+
+    def __init__(self, codec, chunk_id, data, script: dict[int, str], coroutines: bool = False):
+        self.fragments = codec.encode_chunk(data)
+        self.script, self.coroutines, self.asked = script, coroutines, []
+
+    def connect(self, address):
+        nodes, number = self, int(address.rsplit(":", 1)[1]) - 7000
+
+        class Client:
+            def get(self, chunk_id, index, timeout=None, expect=None):
+                nodes.asked.append(index)
+                future = asyncio.get_running_loop().create_future()
+                action = nodes.script.get(number, "ok")
+                if action == "ok":
+                    future.set_result(bytes(nodes.fragments[index]))
+                elif action == "fail":
+                    from cluster.data.wire import NOT_FOUND, DataError
+                    future.set_exception(DataError(NOT_FOUND, "no such fragment"))
+                if not nodes.coroutines:
+                    return future
+
+                async def answer():
+                    return await future
+                return answer()
+
+            async def close(self):
+                pass
+        return Client()
+
+
+def read(script: dict[int, str], coroutines: bool = False, hedge_seconds: float = 0.05):
+    """Reads a 4+2 chunk on nodes 1..6 (fragment i on node i + 1); returns (data ok, asked, hedged)."""
+    async def run():
+        import blake3
+        data = bytes(range(256)) * 40
+        chunk_id = blake3.blake3(data).digest()
+        f = Fragments(CountingMeta(), hedge_seconds=hedge_seconds)
+        nodes = ScriptedNodes(f.codec(4, 2), chunk_id, data, script, coroutines)
+        f._connect = nodes.connect
+        for node in (1, 2, 3, 4, 5, 6):
+            await f._client(node)  # connections open: the path without a task per fragment
+        chunk = pb.Chunk(profile=pb.ErasureProfile(k=4, m=2), nodes=[1, 2, 3, 4, 5, 6])
+        got = await asyncio.wait_for(f.read(chunk_id, len(data), chunk), 5)
+        return bytes(got) == data, nodes.asked, f.hedged
+    return asyncio.run(run())
+
+
+@pytest.mark.parametrize("coroutines", [False, True])
+def test_a_read_asks_for_exactly_the_k_data_fragments_when_they_come(coroutines):
+    assert read({}, coroutines) == (True, [0, 1, 2, 3], 0)
+
+
+@pytest.mark.parametrize("coroutines", [False, True])
+def test_a_failed_fragment_brings_in_parity_at_once(coroutines):
+    ok, asked, hedged = read({2: "fail"}, coroutines, hedge_seconds=60)  # a hedge would time the test out
+    assert ok and asked == [0, 1, 2, 3, 4] and hedged == 0
+
+
+@pytest.mark.parametrize("coroutines", [False, True])
+def test_late_fragments_are_replaced_by_parity_after_the_hedge_delay(coroutines):
+    ok, asked, hedged = read({1: "stall", 3: "stall"}, coroutines)
+    assert ok and sorted(asked) == [0, 1, 2, 3, 4, 5] and hedged == 2
+
+
+def test_too_few_fragments_fail_the_read_and_nothing_is_returned():
+    from cluster.client.errors import NotEnoughFragmentsError
+    with pytest.raises(NotEnoughFragmentsError, match=r"unreadable: \[0, 1, 2\]"):
+        read({1: "fail", 2: "fail", 3: "fail"})

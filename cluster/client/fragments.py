@@ -206,42 +206,47 @@ class Fragments:
     async def _fetch_k(self, chunk_id: bytes, length: int, chunk: pb.Chunk, last: tuple[int, ...], asked: list[int]):
         """Fragments until k are in hand: data first (parity in place of suspect nodes), more
         parity for the ones that fail or are late by the hedge delay; `last` at the very end,
-        in its order."""
+        in its order. Each fetch is a future whose landing decides what to ask for next."""
         k, m = chunk.profile.k, chunk.profile.m
-        have: dict[int, object] = {}
-        bad: set[int] = set()
         now = self._clock()
         suspect = {i for i in range(k + m) if self._suspect_until.get(chunk.nodes[i], 0) > now} - set(last)
         order = [i for i in range(k + m) if i not in suspect and i not in last] + sorted(suspect) + list(last)
-        tasks = {index: self._spawn(chunk_id, length, chunk, index, have, bad) for index in order[:k]}
-        untried = order[k:]
-        timeout = self.hedge_seconds
-        while len(have) < k and any(not t.done() for t in tasks.values()):
-            running = {t for t in tasks.values() if not t.done()}
-            done, _ = await asyncio.wait(running, timeout=timeout, return_when=asyncio.FIRST_COMPLETED)
-            running -= done
-            short = k - len(have) - len(running)  # fragments no running request can supply
-            if not done:  # the hedge delay passed with nothing new: parity for the late ones
-                short, timeout = k - len(have), None
-                late = [i for i, t in tasks.items() if not t.done()]
-                self.hedged += min(short, len(untried))
-                self._suspect(chunk.nodes[i] for i in late)
-            for _ in range(min(max(0, short), len(untried))):
-                index = untried.pop(0)
-                tasks[index] = self._spawn(chunk_id, length, chunk, index, have, bad)
-        for task in tasks.values():
-            task.cancel()
-        asked.extend(tasks)
-        self._suspect(chunk.nodes[i] for i in bad)
-        return have, bad
+        fetch = _KFetch(self, chunk_id, length, chunk, order[k:])
+        for index in order[:k]:
+            fetch.start(index)
+        try:
+            if not fetch.finished():
+                fetch.arm_hedge()
+                await fetch.enough
+        finally:
+            fetch.stop()
+        asked.extend(fetch.calls)
+        self._suspect(chunk.nodes[i] for i in fetch.bad)
+        if fetch.error is not None:
+            raise fetch.error
+        return fetch.have, fetch.bad
 
     def _suspect(self, node_ids) -> None:
         until = self._clock() + SUSPECT_SECONDS
         for node_id in node_ids:
             self._suspect_until[node_id] = until
 
-    def _spawn(self, chunk_id, length, chunk, index, have, bad) -> asyncio.Task:
-        return asyncio.get_running_loop().create_task(self._fetch_one(chunk_id, length, chunk, index, have, bad))
+    def _get_soon(self, chunk_id: bytes, length: int, chunk: pb.Chunk, index: int) -> asyncio.Future:
+        """A future of fragment `index`; no task is made for it when its node's connection is open."""
+        size = self.codec(chunk.profile.k, chunk.profile.m).fragment_size(length)
+        if faultpoints.hit("fragment.get"):  # the node fails this read: parity instead
+            failed = asyncio.get_running_loop().create_future()
+            failed.set_exception(DataError(UNAVAILABLE, "fault point: fragment get failed"))
+            return failed
+        node = self._nodes.get(chunk.nodes[index])
+        client = self._clients.get(node.data_address) if node is not None else None
+        if client is None:  # the node list or the connection first
+            return asyncio.ensure_future(self._connected_get(chunk_id, size, chunk.nodes[index], index))
+        return asyncio.ensure_future(client.get(chunk_id, index, timeout=fragment_timeout(size), expect=size))
+
+    async def _connected_get(self, chunk_id: bytes, size: int, node_id: int, index: int):
+        client = await self._client(node_id)
+        return await client.get(chunk_id, index, timeout=fragment_timeout(size), expect=size)
 
     async def _fetch(self, chunk_id: bytes, length: int, chunk: pb.Chunk, indexes, have: dict, bad: set) -> None:
         await asyncio.gather(*(self._fetch_one(chunk_id, length, chunk, i, have, bad) for i in indexes))
@@ -250,10 +255,9 @@ class Fragments:
                          bad: set) -> None:
         size = self.codec(chunk.profile.k, chunk.profile.m).fragment_size(length)
         try:
-            if faultpoints.hit("fragment.get"):  # the node fails this read: parity instead
+            if faultpoints.hit("fragment.get"):
                 raise DataError(UNAVAILABLE, "fault point: fragment get failed")
-            client = await self._client(chunk.nodes[index])
-            have[index] = await client.get(chunk_id, index, timeout=fragment_timeout(size), expect=size)
+            have[index] = await self._connected_get(chunk_id, size, chunk.nodes[index], index)
             self._suspect_until.pop(chunk.nodes[index], None)
         except _FAILURES:
             bad.add(index)  # down, missing, or corrupt (the node checks its CRC32C)
@@ -310,3 +314,76 @@ class Fragments:
         if client is None:
             client = self._clients[address] = self._connect(address)
         return client
+
+
+class _KFetch:
+    """One chunk's fragment fetches until k are in hand (see Fragments._fetch_k): every landing
+    records its fragment or failure, asks for as many untried ones as no running fetch can
+    supply, and resolves `enough` once k are in or nothing runs. The hedge timer restarts at
+    each landing; when it fires, parity is asked for every fragment still missing (once)."""
+
+    def __init__(self, fragments: Fragments, chunk_id: bytes, length: int, chunk: pb.Chunk, untried: list[int]):
+        self.fragments, self.chunk_id, self.length, self.chunk = fragments, chunk_id, length, chunk
+        self.k = chunk.profile.k
+        self.untried = untried
+        self.calls: dict[int, asyncio.Future] = {}
+        self.outstanding: set[int] = set()  # started and not landed (a call may be done before its landing runs)
+        self.have: dict[int, object] = {}
+        self.bad: set[int] = set()
+        self.error: BaseException | None = None  # not a node's failure: a bug, raised to the reader
+        self.loop = asyncio.get_running_loop()
+        self.enough = self.loop.create_future()
+        self._hedge: asyncio.TimerHandle | None = None
+        self._hedged = False
+
+    def start(self, index: int) -> None:
+        call = self.calls[index] = self.fragments._get_soon(self.chunk_id, self.length, self.chunk, index)
+        self.outstanding.add(index)
+        call.add_done_callback(lambda done: self._landed(index, done))
+
+    def finished(self) -> bool:
+        return len(self.have) >= self.k or self.error is not None or not self.outstanding
+
+    def arm_hedge(self) -> None:
+        if not self._hedged:
+            if self._hedge is not None:
+                self._hedge.cancel()
+            self._hedge = self.loop.call_later(self.fragments.hedge_seconds, self._late)
+
+    def _landed(self, index: int, call: asyncio.Future) -> None:
+        self.outstanding.discard(index)
+        if self.enough.done() or call.cancelled():
+            return
+        error = call.exception()
+        if error is None:
+            self.have[index] = call.result()
+            self.fragments._suspect_until.pop(self.chunk.nodes[index], None)
+        elif isinstance(error, _FAILURES):
+            self.bad.add(index)  # down, missing, or corrupt (the node checks its CRC32C)
+        else:
+            self.error = error
+        self._ask(self.k - len(self.have) - len(self.outstanding))
+        if self.finished():
+            self.enough.set_result(None)
+        else:
+            self.arm_hedge()
+
+    def _late(self) -> None:
+        """The hedge delay passed with nothing new: parity for the late ones."""
+        if self.enough.done():
+            return
+        self._hedged = True
+        short = self.k - len(self.have)
+        self.fragments.hedged += min(short, len(self.untried))
+        self.fragments._suspect(self.chunk.nodes[i] for i in self.outstanding)
+        self._ask(short)
+
+    def _ask(self, short: int) -> None:
+        for _ in range(min(max(0, short), len(self.untried))):
+            self.start(self.untried.pop(0))
+
+    def stop(self) -> None:
+        if self._hedge is not None:
+            self._hedge.cancel()
+        for call in self.calls.values():
+            call.cancel()

@@ -15,7 +15,6 @@ import struct
 from collections import deque
 
 import zmq
-import zmq.asyncio
 
 from cluster.data.store import FRAGMENT_BYTES_MAX, FRAGMENT_INDEX_MAX
 
@@ -41,6 +40,8 @@ COALESCE_BYTES_MAX = 256 << 10     # only fragments up to this size wait to shar
 # streams went from 0.66x the plain directory, in one 2 MiB message, to 0.77-1.00x).
 GET_MANY_BYTES_MAX = 1 << 20
 CALL_SECONDS = 30.0
+RECEIVES_PER_TURN = 256  # replies taken in one readiness callback before others get a turn
+UNSENT_RETRY_SECONDS = 0.01
 
 
 class DataError(Exception):
@@ -113,22 +114,34 @@ def decode_get(header: bytes) -> tuple[bytes, int, int, int | None]:
 
 
 class DataClient:
-    """One DEALER connection to a data node; any number of concurrent calls, matched by id."""
+    """One DEALER connection to a data node; any number of concurrent calls, matched by id.
 
-    def __init__(self, address: str, context: zmq.asyncio.Context | None = None, in_flight_max: int = IN_FLIGHT_MAX):
+    The socket is driven straight from the event loop (its file descriptor watched with
+    add_reader, every receive and send non-blocking) rather than through zmq.asyncio, whose
+    futures and flag enums per operation cost a busy client more than the rest of a small get:
+    one readiness callback drains every reply that has arrived. A call is a future that the
+    reply settles, without a task; at most `in_flight_max` are on the wire, the rest queue here
+    in order."""
+
+    def __init__(self, address: str, context: zmq.Context | None = None, in_flight_max: int = IN_FLIGHT_MAX):
+        if in_flight_max < 1:
+            raise ValueError("in_flight_max must be at least 1")
         self.address = address
-        self._context = context or zmq.asyncio.Context.instance()
+        self._context = context or zmq.Context.instance()
         self._socket = self._context.socket(zmq.DEALER)
         self._socket.setsockopt(zmq.MAXMSGSIZE, MESSAGE_BYTES_MAX)
         self._socket.setsockopt(zmq.LINGER, 0)
         self._socket.connect(f"tcp://{address}")
+        self._in_flight_max = in_flight_max
         self._ids = itertools.count(1)
-        self._pending: dict[int, asyncio.Future] = {}
-        self._slots = asyncio.Semaphore(in_flight_max)
-        self._reader: asyncio.Task | None = None
+        self._pending: dict[int, tuple[asyncio.Future, asyncio.TimerHandle]] = {}  # on the wire
+        self._waiting: deque = deque()    # (frames, future, timeout): past the in-flight bound
+        self._unsent: deque = deque()     # (request id, frames): the socket was full
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._drain_soon = self._retry_soon = False
+        self._closed = False
         self._puts: deque = deque()   # small puts waiting for the end of this loop turn
         self._gets: deque = deque()
-        self._batches: set[asyncio.Task] = set()
         self.messages = 0  # requests sent, for tests and diagnostics
 
     async def put(self, chunk_id: bytes, index: int, data, crc: int, timeout: float = CALL_SECONDS) -> None:
@@ -138,16 +151,21 @@ class DataClient:
         else:  # small puts issued in the same turn of the event loop share one message (and fsync)
             await self._join(self._puts, self._send_puts, (header, data, timeout))
 
-    async def get(self, chunk_id: bytes, index: int, offset: int = 0, length: int | None = None,
-                  timeout: float = CALL_SECONDS, expect: int | None = None):
-        """The bytes (a zero-copy buffer), verified by the node against the fragment's CRC32C.
-        `expect`, the bytes the caller expects: a get of at most COALESCE_BYTES_MAX may share a
-        message with other small gets to this node issued in the same turn of the event loop."""
+    def get(self, chunk_id: bytes, index: int, offset: int = 0, length: int | None = None,
+            timeout: float = CALL_SECONDS, expect: int | None = None) -> asyncio.Future:
+        """A future of the bytes (a zero-copy buffer), verified by the node against the fragment's
+        CRC32C; cancelling it withdraws the call. `expect`, the bytes the caller expects: a get of
+        at most COALESCE_BYTES_MAX may share a message with other small gets to this node issued
+        in the same turn of the event loop. (A future, not a coroutine: a reader waits on many
+        without a task for each.)"""
         header = encode_get(chunk_id, index, offset, length)
-        if expect is None or not 0 <= expect <= COALESCE_BYTES_MAX:
-            frames = await self._call([OP_GET, header], timeout)
-            return frames[3].buffer if len(frames) > 3 else b""
-        return await self._join(self._gets, self._send_gets, (header, expect, timeout))
+        if expect is not None and 0 <= expect <= COALESCE_BYTES_MAX:
+            return self._join(self._gets, self._send_gets, (header, expect, timeout))
+        reply = self._request([OP_GET, header], timeout)
+        result = reply.get_loop().create_future()
+        reply.add_done_callback(lambda _: _payload_to(result, reply))
+        result.add_done_callback(lambda _: reply.cancel())  # (done already, unless the caller gave up)
+        return result
 
     def _join(self, waiting: deque, send, item) -> asyncio.Future:
         """Queues a call to go out with the others of this loop turn; its own outcome comes back."""
@@ -159,12 +177,14 @@ class DataClient:
         return future
 
     def _send_puts(self) -> None:
+        _drop_withdrawn(self._puts)
         while self._puts:
             batch = self._take(self._puts, PUT_MANY_BYTES_MAX, lambda item: len(item[1]))  # (its payload)
             frames = [OP_PUT_MANY, join_headers([header for header, *_ in batch]), *(data for _, data, *_ in batch)]
             self._start(batch, frames, max(timeout for _, _, timeout, _ in batch), payloads=False)
 
     def _send_gets(self) -> None:
+        _drop_withdrawn(self._gets)
         while self._gets:
             batch = self._take(self._gets, GET_MANY_BYTES_MAX, lambda item: item[1])  # (the bytes it expects)
             frames = [OP_GET_MANY, join_headers([header for header, *_ in batch])]
@@ -181,63 +201,172 @@ class DataClient:
 
     def _start(self, batch: list, frames: list, timeout: float, payloads: bool) -> None:
         futures = [item[-1] for item in batch]
-        task = asyncio.get_running_loop().create_task(self._batch(futures, frames, timeout, payloads))
-        self._batches.add(task)
-        task.add_done_callback(self._batches.discard)
+        self._request(frames, timeout).add_done_callback(lambda reply: self._settle(futures, reply, payloads))
 
-    async def _batch(self, futures: list, frames: list, timeout: float, payloads: bool) -> None:
-        """Sends one PUT_MANY or GET_MANY and settles each waiting call with its own outcome."""
+    @staticmethod
+    def _settle(futures: list, reply: asyncio.Future, payloads: bool) -> None:
+        """Settles each call of a PUT_MANY or GET_MANY with its own outcome."""
         try:
-            reply = await self._call(frames, timeout)
-            results = decode_statuses(reply[3].bytes if len(reply) > 3 else b"", len(futures))
-            values = [frame.buffer for frame in reply[4:]] if payloads else [None] * len(futures)
+            frames = _checked(reply.result())
+            results = decode_statuses(frames[3].bytes if len(frames) > 3 else b"", len(futures))
+            values = [frame.buffer for frame in frames[4:]] if payloads else [None] * len(futures)
             if len(values) != len(futures):
                 raise DataError(BAD_REQUEST, f"a batch reply with {len(values)} fragments for {len(futures)}")
-        except BaseException as error:  # noqa: BLE001 - each waiting call gets the failure
-            for future in futures:
+        except asyncio.CancelledError:  # the client closed under it
+            error = DataError(UNAVAILABLE, "cancelled")
+        except Exception as failure:  # noqa: BLE001 - each waiting call gets the failure
+            error = failure
+        else:
+            for future, (status, text), value in zip(futures, results, values):
                 if not future.done():
-                    future.set_exception(error if isinstance(error, Exception) else DataError(UNAVAILABLE, "cancelled"))
-            if not isinstance(error, Exception):
-                raise
+                    future.set_result(value) if status == OK else future.set_exception(DataError(status, text))
             return
-        for future, (status, text), value in zip(futures, results, values):
+        for future in futures:
             if not future.done():
-                future.set_result(value) if status == OK else future.set_exception(DataError(status, text))
+                future.set_exception(error)
 
     async def _call(self, frames: list, timeout: float) -> list:
-        async with self._slots:
-            if self._reader is None:
-                self._reader = asyncio.get_running_loop().create_task(self._read())
-            request_id = next(self._ids)
-            future = asyncio.get_running_loop().create_future()
-            self._pending[request_id] = future
-            try:
-                self.messages += 1
-                await self._socket.send_multipart([_ID.pack(request_id), *frames], copy=False)
-                reply = await asyncio.wait_for(future, timeout)
-            finally:
-                self._pending.pop(request_id, None)
-        status = reply[1].bytes[0]
-        if status != OK:
-            raise DataError(status, reply[2].bytes.decode(errors="replace"))
-        return reply
+        return _checked(await self._request(frames, timeout))
 
-    async def _read(self) -> None:
-        while True:
-            frames = await self._socket.recv_multipart(copy=False)
+    # ---- the socket, driven by the event loop
+
+    def _request(self, frames: list, timeout: float) -> asyncio.Future:
+        """A future of the reply's frames (any status), or of the failure: TimeoutError after
+        `timeout` seconds, DataError(UNAVAILABLE) once the client is closed."""
+        loop = self._attach()
+        future = loop.create_future()
+        if self._closed:
+            future.set_exception(DataError(UNAVAILABLE, "client closed"))
+        elif len(self._pending) < self._in_flight_max:
+            self._transmit(frames, future, timeout)
+        else:
+            self._waiting.append((frames, future, timeout))
+        return future
+
+    def _attach(self) -> asyncio.AbstractEventLoop:
+        if self._loop is None:
+            self._loop = asyncio.get_running_loop()
+            self._loop.add_reader(self._socket.FD, self._drain)
+        return self._loop
+
+    def _transmit(self, frames: list, future: asyncio.Future, timeout: float) -> None:
+        request_id = next(self._ids)
+        timer = self._loop.call_later(timeout, self._expire, request_id)
+        self._pending[request_id] = (future, timer)
+        future.add_done_callback(lambda _: self._forget(request_id))  # a cancelled caller frees its slot
+        self.messages += 1
+        message = [_ID.pack(request_id), *frames]
+        if self._unsent or not self._send(message):
+            self._unsent.append((request_id, message))
+        self._wake()
+
+    def _send(self, message: list) -> bool:
+        try:
+            self._socket.send_multipart(message, zmq.NOBLOCK, copy=False)
+            return True
+        except zmq.Again:  # the node's queue is full: it goes when the socket has room
+            return False
+
+    def _wake(self) -> None:
+        """The socket's descriptor signals edges, and an operation on the socket may consume one:
+        look again after this loop turn, whatever the descriptor says."""
+        if not self._drain_soon:
+            self._drain_soon = True
+            self._loop.call_soon(self._drain)
+
+    def _drain(self) -> None:
+        """Settles every reply that has arrived (up to a bound per turn) and sends what waited."""
+        self._drain_soon = False
+        if self._closed:
+            return
+        for _ in range(RECEIVES_PER_TURN):
+            try:
+                frames = self._socket.recv_multipart(zmq.NOBLOCK, copy=False)
+            except zmq.Again:
+                break
             if len(frames) < 3 or len(frames[0]) != 8:
                 continue  # not ours: ignore
-            future = self._pending.get(_ID.unpack(frames[0].bytes)[0])
-            if future is not None and not future.done():
-                future.set_result(frames)
+            entry = self._pending.pop(_ID.unpack(frames[0].bytes)[0], None)
+            if entry is not None:
+                entry[1].cancel()
+                if not entry[0].done():
+                    entry[0].set_result(frames)
+        else:
+            self._wake()  # more may be waiting: after the other callbacks have had a turn
+        while self._unsent:
+            request_id, message = self._unsent[0]
+            if request_id in self._pending and not self._send(message):
+                if not self._retry_soon:  # the descriptor signals when the node drains its queue;
+                    self._retry_soon = True  # look again anyway, in case that edge was taken
+                    self._loop.call_later(UNSENT_RETRY_SECONDS, self._retry)
+                break
+            self._unsent.popleft()  # sent, or timed out or cancelled before it could go
+        self._admit()
+
+    def _retry(self) -> None:
+        self._retry_soon = False
+        self._drain()
+
+    def _admit(self) -> None:
+        while self._waiting and len(self._pending) < self._in_flight_max:
+            frames, future, timeout = self._waiting.popleft()
+            if not future.done():
+                self._transmit(frames, future, timeout)
+
+    def _expire(self, request_id: int) -> None:
+        entry = self._pending.pop(request_id, None)
+        if entry is not None and not entry[0].done():
+            entry[0].set_exception(asyncio.TimeoutError())
+        self._admit()
+
+    def _forget(self, request_id: int) -> None:
+        entry = self._pending.pop(request_id, None)
+        if entry is not None:
+            entry[1].cancel()
+            self._admit()
 
     async def close(self) -> None:
-        for task in list(self._batches):
-            task.cancel()
-        if self._reader is not None:
-            self._reader.cancel()
-            await asyncio.gather(self._reader, return_exceptions=True)
-        for future in self._pending.values():
+        if self._closed:
+            return
+        self._closed = True
+        if self._loop is not None and not self._loop.is_closed():
+            self._loop.remove_reader(self._socket.FD)
+        failed = [future for future, timer in self._pending.values()] + [item[1] for item in self._waiting]
+        failed += [item[-1] for item in (*self._puts, *self._gets)]
+        for future, timer in self._pending.values():
+            timer.cancel()
+        self._pending.clear()
+        self._waiting.clear()
+        self._unsent.clear()
+        for future in failed:
             if not future.done():
                 future.set_exception(DataError(UNAVAILABLE, "client closed"))
         self._socket.close(0)
+
+
+def _drop_withdrawn(waiting: deque) -> None:
+    """Calls whose callers gave up (cancelled) before their batch went out do not go."""
+    if any(item[-1].done() for item in waiting):
+        kept = [item for item in waiting if not item[-1].done()]
+        waiting.clear()
+        waiting.extend(kept)
+
+
+def _payload_to(result: asyncio.Future, reply: asyncio.Future) -> None:
+    if result.done():
+        return
+    try:
+        frames = _checked(reply.result())
+    except asyncio.CancelledError:
+        result.set_exception(DataError(UNAVAILABLE, "cancelled"))
+    except Exception as error:  # noqa: BLE001 - the caller's to handle
+        result.set_exception(error)
+    else:
+        result.set_result(frames[3].buffer if len(frames) > 3 else b"")
+
+
+def _checked(reply: list) -> list:
+    status = reply[1].bytes[0]
+    if status != OK:
+        raise DataError(status, reply[2].bytes.decode(errors="replace"))
+    return reply
