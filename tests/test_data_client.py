@@ -149,3 +149,13 @@ def test_close_fails_every_call_in_flight_or_waiting():
         asyncio.run(main())
     finally:
         peer.close()
+
+
+def test_a_client_closed_before_any_call_fails_its_calls():
+    async def main():
+        client = DataClient(f"127.0.0.1:{free_ports(1)[0]}")
+        await client.close()
+        with pytest.raises(DataError) as failed:
+            await get(client, 0)
+        assert failed.value.status == wire.UNAVAILABLE
+    asyncio.run(main())

@@ -233,11 +233,12 @@ class DataClient:
     def _request(self, frames: list, timeout: float) -> asyncio.Future:
         """A future of the reply's frames (any status), or of the failure: TimeoutError after
         `timeout` seconds, DataError(UNAVAILABLE) once the client is closed."""
-        loop = self._attach()
-        future = loop.create_future()
         if self._closed:
+            future = asyncio.get_running_loop().create_future()
             future.set_exception(DataError(UNAVAILABLE, "client closed"))
-        elif len(self._pending) < self._in_flight_max:
+            return future
+        future = self._attach().create_future()
+        if len(self._pending) < self._in_flight_max:
             self._transmit(frames, future, timeout)
         else:
             self._waiting.append((frames, future, timeout))
