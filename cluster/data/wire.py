@@ -157,15 +157,15 @@ class DataClient:
         CRC32C; cancelling it withdraws the call. `expect`, the bytes the caller expects: a get of
         at most COALESCE_BYTES_MAX may share a message with other small gets to this node issued
         in the same turn of the event loop. (A future, not a coroutine: a reader waits on many
-        without a task for each.)"""
+        small ones without a task for each.)"""
         header = encode_get(chunk_id, index, offset, length)
         if expect is not None and 0 <= expect <= COALESCE_BYTES_MAX:
             return self._join(self._gets, self._send_gets, (header, expect, timeout))
-        reply = self._request([OP_GET, header], timeout)
-        result = reply.get_loop().create_future()
-        reply.add_done_callback(lambda _: _payload_to(result, reply))
-        result.add_done_callback(lambda _: reply.cancel())  # (done already, unless the caller gave up)
-        return result
+        return asyncio.ensure_future(self._get_alone(header, timeout))  # large: a task costs little
+
+    async def _get_alone(self, header: bytes, timeout: float):
+        frames = await self._call([OP_GET, header], timeout)
+        return frames[3].buffer if len(frames) > 3 else b""
 
     def _join(self, waiting: deque, send, item) -> asyncio.Future:
         """Queues a call to go out with the others of this loop turn; its own outcome comes back."""
@@ -351,19 +351,6 @@ def _drop_withdrawn(waiting: deque) -> None:
         kept = [item for item in waiting if not item[-1].done()]
         waiting.clear()
         waiting.extend(kept)
-
-
-def _payload_to(result: asyncio.Future, reply: asyncio.Future) -> None:
-    if result.done():
-        return
-    try:
-        frames = _checked(reply.result())
-    except asyncio.CancelledError:
-        result.set_exception(DataError(UNAVAILABLE, "cancelled"))
-    except Exception as error:  # noqa: BLE001 - the caller's to handle
-        result.set_exception(error)
-    else:
-        result.set_result(frames[3].buffer if len(frames) > 3 else b"")
 
 
 def _checked(reply: list) -> list:
