@@ -3,10 +3,12 @@ the node list; a store retries a failed fragment; a read asks for exactly k frag
 come, parity at once for one that fails and for the ones late by the hedge delay."""
 import asyncio
 
+import blake3
 import pytest
 
-from cluster.client.errors import CairnError
+from cluster.client.errors import CairnError, NotEnoughFragmentsError
 from cluster.client.fragments import Fragments
+from cluster.data.wire import NOT_FOUND, DataError
 from cluster.proto import meta_pb2 as pb
 
 
@@ -107,7 +109,6 @@ def test_without_a_spare_node_a_failed_fragment_goes_to_the_same_node_again(monk
 
 def test_without_a_spare_node_a_node_that_keeps_failing_fails_the_store(monkeypatch):
     from cluster.client import fragments as module
-    from cluster.client.errors import NotEnoughFragmentsError
 
     monkeypatch.setattr(module, "SAME_NODES_PAUSE_SECONDS", 0.001)
     nodes = FlakyNodes({"127.0.0.1:7003": 100})
@@ -117,8 +118,9 @@ def test_without_a_spare_node_a_node_that_keeps_failing_fails_the_store(monkeypa
 
 
 class ScriptedNodes:
-    """Data clients whose gets answer as scripted per node: "ok" at once, "fail" at once, or
-    "stall" (never, unless cancelled). Gets are futures, as the real client's are, or coroutines
+    """Data clients whose gets answer as scripted per node: "ok" at once, "fail" at once, "lie"
+    (wrong bytes that pass as right, as a node's undetected corruption would), or "stall"
+    (never, unless cancelled). Gets are futures, as the real client's are, or coroutines
     (the simulator's) with `coroutines`."""
 
     def __init__(self, codec, chunk_id, data, script: dict[int, str], coroutines: bool = False):
@@ -136,8 +138,9 @@ class ScriptedNodes:
                 if action == "ok":
                     future.set_result(bytes(nodes.fragments[index]))
                 elif action == "fail":
-                    from cluster.data.wire import NOT_FOUND, DataError
                     future.set_exception(DataError(NOT_FOUND, "no such fragment"))
+                elif action == "lie":
+                    future.set_result(bytes(len(nodes.fragments[index])))
                 if not nodes.coroutines:
                     return future
 
@@ -151,9 +154,9 @@ class ScriptedNodes:
 
 
 def read(script: dict[int, str], coroutines: bool = False, hedge_seconds: float = 0.05):
-    """Reads a 4+2 chunk on nodes 1..6 (fragment i on node i + 1); returns (data ok, asked, hedged)."""
+    """Reads a 4+2 chunk on nodes 1..6 (fragment i on node i + 1); returns (data ok, asked,
+    hedged, damaged)."""
     async def run():
-        import blake3
         data = bytes(range(256)) * 40
         chunk_id = blake3.blake3(data).digest()
         f = Fragments(CountingMeta(), hedge_seconds=hedge_seconds)
@@ -163,28 +166,33 @@ def read(script: dict[int, str], coroutines: bool = False, hedge_seconds: float 
             await f._client(node)  # connections open: the path without a task per fragment
         chunk = pb.Chunk(profile=pb.ErasureProfile(k=4, m=2), nodes=[1, 2, 3, 4, 5, 6])
         got = await asyncio.wait_for(f.read(chunk_id, len(data), chunk), 5)
-        return bytes(got) == data, nodes.asked, f.hedged
+        return bytes(got) == data, nodes.asked, f.hedged, f.damaged
     return asyncio.run(run())
 
 
 @pytest.mark.parametrize("coroutines", [False, True])
 def test_a_read_asks_for_exactly_the_k_data_fragments_when_they_come(coroutines):
-    assert read({}, coroutines) == (True, [0, 1, 2, 3], 0)
+    assert read({}, coroutines) == (True, [0, 1, 2, 3], 0, 0)
 
 
 @pytest.mark.parametrize("coroutines", [False, True])
 def test_a_failed_fragment_brings_in_parity_at_once(coroutines):
-    ok, asked, hedged = read({2: "fail"}, coroutines, hedge_seconds=60)  # a hedge would time the test out
+    ok, asked, hedged, _ = read({2: "fail"}, coroutines, hedge_seconds=60)  # a hedge would time the test out
     assert ok and asked == [0, 1, 2, 3, 4] and hedged == 0
 
 
 @pytest.mark.parametrize("coroutines", [False, True])
 def test_late_fragments_are_replaced_by_parity_after_the_hedge_delay(coroutines):
-    ok, asked, hedged = read({1: "stall", 3: "stall"}, coroutines)
+    ok, asked, hedged, _ = read({1: "stall", 3: "stall"}, coroutines)
     assert ok and sorted(asked) == [0, 1, 2, 3, 4, 5] and hedged == 2
 
 
 def test_too_few_fragments_fail_the_read_and_nothing_is_returned():
-    from cluster.client.errors import NotEnoughFragmentsError
     with pytest.raises(NotEnoughFragmentsError, match=r"unreadable: \[0, 1, 2\]"):
         read({1: "fail", 2: "fail", 3: "fail"})
+
+
+@pytest.mark.parametrize("coroutines", [False, True])
+def test_a_fragment_that_lies_is_found_by_leaving_each_out_and_the_chunk_comes_back_right(coroutines):
+    ok, asked, hedged, damaged = read({2: "lie"}, coroutines)
+    assert ok and sorted(asked) == [0, 1, 2, 3, 4, 5] and hedged == 0 and damaged == 1

@@ -249,18 +249,27 @@ class Fragments:
         return await client.get(chunk_id, index, timeout=fragment_timeout(size), expect=size)
 
     async def _fetch(self, chunk_id: bytes, length: int, chunk: pb.Chunk, indexes, have: dict, bad: set) -> None:
-        await asyncio.gather(*(self._fetch_one(chunk_id, length, chunk, i, have, bad) for i in indexes))
+        """Every fragment in `indexes`, each filed into `have` or `bad`."""
+        calls = [self._get_soon(chunk_id, length, chunk, i) for i in indexes]
+        await asyncio.gather(*calls, return_exceptions=True)
+        for index, call in zip(indexes, calls):
+            error = self._file(chunk, index, call, have, bad)
+            if error is not None:
+                raise error
 
-    async def _fetch_one(self, chunk_id: bytes, length: int, chunk: pb.Chunk, index: int, have: dict,
-                         bad: set) -> None:
-        size = self.codec(chunk.profile.k, chunk.profile.m).fragment_size(length)
-        try:
-            if faultpoints.hit("fragment.get"):
-                raise DataError(UNAVAILABLE, "fault point: fragment get failed")
-            have[index] = await self._connected_get(chunk_id, size, chunk.nodes[index], index)
+    def _file(self, chunk: pb.Chunk, index: int, call: asyncio.Future, have: dict, bad: set) -> BaseException | None:
+        """Files a finished fetch: its bytes into `have`, or its index into `bad` when its node
+        failed it (down, missing, or corrupt: the node checks its CRC32C). Any other error is a
+        bug, returned for the reader to raise."""
+        error = call.exception()
+        if error is None:
+            have[index] = call.result()
             self._suspect_until.pop(chunk.nodes[index], None)
-        except _FAILURES:
-            bad.add(index)  # down, missing, or corrupt (the node checks its CRC32C)
+        elif isinstance(error, _FAILURES):
+            bad.add(index)
+        else:
+            return error
+        return None
 
     @staticmethod
     def _verified(codec: ReedSolomon, chunk_id: bytes, length: int, fragments, out=None):
@@ -354,14 +363,7 @@ class _KFetch:
         self.outstanding.discard(index)
         if self.enough.done() or call.cancelled():
             return
-        error = call.exception()
-        if error is None:
-            self.have[index] = call.result()
-            self.fragments._suspect_until.pop(self.chunk.nodes[index], None)
-        elif isinstance(error, _FAILURES):
-            self.bad.add(index)  # down, missing, or corrupt (the node checks its CRC32C)
-        else:
-            self.error = error
+        self.error = self.fragments._file(self.chunk, index, call, self.have, self.bad)
         self._ask(self.k - len(self.have) - len(self.outstanding))
         if self.finished():
             self.enough.set_result(None)
