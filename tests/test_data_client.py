@@ -62,13 +62,18 @@ async def until(condition, seconds: float = 5.0) -> None:
     raise AssertionError("condition not met in time")
 
 
+@pytest.fixture
+def peer():
+    peer = Peer(free_ports(1)[0])
+    yield peer
+    peer.close()
+
+
 def get(client: DataClient, index: int, timeout: float = 10.0):
     return client._call([wire.OP_GET, wire.encode_get(CHUNK, index)], timeout)
 
 
-def test_calls_past_the_bound_wait_and_go_in_order():
-    peer = Peer(free_ports(1)[0])
-
+def test_calls_past_the_bound_wait_and_go_in_order(peer):
     async def main():
         client = DataClient(f"127.0.0.1:{peer.port}", in_flight_max=3)
         calls = [asyncio.ensure_future(get(client, i)) for i in range(10)]
@@ -83,15 +88,10 @@ def test_calls_past_the_bound_wait_and_go_in_order():
         indexes = [wire.decode_get(frames[3])[1] for frames in peer.received]
         assert indexes == list(range(10))
         await client.close()
-    try:
-        asyncio.run(main())
-    finally:
-        peer.close()
+    asyncio.run(main())
 
 
-def test_a_timeout_or_a_cancelled_caller_frees_its_slot():
-    peer = Peer(free_ports(1)[0])
-
+def test_a_timeout_or_a_cancelled_caller_frees_its_slot(peer):
     async def main():
         client = DataClient(f"127.0.0.1:{peer.port}", in_flight_max=1)
         with pytest.raises(asyncio.TimeoutError):
@@ -105,10 +105,7 @@ def test_a_timeout_or_a_cancelled_caller_frees_its_slot():
         assert bytes((await late)[3].bytes) == b"bytes 2"
         assert not client._pending and not client._waiting
         await client.close()
-    try:
-        asyncio.run(main())
-    finally:
-        peer.close()
+    asyncio.run(main())
 
 
 def test_messages_the_socket_cannot_take_yet_go_once_it_can():
@@ -130,9 +127,7 @@ def test_messages_the_socket_cannot_take_yet_go_once_it_can():
     asyncio.run(main())
 
 
-def test_close_fails_every_call_in_flight_or_waiting():
-    peer = Peer(free_ports(1)[0])
-
+def test_close_fails_every_call_in_flight_or_waiting(peer):
     async def main():
         client = DataClient(f"127.0.0.1:{peer.port}", in_flight_max=2)
         calls = [asyncio.ensure_future(get(client, i)) for i in range(4)]
@@ -145,10 +140,7 @@ def test_close_fails_every_call_in_flight_or_waiting():
             assert failed.value.status == wire.UNAVAILABLE
         with pytest.raises(DataError):
             await get(client, 5)
-    try:
-        asyncio.run(main())
-    finally:
-        peer.close()
+    asyncio.run(main())
 
 
 def test_a_client_closed_before_any_call_fails_its_calls():
