@@ -70,7 +70,12 @@ def test_reads_are_recorded_once_per_resolution_and_reheat_where_a_rule_says(set
     cluster, service, tier = setup
     rules(cluster, pb.LifecycleRule(prefix="logs/", after_read_seconds=60, target="cloud", reheat_on_read=True))
     manifest = cluster.state.get_object("data", "logs/a")
-    tier.note_read("data", "logs/a", manifest, [(CHUNK_IDS[0], cluster.state.chunk(CHUNK_IDS[0]))])
+    chunks = [(CHUNK_IDS[0], cluster.state.chunk(CHUNK_IDS[0]))]
+    tier.note_read("data", "logs/a", manifest, chunks)
+    tier.round()
+    assert not [c for c in service.proposed if "touch_objects" in c]  # read within the resolution of the write
+    service.now += tiering.READ_RESOLUTION_SECONDS
+    tier.note_read("data", "logs/a", manifest, chunks)
     tier.round()
     [touch] = [c["touch_objects"] for c in service.proposed if "touch_objects" in c]
     assert [(t.bucket, t.key, t.version) for t in touch.objects] == [("data", "logs/a", manifest.head.version)]

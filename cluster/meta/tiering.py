@@ -130,7 +130,10 @@ class Tiering:
     def note_read(self, bucket: str, key: str, manifest: pb.Manifest, chunks: list[tuple[bytes, pb.Chunk]]) -> None:
         """A GetObject this leader answered: its read time, and its cold chunks' recall."""
         head = manifest.head
-        stale = not head.read_ms or self._wall_ms() - head.read_ms >= self.read_resolution * 1000
+        # rules age an object from its last read or its write, whichever is later (lifecycle.rule_matches),
+        # so a read within the resolution of either changes no rule's outcome and needs no entry
+        last = max(head.read_ms, head.modified_ms)
+        stale = self._wall_ms() - last >= self.read_resolution * 1000
         if stale and len(self._reads) < READS_PENDING_MAX:
             self._reads[(bucket, key)] = head.version
         cold = [(chunk_id, chunk) for chunk_id, chunk in chunks if chunk.state == pb.COLD]
