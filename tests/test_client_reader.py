@@ -1,5 +1,6 @@
 """ObjectReader over in-memory chunks: ranges decoded straight into the result are right, never
-served again once handed over, and a failed read returns nothing."""
+served again once handed over, and a failed read returns nothing; and a whole get of a one-chunk
+object, which skips the reader, with the same checks."""
 import asyncio
 
 import blake3
@@ -171,4 +172,63 @@ def test_a_read_that_skipped_a_chunk_is_not_whole():
         source, reader, _ = reader_of([1000] * 3, read_ahead=0)
         await reader.read_range(1000, len(source))  # from the second chunk on
         assert not reader.verified_whole()
+    asyncio.run(main())
+
+
+class WholeGetFragments(MemoryFragments):
+    """What AsyncClient.get uses of Fragments, reads as MemoryFragments."""
+    meta = None
+
+    def learn(self, nodes) -> None:
+        pass
+
+
+def client_serving(manifest: pb.Manifest, chunks: dict[bytes, bytes], records: bool = True):
+    from cluster.client.objects import AsyncClient
+
+    fragments = WholeGetFragments(chunks)
+    client = AsyncClient(["127.0.0.1:1"], meta=object(), fragments=fragments)  # nothing is dialled
+
+    async def manifest_of(bucket, key, version, with_chunks):
+        got = pb.GetObjectReply(manifest=manifest)
+        if records:
+            got.chunk_ids.extend(chunks)
+            got.chunks.extend(pb.Chunk() for _ in chunks)
+        return got
+    client._manifest = manifest_of
+    return client, fragments
+
+
+def one_chunk_object(size: int = 5000):
+    data = bytes(i % 253 for i in range(size))
+    chunk_id = blake3.blake3(data).digest()  # one chunk: its name is the object's BLAKE3
+    manifest = pb.Manifest(head=pb.ObjectHead(size=size, blake3=chunk_id), chunks=[pb.ChunkRef(id=chunk_id, length=size)])
+    return data, manifest, {chunk_id: data}
+
+
+def test_a_whole_get_of_one_chunk_decodes_into_its_result_and_keeps_the_checks():
+    async def main():
+        data, manifest, chunks = one_chunk_object()
+        client, fragments = client_serving(manifest, chunks)
+        seen = []
+        assert await client.get("b", "k", progress=seen.append) == data
+        assert fragments.into == 1 and seen == [len(data)]
+        assert await client.get("b", "k", start=10) == data[10:]  # a range: through the reader
+
+        wrong_name = pb.Manifest()
+        wrong_name.CopyFrom(manifest)
+        wrong_name.head.blake3 = blake3.blake3(b"another object").digest()
+        with pytest.raises(CorruptObject, match="does not match its one chunk"):
+            await client_serving(wrong_name, chunks)[0].get("b", "k")
+        wrong_size = pb.Manifest()
+        wrong_size.CopyFrom(manifest)
+        wrong_size.head.size += 1
+        with pytest.raises(CorruptObject, match="does not match its one chunk"):
+            await client_serving(wrong_size, chunks)[0].get("b", "k")
+        with pytest.raises(CorruptObject, match="no record of chunk"):
+            await client_serving(manifest, chunks, records=False)[0].get("b", "k")
+        failing, fragments = client_serving(manifest, chunks)
+        fragments.failing.add(manifest.chunks[0].id)
+        with pytest.raises(OSError, match="does not match its name"):
+            await failing.get("b", "k")
     asyncio.run(main())
