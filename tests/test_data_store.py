@@ -1,5 +1,6 @@
 """The fragment store: reads, writes, bad input, group commit, torn tails, a lost index,
-corruption and the scrubber, a full disk, compaction under load, and kill -9 crash safety."""
+corruption and the scrubber, a full disk, compaction under load, kill -9 crash safety, and batches
+(one write per stripe, each fragment its own outcome, a full disk's share going to another disk)."""
 import errno
 import os
 import random
@@ -448,3 +449,71 @@ def test_a_batch_over_several_stripes_waits_for_their_syncs_side_by_side(tmp_pat
     for (chunk_id, index, data, _), failed in zip(items, on_failed):
         if not failed:
             assert striped.get(chunk_id, index) == data
+
+
+class AppendCountingFiles(FullFiles):
+    def __init__(self, directory):
+        super().__init__(directory)
+        self.appends = 0
+
+    def append(self, handle, data):
+        self.appends += 1
+        return super().append(handle, data)
+
+
+def test_a_batch_is_one_write_per_stripe_and_each_fragment_hears_its_own_outcome(tmp_path):
+    from cluster.data.disks import DiskSet
+    from cluster.data.store import StripedStore
+
+    files: list = []
+
+    def open_stripes(path, count):
+        files.extend(AppendCountingFiles(os.path.join(path, f"s{k}")) for k in range(count))
+        return StripedStore([FragmentStore(f, RocksDisk(os.path.join(path, f"i{k}"))) for k, f in enumerate(files)])
+    disks = DiskSet([str(tmp_path)], stripes=3, open_store=open_stripes)
+    good = [(cid(n), n % 3, content(n, 0, 700), None) for n in range(30)]
+    big = (cid(99), 0, content(99, 0, 100_000), None)  # written as it is, not joined
+    bad = [(b"short", 0, b"x", None), (cid(1), 0, b"data", crc32c(b"other")),
+           (cid(2), 0, b"x" * ((64 << 20) + 1), None)]
+    again = (cid(0), 0, content(0, 1, 700), None)  # the same fragment later in the batch: it wins
+    items = good[:10] + [bad[0]] + good[10:20] + [bad[1], big] + good[20:] + [bad[2], again]
+    before = sum(f.appends for f in files)
+    outcomes = disks.put_many(items)
+    assert [type(o).__name__ for o in outcomes if o is not None] == ["BadFragment"] * 3
+    assert all((outcome is None) == (item not in bad) for item, outcome in zip(items, outcomes))
+    # one write per stripe, but a big fragment goes as it is: its stripe's small records before
+    # it (its header among them) are one write, those after it another
+    assert 3 < sum(f.appends for f in files) - before <= 3 + 2
+    for chunk_id, index, data, _ in good[1:] + [big, again]:
+        assert disks.get(chunk_id, index) == data
+    assert not disks.disks[0].store.has(cid(1), 0) and not disks.disks[0].store.has(cid(2), 0)
+
+
+def test_a_batch_a_full_disk_refuses_goes_to_the_other_disk_and_leaves_no_partial_record(tmp_path):
+    from cluster.data.disks import DiskSet
+    from cluster.data.store import StripedStore
+
+    stores: dict = {}
+
+    def open_one(path, count):
+        files = FullFiles(os.path.join(path, "segments"))
+        stores[path] = FragmentStore(files, RocksDisk(os.path.join(path, "index")))
+        return StripedStore([stores[path]])
+    paths = [str(tmp_path / "a"), str(tmp_path / "b")]
+    disks = DiskSet(paths, stripes=1, open_store=open_one)
+    disks.disks[1].free = -1  # the first disk looks emptier: the batch goes there first
+    disks.disks[0].free = 1 << 40
+    disks.disks[0].free_checked = disks.disks[1].free_checked = time.monotonic()
+    first = stores[paths[0]]
+    first.files.limit = first.files.size(first._handles[first.active]) + 5000  # room for one record, not ten
+    items = [(cid(n), 0, content(n, 0, 1000), None) for n in range(10)]
+    assert disks.put_many(items) == [None] * 10
+    on_first = [first.has(chunk_id, index) for chunk_id, index, _, _ in items]
+    assert sum(on_first) < 5  # the batch did not fit; one by one, the others went to the other disk
+    for (chunk_id, index, data, _), here in zip(items, on_first):
+        assert disks.get(chunk_id, index) == data and stores[paths[1]].has(chunk_id, index) != here
+    first.close()
+    reopened = FragmentStore(LocalFiles(os.path.join(paths[0], "segments")), RocksDisk(os.path.join(paths[0], "index")))
+    assert reopened.recovered["torn_bytes"] == 0  # the failed batch write was cut at once
+    assert len(list(reopened.fragments())) == sum(on_first)
+    reopened.close()

@@ -77,12 +77,7 @@ class DiskSet:
     def put_many(self, fragments) -> list[Exception | None]:
         """Stores (chunk id, index, data, crc) fragments, each appended first and then waited
         for: one group commit per stripe covers them all. Each gets its own outcome."""
-        outcomes: list = []
-        for chunk_id, index, data, crc in fragments:
-            try:
-                outcomes.append(self.submit(chunk_id, index, data, crc))
-            except Exception as error:  # noqa: BLE001 - this fragment's outcome
-                outcomes.append(error)
+        outcomes = self._submit_many(list(fragments))
         last: dict = {}  # store -> the last ticket it must make durable
         for outcome in outcomes:
             if not isinstance(outcome, Exception):
@@ -90,6 +85,40 @@ class DiskSet:
                 last[store] = max(ticket, last.get(store, 0))
         synced = self._durable(last)
         return [outcome if isinstance(outcome, Exception) else synced[outcome[0]] for outcome in outcomes]
+
+    def _submit_many(self, fragments: list) -> list:
+        """Appends each fragment as `submit` would, but those bound for one disk together (one
+        write per stripe); each one's (stripe, ticket) or error. A fragment its disk refuses as
+        full or failed goes the one-by-one way, which tries the other disks."""
+        outcomes: list = [None] * len(fragments)
+        by_disk: dict[int, list[int]] = {}
+        free_first = None
+        for position, (chunk_id, index, _, _) in enumerate(fragments):
+            try:
+                check_fragment_id(chunk_id, index)
+                disk = self.find(chunk_id, index)
+                if disk is None:
+                    free_first = free_first or self._by_free_space()
+                    disk = free_first[0] if free_first else None
+            except Exception as error:  # noqa: BLE001 - this fragment's outcome
+                outcomes[position] = error
+                continue
+            if disk is None:
+                outcomes[position] = DiskFull("no disk in service")
+            else:
+                by_disk.setdefault(self.disks.index(disk), []).append(position)
+        for number, positions in by_disk.items():
+            disk = self.disks[number]
+            for position, outcome in zip(positions, disk.store.submit_many([fragments[p] for p in positions])):
+                if isinstance(outcome, DiskFailed):
+                    self._retire(disk, outcome)
+                if isinstance(outcome, (DiskFull, DiskFailed)):
+                    try:
+                        outcome = self.submit(*fragments[position])
+                    except Exception as error:  # noqa: BLE001 - this fragment's outcome
+                        outcome = error
+                outcomes[position] = outcome
+        return outcomes
 
     @staticmethod
     def _durable(last: dict) -> dict:

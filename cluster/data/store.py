@@ -249,6 +249,33 @@ class FragmentStore:
     def submit(self, chunk_id: bytes, index: int, data, crc: int | None = None) -> int:
         """Appends a fragment and returns its ticket at once: it is durable (and may be
         acknowledged) only after `when_durable` calls back, or `put` returns."""
+        return self._append(KIND_PUT, [(chunk_id, index, data, self._accept(chunk_id, index, data, crc))])
+
+    def submit_many(self, fragments) -> list:
+        """`submit` for (chunk id, index, data, crc) fragments: each one's ticket, or the error
+        that refused it. The accepted ones go to the segment in one write: a batch costs one
+        system call, not one per fragment (each of which let the other threads at the GIL)."""
+        outcomes: list = []
+        accepted: list[tuple[int, tuple]] = []
+        for chunk_id, index, data, crc in fragments:
+            try:
+                accepted.append((len(outcomes), (chunk_id, index, data, self._accept(chunk_id, index, data, crc))))
+                outcomes.append(None)
+            except Exception as error:  # noqa: BLE001 - this fragment's outcome
+                outcomes.append(error)
+        if accepted:
+            try:
+                last = self._append(KIND_PUT, [record for _, record in accepted])
+            except Exception as error:  # noqa: BLE001 - the write failed for all of them
+                for position, _ in accepted:
+                    outcomes[position] = error
+            else:
+                for number, (position, _) in enumerate(accepted):
+                    outcomes[position] = last - len(accepted) + 1 + number
+        return outcomes
+
+    def _accept(self, chunk_id: bytes, index: int, data, crc: int | None) -> int:
+        """Checks a fragment to be put and takes its room; its CRC32C."""
         check_fragment_id(chunk_id, index)
         if len(data) > FRAGMENT_BYTES_MAX:
             raise BadFragment(f"a fragment of {len(data)} bytes; at most {FRAGMENT_BYTES_MAX}")
@@ -256,7 +283,7 @@ class FragmentStore:
         if crc is not None and crc != actual:
             raise BadFragment(f"CRC32C mismatch: the bytes have {actual:#010x}, the request says {crc:#010x}")
         self._take_room(HEADER_BYTES + len(data))
-        return self._append(KIND_PUT, chunk_id, index, data, actual)
+        return actual
 
     def _take_room(self, size: int) -> None:
         """Refuses a put that would eat into the reserve. Free space is read from the disk only
@@ -317,38 +344,57 @@ class FragmentStore:
         check_fragment_id(chunk_id, index)
         if self.index.get(fragment_key(chunk_id, index)) is None:
             return False
-        self.wait_durable(self._append(KIND_DELETE, chunk_id, index, b"", 0))
+        self.wait_durable(self._append(KIND_DELETE, [(chunk_id, index, b"", 0)]))
         return True
 
-    def _append(self, kind: int, chunk_id: bytes, index: int, data, crc: int, expect: Location | None = None):
+    def _append(self, kind: int, records: list, expect: Location | None = None):
+        """Appends (chunk id, index, data, crc) records of one kind, one after another; the last
+        one's ticket. `expect` (compaction, one record): append only if the index still points there."""
         with self._lock:
             if self.failed is not None:
                 raise DiskFailed(f"disk out of service: {self.failed}")
-            key = fragment_key(chunk_id, index)
-            if expect is not None and (self.index.get(key) != expect.encode() or self._unindexed(key)):
+            keys = [fragment_key(chunk_id, index) for chunk_id, index, _, _ in records]
+            if expect is not None and (self.index.get(keys[0]) != expect.encode() or self._unindexed(keys[0])):
                 return None  # compaction: the record was replaced or deleted meanwhile
             if self.files.size(self._handles[self.active]) >= self.segment_bytes_max:
                 self._roll()
             handle = self._handles[self.active]
             start = self.files.size(handle)
-            record = encode_header(kind, chunk_id, index, len(data), crc)
+            parts, locations, offset = [], [], start
+            for chunk_id, index, data, crc in records:
+                parts += [encode_header(kind, chunk_id, index, len(data), crc), data]
+                locations.append(Location(self.active, offset, len(data), crc))
+                offset += HEADER_BYTES + len(data)
             try:
-                self.files.append(handle, record + bytes(data) if len(data) < 65536 else record)
-                if len(data) >= 65536:
-                    self.files.append(handle, data)
+                self._write(handle, parts)
             except OSError as error:
                 self._undo(handle, start, error)
-            old = self.index.get(key)
-            if old is not None:
-                self._forget(Location.decode(old))
-            if kind == KIND_PUT:
-                location = Location(self.active, start, len(data), crc)
-                self._live[self.active] = self._live.get(self.active, 0) + location.record_bytes
-                self._pending.append((key, location.encode()))
-            else:
-                self._pending.append((key, None))
-            self._appended += 1
+            for key, location in zip(keys, locations):
+                old = self.index.get(key)
+                if old is not None:
+                    self._forget(Location.decode(old))
+                if kind == KIND_PUT:
+                    self._live[self.active] = self._live.get(self.active, 0) + location.record_bytes
+                    self._pending.append((key, location.encode()))
+                else:
+                    self._pending.append((key, None))
+            self._appended += len(records)
             return self._appended
+
+    def _write(self, handle: int, parts: list) -> None:
+        """Appends the parts in order: small ones joined into one write, large ones (64 KiB and
+        up) written as they are, so no big fragment is copied just to be joined."""
+        small: list = []
+        for part in parts:
+            if len(part) < 65536:
+                small.append(part)
+                continue
+            if small:
+                self.files.append(handle, b"".join(small))
+                small = []
+            self.files.append(handle, part)
+        if small:
+            self.files.append(handle, b"".join(small))
 
     def _unindexed(self, key: bytes) -> bool:
         """Whether a write of `key` is appended but not yet in the index (call under _lock)."""
@@ -498,14 +544,14 @@ class FragmentStore:
                 here = Location(number, offset, length, crc)
                 if self.index.get(fragment_key(chunk_id, index)) == here.encode():
                     data = self._read_record(here, chunk_id, index)
-                    last = self._append(KIND_PUT, chunk_id, index, data, crc, expect=here) or last
+                    last = self._append(KIND_PUT, [(chunk_id, index, data, crc)], expect=here) or last
             elif not oldest and self.index.get(fragment_key(chunk_id, index)) is None:
                 # an older segment may still hold the put this deletes: keep the tombstone
                 # (unless a newer put is on its way: expect=None checks nothing, so look here)
                 with self._lock:
                     newer = self._unindexed(fragment_key(chunk_id, index))
                 if not newer:
-                    last = self._append(KIND_DELETE, chunk_id, index, b"", 0) or last
+                    last = self._append(KIND_DELETE, [(chunk_id, index, b"", 0)]) or last
             offset += HEADER_BYTES + length
         self.wait_durable(last or None)
         # the index must not outlive the segment it may still point into: make its writes so far
@@ -555,6 +601,20 @@ class StripedStore:
     def submit(self, chunk_id: bytes, index: int, data, crc: int | None = None) -> tuple[FragmentStore, int]:
         stripe = self._stripe(chunk_id, index)
         return stripe, stripe.submit(chunk_id, index, data, crc)
+
+    def submit_many(self, fragments: list) -> list:
+        """`submit` for several fragments, one write per stripe: each one's (stripe, ticket) or error."""
+        outcomes: list = [None] * len(fragments)
+        by_stripe: dict[FragmentStore, list[int]] = {}
+        for position, (chunk_id, index, _, _) in enumerate(fragments):
+            try:
+                by_stripe.setdefault(self._stripe(chunk_id, index), []).append(position)
+            except BadFragment as error:
+                outcomes[position] = error
+        for stripe, positions in by_stripe.items():
+            for position, outcome in zip(positions, stripe.submit_many([fragments[p] for p in positions])):
+                outcomes[position] = outcome if isinstance(outcome, Exception) else (stripe, outcome)
+        return outcomes
 
     def get(self, chunk_id: bytes, index: int, offset: int = 0, length: int | None = None) -> bytes:
         return self._stripe(chunk_id, index).get(chunk_id, index, offset, length)
