@@ -1,6 +1,7 @@
 """The data plane's client socket, against a ZeroMQ peer that the test controls: requests past
 the in-flight bound wait and go in order, a timeout or a cancelled caller frees its slot,
-messages that the socket cannot take yet go once it can, and close fails what is in flight."""
+messages that the socket cannot take yet go once it can, close fails what is in flight, and a
+batch's reply settles each of its calls (from a fresh client, on time, or with the batch's failure)."""
 import asyncio
 import threading
 
@@ -43,11 +44,19 @@ class Peer:
                 with self._lock:
                     allowed = len(self.received) if self.answer_all else min(self._to_answer, len(self.received))
                 while answered < allowed:
-                    identity, request_id = self.received[answered][:2]
-                    socket.send_multipart([identity, request_id, bytes([wire.OK]), b"", b"bytes %d" % answered])
+                    socket.send_multipart(self._reply(self.received[answered], answered))
                     answered += 1
         finally:
             socket.close(0)
+
+    @staticmethod
+    def _reply(request: list[bytes], number: int) -> list[bytes]:
+        identity, request_id, op = request[:3]
+        if op == wire.OP_GET_MANY:  # each fragment's index as its bytes; index 7 is missing
+            indexes = [index for _, index, _, _ in wire.decode_get_many(request[3])]
+            statuses = wire.encode_statuses([(wire.NOT_FOUND, "gone") if i == 7 else (wire.OK, "") for i in indexes])
+            return [identity, request_id, bytes([wire.OK]), b"", statuses, *(b"" if i == 7 else b"index %d" % i for i in indexes)]
+        return [identity, request_id, bytes([wire.OK]), b"", b"bytes %d" % number]
 
     def close(self) -> None:
         self._stop.set()
@@ -150,4 +159,23 @@ def test_a_client_closed_before_any_call_fails_its_calls():
         with pytest.raises(DataError) as failed:
             await get(client, 0)
         assert failed.value.status == wire.UNAVAILABLE
+    asyncio.run(main())
+
+
+def test_a_batch_settles_each_of_its_calls_with_its_own_outcome(peer):
+    async def main():
+        client = DataClient(f"127.0.0.1:{peer.port}")  # a batch is its very first message
+        calls = [client.get(CHUNK, index, expect=100) for index in (3, 7, 5)]
+        await until(lambda: len(peer.received) == 1)
+        assert peer.received[0][2] == wire.OP_GET_MANY and client.messages == 1
+        peer.answer(1)
+        done = await asyncio.gather(*calls, return_exceptions=True)
+        assert [bytes(done[0]), bytes(done[2])] == [b"index 3", b"index 5"]
+        assert isinstance(done[1], DataError) and done[1].status == wire.NOT_FOUND
+        late = [client.get(CHUNK, index, expect=100, timeout=0.2) for index in (1, 2)]
+        for call in late:  # the peer does not answer: the batch times out, and so does each call
+            with pytest.raises(asyncio.TimeoutError):
+                await call
+        assert not client._pending
+        await client.close()
     asyncio.run(main())
