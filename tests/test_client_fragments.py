@@ -117,6 +117,64 @@ def test_without_a_spare_node_a_node_that_keeps_failing_fails_the_store(monkeypa
     assert nodes.puts.count(("127.0.0.1:7003", 2)) == 4
 
 
+class GatedNodes:
+    """Data clients whose puts are futures the test settles, as the real client's are."""
+
+    def __init__(self):
+        self.calls: list[tuple[str, int, asyncio.Future]] = []
+
+    def connect(self, address):
+        nodes = self
+
+        class Client:
+            def put(self, chunk_id, index, data, crc, timeout):
+                call = asyncio.get_running_loop().create_future()
+                nodes.calls.append((address, index, call))
+                return call
+        return Client()
+
+    def open(self) -> list:
+        return [(address, index, call) for address, index, call in self.calls if not call.done()]
+
+
+def test_a_store_keeps_to_its_slots_counts_what_was_stored_and_raises_what_is_not_a_node_failure():
+    async def run():
+        nodes = GatedNodes()
+        f = Fragments(CountingMeta(), connect=nodes.connect)  # (the first puts look the nodes up)
+        slots = asyncio.Semaphore(2)
+        storing = asyncio.ensure_future(f.store(b"c" * 32, b"x" * 1000, [1, 2, 3, 4, 5, 6],
+                                                pb.ErasureProfile(k=4, m=2), slots))
+        for settled in range(3):  # never more than two on their way; each landing lets one more go
+            await asyncio.sleep(0.05)
+            assert len(nodes.open()) == 2 and len(nodes.calls) == 2 + 2 * settled
+            for _, _, call in nodes.open():
+                call.set_result(None)
+        assert await storing == [1, 2, 3, 4, 5, 6] and f.sent == 6
+
+        broken = asyncio.ensure_future(f.store(b"d" * 32, b"x" * 1000, [1, 2, 3, 4, 5, 6],
+                                               pb.ErasureProfile(k=4, m=2), slots))
+        await asyncio.sleep(0.05)
+        nodes.open()[0][2].set_exception(ValueError("a bug, not a node's failure"))
+        for _ in range(10):  # the others go on and land; then the bug is raised
+            await asyncio.sleep(0.05)
+            for _, _, call in nodes.open():
+                call.set_result(None)
+        with pytest.raises(ValueError, match="a bug"):
+            await broken
+
+        cancelled = asyncio.ensure_future(f.store(b"e" * 32, b"x" * 1000, [1, 2, 3, 4, 5, 6],
+                                                  pb.ErasureProfile(k=4, m=2), slots))
+        await asyncio.sleep(0.05)
+        waiting = nodes.open()
+        cancelled.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await cancelled
+        await asyncio.sleep(0)
+        assert len(waiting) == 2 and all(call.cancelled() for _, _, call in waiting)  # withdrawn
+        assert not slots.locked() and f.sent == 6 + 5
+    asyncio.run(run())
+
+
 class ScriptedNodes:
     """Data clients whose gets answer as scripted per node: "ok" at once, "fail" at once, "lie"
     (wrong bytes that pass as right, as a node's undetected corruption would), or "stall"

@@ -106,15 +106,7 @@ class Fragments:
             fragments = codec.encode_chunk(data)
         nodes, pending = list(nodes), list(range(len(nodes)))
         for attempt in range(REPLACE_ATTEMPTS + 1):
-            failed: list[int] = []
-
-            async def send(index: int) -> None:
-                async with slots:
-                    try:
-                        await self.send(nodes[index], chunk_id, index, fragments[index])
-                    except _FAILURES:
-                        failed.append(index)
-            await asyncio.gather(*(send(i) for i in pending))
+            failed = await self._send_all(chunk_id, nodes, pending, fragments, slots)
             if not failed:
                 return nodes
             if attempt == REPLACE_ATTEMPTS:
@@ -235,9 +227,7 @@ class Fragments:
         """A future of fragment `index`; no task is made for it when its node's connection is open."""
         size = self.codec(chunk.profile.k, chunk.profile.m).fragment_size(length)
         if faultpoints.hit("fragment.get"):  # the node fails this read: parity instead
-            failed = asyncio.get_running_loop().create_future()
-            failed.set_exception(DataError(UNAVAILABLE, "fault point: fragment get failed"))
-            return failed
+            return _failed("fault point: fragment get failed")
         node = self._nodes.get(chunk.nodes[index])
         client = self._clients.get(node.data_address) if node is not None else None
         if client is None:  # the node list or the connection first
@@ -287,13 +277,55 @@ class Fragments:
         except Exception:  # noqa: BLE001 - the read succeeded; the scrubber finds it again
             pass
 
+    async def _send_all(self, chunk_id: bytes, nodes: list[int], indexes: list[int], fragments, slots) -> list[int]:
+        """Sends fragment i to nodes[i] for each i in `indexes`, each holding one of `slots` while
+        on its way; the indexes whose node failed, in order. Each send is a future, not a task."""
+        calls: dict[int, asyncio.Future] = {}
+        try:
+            for index in indexes:
+                await slots.acquire()  # (at once while a slot is free)
+                call = calls[index] = self._put_soon(nodes[index], chunk_id, index, fragments[index])
+                call.add_done_callback(lambda _: slots.release())
+            await asyncio.wait(calls.values())
+        except BaseException:
+            for call in calls.values():
+                call.cancel()
+            raise
+        failed = []
+        for index, call in calls.items():
+            error = call.exception()
+            if isinstance(error, _FAILURES):
+                failed.append(index)
+            elif error is not None:
+                raise error  # not a node's failure: a bug
+        return failed
+
     async def send(self, node_id: int, chunk_id: bytes, index: int, fragment) -> None:
         """Stores one fragment on one node."""
+        await self._put_soon(node_id, chunk_id, index, fragment)
+
+    def _put_soon(self, node_id: int, chunk_id: bytes, index: int, fragment) -> asyncio.Future:
+        """A future of one fragment stored on one node; no task is made for it when the node's
+        connection is open."""
         if faultpoints.hit("fragment.put"):  # the node fails this put: a replacement takes it
-            raise DataError(UNAVAILABLE, "fault point: fragment put failed")
+            return _failed("fault point: fragment put failed")
+        node = self._nodes.get(node_id)
+        client = self._clients.get(node.data_address) if node is not None else None
+        if client is None:  # the node list or the connection first
+            call = asyncio.ensure_future(self._connected_put(node_id, chunk_id, index, fragment))
+        else:
+            call = asyncio.ensure_future(client.put(chunk_id, index, fragment, crc32c(fragment),
+                                                    timeout=fragment_timeout(len(fragment))))
+        call.add_done_callback(self._count_sent)
+        return call
+
+    async def _connected_put(self, node_id: int, chunk_id: bytes, index: int, fragment) -> None:
         client = await self._client(node_id)
         await client.put(chunk_id, index, fragment, crc32c(fragment), timeout=fragment_timeout(len(fragment)))
-        self.sent += 1
+
+    def _count_sent(self, call: asyncio.Future) -> None:
+        if not call.cancelled() and call.exception() is None:
+            self.sent += 1
 
     # ---- nodes
 
@@ -323,6 +355,13 @@ class Fragments:
         if client is None:
             client = self._clients[address] = self._connect(address)
         return client
+
+
+def _failed(text: str) -> asyncio.Future:
+    """A call that a fault point failed as its node would have (UNAVAILABLE)."""
+    failed = asyncio.get_running_loop().create_future()
+    failed.set_exception(DataError(UNAVAILABLE, text))
+    return failed
 
 
 class _KFetch:

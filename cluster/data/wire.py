@@ -144,12 +144,14 @@ class DataClient:
         self._gets: deque = deque()
         self.messages = 0  # requests sent, for tests and diagnostics
 
-    async def put(self, chunk_id: bytes, index: int, data, crc: int, timeout: float = CALL_SECONDS) -> None:
+    def put(self, chunk_id: bytes, index: int, data, crc: int, timeout: float = CALL_SECONDS) -> asyncio.Future:
+        """A future that is done once the node has the fragment durable; cancelling it withdraws
+        the call. Small puts issued in the same turn of the event loop share one message (and
+        the node's fsync). (A future, as for get: a writer waits on many without a task each.)"""
         header = encode_put(chunk_id, index, crc)
         if len(data) > COALESCE_BYTES_MAX:
-            await self._call([OP_PUT, header, data], timeout)
-        else:  # small puts issued in the same turn of the event loop share one message (and fsync)
-            await self._join(self._puts, self._send_puts, (header, data, timeout))
+            return asyncio.ensure_future(self._call([OP_PUT, header, data], timeout))  # large: a task costs little
+        return self._join(self._puts, self._send_puts, (header, data, timeout))
 
     def get(self, chunk_id: bytes, index: int, offset: int = 0, length: int | None = None,
             timeout: float = CALL_SECONDS, expect: int | None = None) -> asyncio.Future:
