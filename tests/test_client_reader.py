@@ -1,13 +1,13 @@
 """ObjectReader over in-memory chunks: ranges decoded straight into the result are right, never
 served again once handed over, and a failed read returns nothing; and a whole get of a one-chunk
-object, which skips the reader, with the same checks."""
+object, which skips the read-ahead and ordering, with the same checks."""
 import asyncio
 
 import blake3
 import pytest
 from hypothesis import given, settings, strategies as st
 
-from cluster.client.errors import CorruptObject
+from cluster.client.errors import CorruptObject, InvalidArgument
 from cluster.client.reader import ObjectReader
 from cluster.proto import meta_pb2 as pb
 
@@ -206,24 +206,29 @@ def one_chunk_object(size: int = 5000):
     return data, manifest, {chunk_id: data}
 
 
-def test_a_whole_get_of_one_chunk_decodes_into_its_result_and_keeps_the_checks():
+def test_a_whole_get_of_one_chunk_decodes_into_its_result_and_keeps_the_checks(monkeypatch):
+    tasks = []
+    real_task = ObjectReader._task
+    monkeypatch.setattr(ObjectReader, "_task", lambda reader, index: tasks.append(index) or real_task(reader, index))
+
     async def main():
         data, manifest, chunks = one_chunk_object()
         client, fragments = client_serving(manifest, chunks)
         seen = []
         assert await client.get("b", "k", progress=seen.append) == data
-        assert fragments.into == 1 and seen == [len(data)]
-        assert await client.get("b", "k", start=10) == data[10:]  # a range: through the reader
+        assert fragments.into == 1 and seen == [len(data)] and tasks == []  # no chunk task: read_one_chunk
+        assert await client.get("b", "k", start=10) == data[10:]  # a range: the general path, a task
+        assert tasks == [0]
 
         wrong_name = pb.Manifest()
         wrong_name.CopyFrom(manifest)
         wrong_name.head.blake3 = blake3.blake3(b"another object").digest()
-        with pytest.raises(CorruptObject, match="does not match its one chunk"):
+        with pytest.raises(CorruptObject, match="does not match its BLAKE3"):
             await client_serving(wrong_name, chunks)[0].get("b", "k")
         wrong_size = pb.Manifest()
         wrong_size.CopyFrom(manifest)
         wrong_size.head.size += 1
-        with pytest.raises(CorruptObject, match="does not match its one chunk"):
+        with pytest.raises(CorruptObject, match="its chunks add up to 5000 bytes, its size is 5001"):
             await client_serving(wrong_size, chunks)[0].get("b", "k")
         with pytest.raises(CorruptObject, match="no record of chunk"):
             await client_serving(manifest, chunks, records=False)[0].get("b", "k")
@@ -231,4 +236,7 @@ def test_a_whole_get_of_one_chunk_decodes_into_its_result_and_keeps_the_checks()
         fragments.failing.add(manifest.chunks[0].id)
         with pytest.raises(OSError, match="does not match its name"):
             await failing.get("b", "k")
+        _, two_chunks, _ = reader_of([100, 100])
+        with pytest.raises(InvalidArgument, match="has 2 chunks, not one"):
+            await two_chunks.read_one_chunk()
     asyncio.run(main())

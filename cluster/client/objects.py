@@ -23,7 +23,6 @@ from cluster.client.fragments import Fragments
 from cluster.client.meta import MetaClient
 from cluster.client.reader import ObjectReader
 from cluster.client.writer import BUFFER_BYTES, Progress, Writer
-from cluster.codec.buffers import unzeroed_bytearray
 from cluster.data.wire import DataClient
 from cluster.proto import meta_pb2 as pb
 
@@ -117,35 +116,26 @@ class AsyncClient:
         return (await self._manifest(bucket, key, version, with_chunks=False)).manifest
 
     async def open(self, bucket: str, key: str, version: int = 0, read_ahead: int | None = None) -> ObjectReader:
-        return self._reader(bucket, key, await self._located(bucket, key, version), read_ahead)
-
-    def _reader(self, bucket: str, key: str, got: pb.GetObjectReply, read_ahead: int | None) -> ObjectReader:
+        got = await self._manifest(bucket, key, version, with_chunks=True)
+        self.fragments.learn(got.nodes)
         reader = ObjectReader(self.fragments, f"{bucket}/{key}", got.manifest, dict(zip(got.chunk_ids, got.chunks)))
         if read_ahead is not None:
             reader.read_ahead = read_ahead
         return reader
-
-    async def _located(self, bucket: str, key: str, version: int) -> pb.GetObjectReply:
-        """The manifest with its chunks' records, their nodes learnt."""
-        got = await self._manifest(bucket, key, version, with_chunks=True)
-        self.fragments.learn(got.nodes)
-        return got
 
     async def get(self, bucket: str, key: str, out=None, start: int = 0, end: int | None = None,
                   progress: Progress | None = None):
         """The object's bytes, or with `out` (a path or a writable binary stream) its bytes
         written there (returns the size). `start`/`end` read a byte range. A whole read is
         checked against the object's BLAKE3 as well as each chunk against its name."""
-        got = await self._located(bucket, key, 0)
-        if out is None and start == 0 and (end is None or end >= got.manifest.head.size) \
-                and len(got.manifest.chunks) == 1:
-            return await self._get_one_chunk(f"{bucket}/{key}", got, progress)
-        reader = self._reader(bucket, key, got, GET_READ_AHEAD_CHUNKS)
+        reader = await self.open(bucket, key, read_ahead=GET_READ_AHEAD_CHUNKS)
         try:
             end = reader.size if end is None else min(end, reader.size)
             reader.read_ahead_until(end)
             whole = start == 0 and end == reader.size
-            if out is None:
+            if out is None and whole and len(reader.manifest.chunks) == 1:
+                data = await reader.read_one_chunk(progress)
+            elif out is None:
                 data = await self._read_span(reader, start, end, progress, sink=None)
             elif isinstance(out, (str, os.PathLike)):
                 with open(out, "wb") as f:
@@ -158,23 +148,6 @@ class AsyncClient:
             return data
         finally:
             await reader.close()
-
-    async def _get_one_chunk(self, name: str, got: pb.GetObjectReply, progress: Progress | None) -> bytearray:
-        """A whole object of one chunk, without a reader: most small objects are read this way,
-        so it skips the reader's task, read-ahead and ordering. The same checks: the chunk is
-        verified against its name, which must be the object's BLAKE3."""
-        head, ref = got.manifest.head, got.manifest.chunks[0]
-        if ref.length != head.size or ref.id != head.blake3:
-            raise CorruptObject(f"{name}: its manifest does not match its one chunk (size {head.size}, chunk "
-                                f"{ref.length} bytes); not returned")
-        record = dict(zip(got.chunk_ids, got.chunks)).get(ref.id)
-        if record is None:
-            raise CorruptObject(f"{name}: no record of chunk {ref.id.hex()[:16]}")
-        result = unzeroed_bytearray(ref.length)  # every byte is written, or read() raises
-        await self.fragments.read(ref.id, ref.length, record, out=memoryview(result))
-        if progress:
-            progress(ref.length)
-        return result
 
     @staticmethod
     async def _read_span(reader: ObjectReader, start: int, end: int, progress, sink):
