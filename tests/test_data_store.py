@@ -451,7 +451,7 @@ def test_a_batch_over_several_stripes_waits_for_their_syncs_side_by_side(tmp_pat
             assert striped.get(chunk_id, index) == data
 
 
-class AppendCountingFiles(FullFiles):
+class AppendCountingFiles(LocalFiles):
     def __init__(self, directory):
         super().__init__(directory)
         self.appends = 0

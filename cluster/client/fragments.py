@@ -228,15 +228,20 @@ class Fragments:
         size = self.codec(chunk.profile.k, chunk.profile.m).fragment_size(length)
         if faultpoints.hit("fragment.get"):  # the node fails this read: parity instead
             return _failed("fault point: fragment get failed")
-        node = self._nodes.get(chunk.nodes[index])
-        client = self._clients.get(node.data_address) if node is not None else None
-        if client is None:  # the node list or the connection first
-            return asyncio.ensure_future(self._connected_get(chunk_id, size, chunk.nodes[index], index))
-        return asyncio.ensure_future(client.get(chunk_id, index, timeout=fragment_timeout(size), expect=size))
+        return self._on_node(chunk.nodes[index],
+                             lambda client: client.get(chunk_id, index, timeout=fragment_timeout(size), expect=size))
 
-    async def _connected_get(self, chunk_id: bytes, size: int, node_id: int, index: int):
-        client = await self._client(node_id)
-        return await client.get(chunk_id, index, timeout=fragment_timeout(size), expect=size)
+    def _on_node(self, node_id: int, call: Callable[[DataClient], object]) -> asyncio.Future:
+        """`call(client)` on the node's data client, as a future: at once when the connection is
+        open, else in a task that looks the node up and connects first."""
+        node = self._nodes.get(node_id)
+        client = self._clients.get(node.data_address) if node is not None else None
+        if client is None:
+            return asyncio.ensure_future(self._connected(node_id, call))
+        return asyncio.ensure_future(call(client))  # (a real client's future as it is; a coroutine in a task)
+
+    async def _connected(self, node_id: int, call: Callable[[DataClient], object]):
+        return await call(await self._client(node_id))
 
     async def _fetch(self, chunk_id: bytes, length: int, chunk: pb.Chunk, indexes, have: dict, bad: set) -> None:
         """Every fragment in `indexes`, each filed into `have` or `bad`."""
@@ -309,19 +314,10 @@ class Fragments:
         connection is open."""
         if faultpoints.hit("fragment.put"):  # the node fails this put: a replacement takes it
             return _failed("fault point: fragment put failed")
-        node = self._nodes.get(node_id)
-        client = self._clients.get(node.data_address) if node is not None else None
-        if client is None:  # the node list or the connection first
-            call = asyncio.ensure_future(self._connected_put(node_id, chunk_id, index, fragment))
-        else:
-            call = asyncio.ensure_future(client.put(chunk_id, index, fragment, crc32c(fragment),
-                                                    timeout=fragment_timeout(len(fragment))))
+        crc, timeout = crc32c(fragment), fragment_timeout(len(fragment))
+        call = self._on_node(node_id, lambda client: client.put(chunk_id, index, fragment, crc, timeout=timeout))
         call.add_done_callback(self._count_sent)
         return call
-
-    async def _connected_put(self, node_id: int, chunk_id: bytes, index: int, fragment) -> None:
-        client = await self._client(node_id)
-        await client.put(chunk_id, index, fragment, crc32c(fragment), timeout=fragment_timeout(len(fragment)))
 
     def _count_sent(self, call: asyncio.Future) -> None:
         if not call.cancelled() and call.exception() is None:

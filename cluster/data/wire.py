@@ -214,8 +214,6 @@ class DataClient:
             values = [frame.buffer for frame in frames[4:]] if payloads else [None] * len(futures)
             if len(values) != len(futures):
                 raise DataError(BAD_REQUEST, f"a batch reply with {len(values)} fragments for {len(futures)}")
-        except asyncio.CancelledError:  # the client closed under it
-            error = DataError(UNAVAILABLE, "cancelled")
         except Exception as failure:  # noqa: BLE001 - each waiting call gets the failure
             error = failure
         else:
