@@ -11,6 +11,7 @@ caller filters them (see `candidates`).
 """
 from __future__ import annotations
 
+import math
 import random
 from dataclasses import dataclass
 
@@ -41,8 +42,9 @@ def place(nodes: list[Candidate], count: int, rng: random.Random, taken: list[Ca
     if len(free) < count:
         raise NotEnoughNodes(f"{count} fragments need {count} more usable data nodes; {len(free)} are available")
     # When every node is its own host in one rack and zone (the usual small cluster), rule 2 ties
-    # every free node at every pick: the loads need not be counted, and the draws are the same.
-    spread = not _all_tie(free, taken)
+    # every free node at every pick, so the picks are successive weighted draws from all of them.
+    if _all_tie(free, taken):
+        return _race(free, count, rng)
     hosts: dict[str, int] = {}
     racks: dict[str, int] = {}
     zones: dict[str, int] = {}
@@ -50,13 +52,26 @@ def place(nodes: list[Candidate], count: int, rng: random.Random, taken: list[Ca
         _count(n, hosts, racks, zones)
     chosen = []
     for _ in range(count):
-        ties = _least_loaded(free, hosts, racks, zones) if spread else free
+        ties = _least_loaded(free, hosts, racks, zones)
         pick = _weighted(ties, sum(n.free for n in ties), rng)
         chosen.append(pick.id)
         free.remove(pick)
-        if spread:
-            _count(pick, hosts, racks, zones)
+        _count(pick, hosts, racks, zones)
     return chosen
+
+
+def _race(free: list[Candidate], count: int, rng: random.Random) -> list[int]:
+    """`count` successive draws without replacement, each weighted by free bytes, in one pass:
+    every node draws an exponential time at the rate of its weight and the first `count` to
+    finish are the picks, in order (the first of any set to finish is each one's with
+    probability weight/total, and the rest go on racing). Nodes of no weight come last, in a
+    uniform order, as `_weighted` picks them only when nothing else is left."""
+    keys = []
+    for position, n in enumerate(free):
+        time = -math.log(1.0 - rng.random())
+        keys.append((0, time / n.free, position) if n.free > 0 else (1, time, position))
+    keys.sort()
+    return [free[position].id for _, _, position in keys[:count]]
 
 
 def _all_tie(free: list[Candidate], taken) -> bool:

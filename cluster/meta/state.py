@@ -179,8 +179,18 @@ class Batch:
         self.puts.pop(key, None)
         self.deletes.add(key)
 
+    def merge(self, child: "Batch") -> None:
+        """Takes a child batch's writes as its own (a child's puts and deletes never share a key)."""
+        for key in child.deletes:
+            self.puts.pop(key, None)
+        self.deletes.difference_update(child.puts)
+        self.deletes.update(child.deletes)
+        self.puts.update(child.puts)
+
     def commit(self) -> None:
-        self.disk.write(sorted(self.puts.items()), sorted(self.deletes), sync=False)
+        # One atomic write of distinct keys: their order changes nothing (the puts keep the
+        # order the commands made them; the few deletes are sorted, as a set's order is not fixed).
+        self.disk.write(self.puts.items(), sorted(self.deletes), sync=False)
 
 
 class MetaState:
@@ -265,10 +275,7 @@ class MetaState:
             return pb.MetaResult(code=refused.code, message=str(refused), missing=refused.missing)
         except names.InvalidName as error:
             return pb.MetaResult(code=pb.INVALID_ARGUMENT, message=str(error))
-        for key in scratch.deletes:
-            batch.delete(key)
-        for key, value in scratch.puts.items():
-            batch.put(key, value)
+        batch.merge(scratch)
         return result
 
     def _remember(self, batch: Batch, op_id: bytes, result: bytes) -> None:
@@ -613,8 +620,10 @@ class MetaState:
             raise Refused(pb.INVALID_ARGUMENT, "the object's BLAKE3 is 32 bytes")
 
     def _add_references(self, batch: Batch, now: int, manifest: pb.Manifest, placements, profile) -> None:
-        counts = Counter(ref.id for ref in manifest.chunks)
-        lengths = {ref.id: ref.length for ref in manifest.chunks}
+        counts, lengths = {}, {}
+        for ref in manifest.chunks:
+            counts[ref.id] = counts.get(ref.id, 0) + 1
+            lengths[ref.id] = ref.length
         placed = {}
         for p in placements:
             if p.chunk not in counts:

@@ -57,8 +57,10 @@ def etcd_stubs(directory: str) -> str:
     except ImportError:
         import grpc
 
-        progress("installing grpcio-tools ...")
-        pip_install(f"grpcio-tools=={grpc.__version__}")
+        # The same minor series as grpcio: tools lag grpcio's patch releases on PyPI.
+        series = ".".join(grpc.__version__.split(".")[:2])
+        progress(f"installing grpcio-tools {series}.* ...")
+        pip_install(f"grpcio-tools=={series}.*")
     out = os.path.join(directory, "stubs")
     os.makedirs(out)
     command = [sys.executable, "-m", "grpc_tools.protoc", f"-I{BENCH}", f"--python_out={out}",
