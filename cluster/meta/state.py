@@ -234,6 +234,7 @@ class MetaState:
             nodes_changed |= command.WhichOneof("command") in ("register_node", "node_report", "mark_node")
         if index % RESULTS_PRUNE_EVERY == 0:  # by log index: every replica prunes at the same entries
             self._prune_results(batch)
+        batch.put(b"T", _u64(self._clock))
         batch.put(b"A", _u64(index))
         batch.commit()
         self.applied = index
@@ -262,8 +263,7 @@ class MetaState:
         return result
 
     def _apply_command(self, batch: Batch, version: int, command: pb.MetaCommand) -> pb.MetaResult:
-        now = self._clock = max(self._clock, command.now_ms)
-        batch.put(b"T", _u64(now))
+        now = self._clock = max(self._clock, command.now_ms)  # stored once per entry, by apply
         kind = command.WhichOneof("command")
         handler = getattr(self, f"_do_{kind}", None) if kind else None
         if handler is None:
@@ -313,8 +313,7 @@ class MetaState:
     def _do_commit_put(self, batch: Batch, version: int, now: int, c: pb.CommitPut) -> pb.MetaResult:
         bucket = self._bucket(batch, c.bucket)
         names.check_key(c.key)
-        manifest = pb.Manifest()
-        manifest.CopyFrom(c.manifest)
+        manifest = c.manifest  # the command is this apply's own copy, decoded from the entry
         self._check_manifest(bucket, manifest)
         self._add_references(batch, now, manifest, c.placements, bucket.profile)
         manifest.head.version, manifest.head.modified_ms, manifest.head.delete_marker = version, now, False
@@ -597,7 +596,8 @@ class MetaState:
 
     @staticmethod
     def _check_manifest(bucket: pb.Bucket, manifest: pb.Manifest) -> None:
-        names.check_metadata(dict(manifest.metadata))
+        if manifest.metadata:
+            names.check_metadata(dict(manifest.metadata))
         size = manifest.head.size
         if manifest.inline_data or (size == 0 and not manifest.chunks):
             if manifest.chunks:
@@ -630,6 +630,7 @@ class MetaState:
                 raise Refused(pb.BAD_PLACEMENT, f"a placement for chunk {p.chunk.hex()[:16]} the manifest lacks")
             placed[p.chunk] = list(p.nodes)
         missing, new_chunks, new_bytes = [], 0, 0
+        known = self._nodes()[1]
         for chunk_id, count in counts.items():
             raw = batch.get(chunk_key(chunk_id))
             if raw is not None:
@@ -641,7 +642,7 @@ class MetaState:
             if nodes is None:
                 missing.append(chunk_id)
                 continue
-            self._check_placement(chunk_id, nodes, profile, self._nodes()[1])
+            self._check_placement(chunk_id, nodes, profile, known)
             chunk = pb.Chunk(length=lengths[chunk_id], refs=count, state=pb.HOT, profile=profile, nodes=nodes)
             batch.put(chunk_key(chunk_id), chunk.SerializeToString())
             new_chunks, new_bytes = new_chunks + 1, new_bytes + chunk.length
