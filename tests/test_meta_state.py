@@ -526,3 +526,24 @@ def test_reads_are_recorded_on_the_current_version_only(cluster):
     assert read.read_ms == cluster.base_ms + cluster.index and read.version == head.version
     too_many = pb.TouchObjects(objects=[touch] * (state_module.TOUCHES_MAX + 1))
     assert cluster.apply(touch_objects=too_many).code == pb.INVALID_ARGUMENT
+
+
+def test_node_records_held_in_memory_follow_every_node_change_and_a_restore(cluster):
+    def record(node_id):
+        raw = cluster.state.node_record(node_id)
+        return pb.Node.FromString(raw) if raw is not None else None
+
+    assert record(2).state == pb.UP and record(99) is None
+    assert cluster.apply(mark_node=pb.MarkNode(id=2, state=pb.SUSPECT)).code == pb.OK
+    assert record(2).state == pb.SUSPECT
+    disks = [pb.Disk(path="/d", capacity_bytes=100, free_bytes=7, healthy=True)]
+    assert cluster.apply(node_report=pb.NodeReport(id=2, disks=disks, state=pb.UP)).code == pb.OK
+    assert record(2).state == pb.UP and record(2).disks[0].free_bytes == 7
+    assert cluster.apply(register_node=pb.RegisterNode(node=pb.Node(address="10.9.9.9:1"))).node_id == 5
+    assert record(5).address == "10.9.9.9:1"
+    assert all(cluster.state.node_record(n.id) == n.SerializeToString() for n in cluster.state.nodes())
+
+    other = MetaState(MemoryDisk())  # a snapshot restore brings its own nodes
+    assert other.node_record(2) is None
+    other.restore(cluster.state.snapshot())
+    assert pb.Node.FromString(other.node_record(5)).address == "10.9.9.9:1"

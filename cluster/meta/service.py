@@ -343,7 +343,10 @@ class MetaService(pb_grpc.MetaServicer):
                 reply.chunk_ids.append(ref.id)
                 reply.chunks.append(chunk)
                 node_ids.update(chunk.nodes)
-            reply.nodes.extend(n for n in (self.state.node(i) for i in sorted(node_ids)) if n is not None)
+            for node_id in sorted(node_ids):
+                record = self.state.node_record(node_id)
+                if record is not None:
+                    reply.nodes.add().MergeFromString(record)
             if not request.stale and self.driver.is_leader:  # (reads of followers' state are not recorded)
                 self.tiering.note_read(request.bucket, request.key, manifest, list(zip(reply.chunk_ids, reply.chunks)))
         return pb.MetaReply(tag=op.tag, get_object=reply)

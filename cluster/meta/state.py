@@ -204,7 +204,7 @@ class MetaState:
         """In-memory caches of what the disk holds (rebuilt at start and after a restore)."""
         self.applied = self._load_u64(b"A")
         self._clock = self._load_u64(b"T")
-        self._nodes_cache: tuple[list, set] | None = None  # (placement candidates, node ids)
+        self._nodes_cache: tuple[list, dict] | None = None  # (placement candidates, {node id: record bytes})
 
     def _load_u64(self, key: bytes) -> int:
         raw = self.disk.get(key)
@@ -653,7 +653,7 @@ class MetaState:
                                              "upload them and commit again", missing)
 
     @staticmethod
-    def _check_placement(chunk_id: bytes, nodes: list[int], profile, known: set[int]) -> None:
+    def _check_placement(chunk_id: bytes, nodes: list[int], profile, known) -> None:
         width = profile.k + profile.m
         if len(nodes) != width or len(set(nodes)) != width:
             raise Refused(pb.BAD_PLACEMENT, f"chunk {chunk_id.hex()[:16]}: {width} distinct nodes needed, "
@@ -880,17 +880,23 @@ class MetaState:
         """Placement candidates: nodes up, with a healthy disk that has room."""
         return self._nodes()[0]
 
-    def _nodes(self) -> tuple[list, set]:
-        if self._nodes_cache is None:
-            usable, ids = [], set()
-            for node in self.nodes():
-                ids.add(node.id)
+    def node_record(self, node_id: int) -> bytes | None:
+        """A node's record as stored (an encoded Node), from memory: every get's reply carries
+        the records of the nodes that hold its chunks."""
+        return self._nodes()[1].get(node_id)
+
+    def _nodes(self) -> tuple[list, dict]:
+        if self._nodes_cache is None:  # dropped whenever an entry changes a node, and on restore
+            usable, records = [], {}
+            for _, raw in self.disk.scan(b"N", b"O"):
+                node = pb.Node.FromString(raw)
+                records[node.id] = raw
                 if node.state != pb.UP:
                     continue
                 free = sum(d.free_bytes for d in node.disks if d.healthy)
                 if any(d.healthy for d in node.disks) or not node.disks:
                     usable.append(candidate(node.id, dict(node.labels), free))
-            self._nodes_cache = (usable, ids)
+            self._nodes_cache = (usable, records)
         return self._nodes_cache
 
     def garbage(self, before_ms: int, limit: int = 1000) -> list[bytes]:
