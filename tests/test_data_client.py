@@ -55,7 +55,8 @@ class Peer:
         if op == wire.OP_GET_MANY:  # each fragment's index as its bytes; index 7 is missing
             indexes = [index for _, index, _, _ in wire.decode_get_many(request[3])]
             statuses = wire.encode_statuses([(wire.NOT_FOUND, "gone") if i == 7 else (wire.OK, "") for i in indexes])
-            return [identity, request_id, bytes([wire.OK]), b"", statuses, *(b"" if i == 7 else b"index %d" % i for i in indexes)]
+            payloads = [b"" if i == 7 else b"index %d" % i for i in indexes]
+            return [identity, request_id, bytes([wire.OK]), b"", statuses, *wire.join_payloads(payloads)]
         return [identity, request_id, bytes([wire.OK]), b"", b"bytes %d" % number]
 
     def close(self) -> None:

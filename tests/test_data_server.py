@@ -157,9 +157,13 @@ def test_small_puts_issued_together_share_messages(tmp_path, meta):
             expect = wire.GET_MANY_BYTES_MAX // 4
             got = await asyncio.gather(*(client.get(other, i, expect=expect) for i in range(8)))
             assert client.messages - sent == 2 and [bytes(g) for g in got] == [small[i] for i in range(8)]
-            with pytest.raises(DataError) as malformed_many:  # payload count disagrees with the header
-                await client._call([wire.OP_PUT_MANY, wire.join_headers([wire.encode_put(other, 1, 0), wire.encode_put(other, 2, 0)]), b"x"], 5.0)
-            assert malformed_many.value.status == wire.BAD_REQUEST
+            two = wire.join_headers([wire.encode_put(other, 1, 0), wire.encode_put(other, 2, 0)])
+            for malformed in ([two, *wire.join_payloads([b"x"])],  # one payload for two headers
+                              [two, wire.join_payloads([b"x", b"y"])[0], b"xyz"],  # sizes say 2 bytes, 3 came
+                              [two, b"x", b"y"]):  # the old form: a frame per payload
+                with pytest.raises(DataError) as malformed_many:
+                    await client._call([wire.OP_PUT_MANY, *malformed], 5.0)
+                assert malformed_many.value.status == wire.BAD_REQUEST
             await client.close()
         asyncio.run(main())
     finally:
@@ -224,3 +228,21 @@ def test_a_data_plane_closes_without_crashing(tmp_path):
         if done.returncode != 0:
             crashes.append((done.returncode, done.stderr[-500:]))
     assert not crashes, crashes
+
+
+def test_a_batch_reply_refuses_what_would_pass_its_one_frame(tmp_path, monkeypatch):
+    from cluster.data.disks import DiskSet
+    from cluster.data.server import DataPlane
+
+    plane = DataPlane.__new__(DataPlane)  # the request logic alone, without sockets or workers
+    plane.disks = DiskSet([str(tmp_path)])
+    chunk = b"c" * 32
+    for index in range(3):
+        plane.disks.put(chunk, index, bytes([index]) * 100)
+    monkeypatch.setattr(wire, "JOINED_BYTES_MAX", 250)
+    statuses, sizes, joined = plane._get_many([(chunk, index, 0, None) for index in range(3)])
+    results = wire.decode_statuses(statuses, 3)
+    assert [status for status, _ in results] == [wire.OK, wire.OK, wire.BAD_REQUEST]
+    assert "get this fragment alone" in results[2][1]
+    assert [bytes(p) for p in wire.split_payloads(sizes, joined, 3)] == [b"\0" * 100, b"\1" * 100, b""]
+    plane.disks.close()

@@ -135,9 +135,10 @@ class DataPlane:
             self.disks.put(chunk_id, index, frames[1].buffer, crc)
             return []
         if op == wire.OP_PUT_MANY:
-            if len(frames) < 2:
-                raise ValueError("a PUT_MANY carries a header and the payloads")
-            return self._put_many(wire.decode_put_many(frames[0].bytes, len(frames) - 1), frames[1:])
+            if len(frames) != 3:
+                raise ValueError("a PUT_MANY carries a header, its payloads' sizes and the payloads joined")
+            items = wire.decode_put_many(frames[0].bytes)
+            return self._put_many(items, wire.split_payloads(frames[1].bytes, frames[2].buffer, len(items)))
         if op == wire.OP_GET_MANY:
             if len(frames) != 1:
                 raise ValueError("a GET_MANY carries a header only")
@@ -150,18 +151,23 @@ class DataPlane:
         raise ValueError(f"unknown operation {op!r}")
 
     def _get_many(self, items) -> list:
-        results, payloads = [], []
+        results, payloads, total = [], [], 0
         for chunk_id, index, offset, length in items:
             try:
-                payloads.append(self.disks.get(chunk_id, index, offset, length))
+                payload = self.disks.get(chunk_id, index, offset, length)
+                if total + len(payload) > wire.JOINED_BYTES_MAX:  # the joined reply must stay one frame
+                    raise ValueError(f"{len(payload)} more bytes would pass a batch reply's "
+                                     f"{wire.JOINED_BYTES_MAX}; get this fragment alone")
+                payloads.append(payload)
                 results.append((wire.OK, ""))
+                total += len(payload)
             except Exception as error:  # noqa: BLE001 - this fragment's answer
                 payloads.append(b"")
                 results.append((_status_of(error), str(error)))
-        return [wire.encode_statuses(results), *payloads]
+        return [wire.encode_statuses(results), *wire.join_payloads(payloads)]
 
     def _put_many(self, items, payloads) -> list:
-        outcomes = self.disks.put_many((chunk_id, index, payload.buffer, crc)
+        outcomes = self.disks.put_many((chunk_id, index, payload, crc)
                                        for (chunk_id, index, crc), payload in zip(items, payloads))
         return [wire.encode_statuses([(wire.OK, "") if error is None else (_status_of(error), str(error))
                                       for error in outcomes])]
