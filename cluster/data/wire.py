@@ -32,8 +32,8 @@ IN_FLIGHT_MAX = 64
 # payload sizes, payloads joined]; its reply's payload is N status bytes then, for each failure,
 # its text after a NUL. Small gets likewise: GET_MANY [header of N GET headers]; the reply carries
 # the statuses, the sizes and the fragments joined (nothing where one failed). Joined, because
-# ZeroMQ spends far more on each frame of a multipart message than on copying the bytes into one
-# (64 payloads of 16 KiB, both ends of a loopback pair: about four times the CPU as 64 frames).
+# ZeroMQ spends far more on each frame of a multipart message than the copy into one costs
+# (ops/bench/transport.py, transport_zmq_batch_joined_per_s_16k).
 PUT_MANY_MAX = 64                  # fragments in one message
 PUT_MANY_BYTES_MAX = 4 << 20       # their bytes
 COALESCE_BYTES_MAX = 256 << 10     # only fragments up to this size wait to share a message

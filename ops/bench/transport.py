@@ -7,6 +7,10 @@ window of fragments in flight and measures GB/s for 128 KiB and 1 MiB fragments,
 (pyzmq DEALER -> ROUTER, zero-copy multipart frames), gRPC bidirectional streaming of bytes, gRPC
 unary calls, and a raw TCP socket (the ceiling). Rounds alternate between the wires; medians.
 The data node uses ZeroMQ for fragments when its row shows it faster than gRPC streaming.
+
+Batches: 64 fragments of 16 KiB per ZeroMQ message, as the data plane's PUT_MANY carries them,
+either joined in one frame with their sizes in another (cluster/data/wire.py, split back into
+views by the sink) or one frame each; fragments per second, the same window of batches.
 """
 from __future__ import annotations
 
@@ -25,13 +29,16 @@ from common import bench_parser, print_table, progress, row, write_json  # noqa:
 
 WINDOW = 16
 SIZES = [128 << 10, 1 << 20]
+BATCH_ITEMS, BATCH_ITEM_BYTES, BATCH_WINDOW = 64, 16 << 10, 4
 
 
 # ---- the sink (a separate process)
 
 def serve(kind: str, port: int) -> None:
-    if kind == "zmq":
+    if kind in ("zmq", "zmq-frames", "zmq-joined"):
         import zmq
+
+        from cluster.data import wire
 
         context = zmq.Context()
         router = context.socket(zmq.ROUTER)
@@ -39,6 +46,10 @@ def serve(kind: str, port: int) -> None:
         print("ready", flush=True)
         while True:
             frames = router.recv_multipart(copy=False)
+            if kind == "zmq-joined":  # what the data node does with a PUT_MANY's payloads
+                wire.split_payloads(frames[1].bytes, frames[2].buffer, BATCH_ITEMS)
+            elif kind == "zmq-frames":
+                [frame.buffer for frame in frames[1:]]
             router.send_multipart([frames[0], b"ok"])
     elif kind in ("grpc-stream", "grpc-unary"):
         import grpc
@@ -101,6 +112,31 @@ def send_zmq(port: int, payload: bytes, count: int) -> float:
     while received < count:
         while sent < count and sent - received < WINDOW:
             dealer.send(payload, copy=False)
+            sent += 1
+        dealer.recv()
+        received += 1
+    elapsed = time.perf_counter() - start
+    dealer.close(0)
+    context.term()
+    return elapsed
+
+
+def send_batches(port: int, joined: bool, batches: int) -> float:
+    """Seconds to send `batches` messages of BATCH_ITEMS fragments, joined or a frame each."""
+    import zmq
+
+    from cluster.data import wire
+
+    payloads = [os.urandom(BATCH_ITEM_BYTES) for _ in range(BATCH_ITEMS)]
+    context = zmq.Context()
+    dealer = context.socket(zmq.DEALER)
+    dealer.connect(f"tcp://127.0.0.1:{port}")
+    start = time.perf_counter()
+    sent = received = 0
+    while received < batches:
+        while sent < batches and sent - received < BATCH_WINDOW:
+            frames = wire.join_payloads(payloads) if joined else payloads  # joined anew, as the client does
+            dealer.send_multipart(frames, copy=False)
             sent += 1
         dealer.recv()
         received += 1
@@ -192,12 +228,24 @@ def measure(kind: str, size: int, total_bytes: int) -> float:
         proc.wait()
 
 
+def measure_batches(kind: str, total_bytes: int) -> float:
+    """Fragments per second in batches (`kind`: zmq-joined or zmq-frames)."""
+    proc, port = start_sink(kind)
+    try:
+        batches = max(BATCH_WINDOW * 2, total_bytes // (BATCH_ITEMS * BATCH_ITEM_BYTES))
+        return batches * BATCH_ITEMS / send_batches(port, kind == "zmq-joined", batches)
+    finally:
+        proc.kill()
+        proc.wait()
+
+
 KINDS = ["zmq", "grpc-stream", "grpc-unary", "raw"]
+BATCH_KINDS = ["zmq-joined", "zmq-frames"]
 
 
 def main() -> None:
     parser = bench_parser(__doc__)
-    parser.add_argument("--serve", choices=KINDS, help=argparse.SUPPRESS)
+    parser.add_argument("--serve", choices=KINDS + BATCH_KINDS, help=argparse.SUPPRESS)
     parser.add_argument("--port", type=int, help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.serve:
@@ -205,11 +253,14 @@ def main() -> None:
         return
     rounds, total = (3, 256 << 20) if args.quick else (5, 1 << 30)
     samples = {(k, s): [] for k in KINDS for s in SIZES}
+    batched = {k: [] for k in BATCH_KINDS}
     for round_number in range(rounds):
         for size in SIZES:
             order = KINDS if round_number % 2 == 0 else KINDS[::-1]
             for kind in order:
                 samples[(kind, size)].append(measure(kind, size, total))
+        for kind in BATCH_KINDS if round_number % 2 == 0 else BATCH_KINDS[::-1]:
+            batched[kind].append(measure_batches(kind, total // 4))
         progress(f"  round {round_number + 1}/{rounds} done")
     medians = {key: statistics.median(v) for key, v in samples.items()}
     rows = []
@@ -219,6 +270,8 @@ def main() -> None:
         rows.append(row(f"transport_zmq_gbps_{label}", zmq, "GB/s", "grpc stream", stream))
         rows.append(row(f"transport_zmq_vs_unary_gbps_{label}", zmq, "GB/s", "grpc unary", medians[("grpc-unary", size)]))
         rows.append(row(f"transport_zmq_vs_raw_gbps_{label}", zmq, "GB/s", "raw socket", medians[("raw", size)]))
+    rows.append(row("transport_zmq_batch_joined_per_s_16k", statistics.median(batched["zmq-joined"]), "frag/s",
+                    "a frame each", statistics.median(batched["zmq-frames"])))
     print_table(f"Fragment transport, window {WINDOW}, loopback ({'quick' if args.quick else 'full'}; "
                 "ratio > 1: ZeroMQ faster)", rows)
     write_json(args.json, rows)
