@@ -46,10 +46,13 @@ def serve(kind: str, port: int) -> None:
         print("ready", flush=True)
         while True:
             frames = router.recv_multipart(copy=False)
-            if kind == "zmq-joined":  # what the data node does with a PUT_MANY's payloads
-                wire.split_payloads(frames[1].bytes, frames[2].buffer, BATCH_ITEMS)
+            # the views of the payloads that the data node takes, one way or the other
+            if kind == "zmq-joined":
+                views = wire.split_payloads(frames[1].bytes, frames[2].buffer, BATCH_ITEMS)
             elif kind == "zmq-frames":
-                [frame.buffer for frame in frames[1:]]
+                views = [frame.buffer for frame in frames[1:]]
+            if kind != "zmq" and len(views) != BATCH_ITEMS:
+                raise SystemExit(f"transport.py: the sink got {len(views)} payloads, not {BATCH_ITEMS}")
             router.send_multipart([frames[0], b"ok"])
     elif kind in ("grpc-stream", "grpc-unary"):
         import grpc
@@ -102,6 +105,22 @@ def _recv_exact(conn, view):
 # ---- the client side
 
 def send_zmq(port: int, payload: bytes, count: int) -> float:
+    return _zmq_round_trips(port, lambda: [payload], count, WINDOW)
+
+
+def send_batches(port: int, joined: bool, batches: int) -> float:
+    """Seconds to send `batches` messages of BATCH_ITEMS fragments, joined or a frame each."""
+    from cluster.data import wire
+
+    payloads = [os.urandom(BATCH_ITEM_BYTES) for _ in range(BATCH_ITEMS)]
+    # joined anew for every message, as the client does
+    frames_of = (lambda: wire.join_payloads(payloads)) if joined else (lambda: payloads)
+    return _zmq_round_trips(port, frames_of, batches, BATCH_WINDOW)
+
+
+def _zmq_round_trips(port: int, frames_of, count: int, window: int) -> float:
+    """Seconds to send `count` messages (`frames_of()` each, zero-copy) from a DEALER, keeping
+    `window` unacknowledged."""
     import zmq
 
     context = zmq.Context()
@@ -110,33 +129,8 @@ def send_zmq(port: int, payload: bytes, count: int) -> float:
     start = time.perf_counter()
     sent = received = 0
     while received < count:
-        while sent < count and sent - received < WINDOW:
-            dealer.send(payload, copy=False)
-            sent += 1
-        dealer.recv()
-        received += 1
-    elapsed = time.perf_counter() - start
-    dealer.close(0)
-    context.term()
-    return elapsed
-
-
-def send_batches(port: int, joined: bool, batches: int) -> float:
-    """Seconds to send `batches` messages of BATCH_ITEMS fragments, joined or a frame each."""
-    import zmq
-
-    from cluster.data import wire
-
-    payloads = [os.urandom(BATCH_ITEM_BYTES) for _ in range(BATCH_ITEMS)]
-    context = zmq.Context()
-    dealer = context.socket(zmq.DEALER)
-    dealer.connect(f"tcp://127.0.0.1:{port}")
-    start = time.perf_counter()
-    sent = received = 0
-    while received < batches:
-        while sent < batches and sent - received < BATCH_WINDOW:
-            frames = wire.join_payloads(payloads) if joined else payloads  # joined anew, as the client does
-            dealer.send_multipart(frames, copy=False)
+        while sent < count and sent - received < window:
+            dealer.send_multipart(frames_of(), copy=False)
             sent += 1
         dealer.recv()
         received += 1
