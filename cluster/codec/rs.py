@@ -84,9 +84,8 @@ class ReedSolomon:
         for index in range(self.k):
             piece = view[index * size:(index + 1) * size]
             if len(piece) < size:
-                padded = bytearray(size)
-                padded[:len(piece)] = piece
-                piece = memoryview(padded)
+                piece, tail = memoryview(bytearray(size)), piece
+                piece[:len(tail)] = tail  # a memoryview's slice takes the bytes as they are: one copy
             pieces.append(piece)
         return pieces
 
