@@ -2,7 +2,6 @@
 served again once handed over, and a failed read returns nothing; and a whole get of a one-chunk
 object, which skips the read-ahead and ordering, with the same checks."""
 import asyncio
-import os
 
 import blake3
 import pytest
@@ -149,40 +148,6 @@ def test_unzeroed_bytearrays_have_the_size_asked_and_are_writable(size):
     assert buffer.count(0x5a) == size
     buffer.extend(b"12")  # an ordinary bytearray: it still grows
     assert len(buffer) == size + 2 and buffer[-2:] == b"12"
-
-
-def _vm_flags_at(address: int) -> list[str]:
-    """The VmFlags of this process's mapping that holds `address` (Linux /proc/self/smaps)."""
-    holds = False
-    with open("/proc/self/smaps") as smaps:
-        for line in smaps:
-            head = line.split()[0]
-            if "-" in head and not head.endswith(":"):
-                low, high = (int(part, 16) for part in head.split("-"))
-                holds = low <= address < high
-            elif holds and head == "VmFlags:":
-                return line.split()[1:]
-    raise AssertionError(f"no mapping holds {address:#x}")
-
-
-@pytest.mark.skipif(not os.path.exists("/sys/kernel/mm/transparent_hugepage/enabled"),
-                    reason="the kernel has no transparent huge pages to advise")
-def test_large_unzeroed_bytearrays_are_advised_onto_huge_pages_and_small_ones_are_not():
-    from cluster._load import ffi
-    from cluster.codec.buffers import HUGE_PAGE_BYTES, advise_huge_pages, unzeroed_bytearray
-
-    def start(buffer) -> int:
-        return int(ffi.cast("uintptr_t", ffi.from_buffer(buffer)))
-
-    large = unzeroed_bytearray(8 << 20)
-    assert "hg" in _vm_flags_at(-(-start(large) // HUGE_PAGE_BYTES) * HUGE_PAGE_BYTES)  # MADV_HUGEPAGE took
-    small = unzeroed_bytearray(64 << 10)  # from the heap, whose neighbours are not ours to advise
-    assert "hg" not in _vm_flags_at(start(small))
-    assert advise_huge_pages(bytearray(4096)) is False  # no whole huge page inside: nothing asked
-    with pytest.raises(TypeError, match="writable"):
-        advise_huge_pages(bytes(2 * HUGE_PAGE_BYTES))
-    large[:] = b"\x01" * len(large)  # an ordinary buffer, huge pages or not
-    assert large.count(1) == len(large)
 
 
 def test_a_whole_read_is_checked_against_the_objects_blake3():

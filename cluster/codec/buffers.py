@@ -5,7 +5,6 @@ long as it is C-contiguous; its length is counted in bytes whatever its item typ
 cdata pointer borrows the object's memory: keep the object alive while C uses it.
 """
 import ctypes
-import sys
 
 from cluster._load import ffi
 
@@ -44,14 +43,9 @@ def writable(obj, what: str = "output buffer"):
 # ---- buffers that are written whole before they are read
 
 UNZEROED_MIN_BYTES = 4 << 20  # below this, bytearray(n)'s zero fill costs little
-HUGE_PAGE_BYTES = 2 << 20     # x86-64's transparent huge page
-MADV_HUGEPAGE = 14            # <sys/mman.h> on Linux
 
 _new_bytearray = ctypes.pythonapi.PyByteArray_FromStringAndSize  # with NULL: allocated, not zeroed
 _new_bytearray.restype, _new_bytearray.argtypes = ctypes.py_object, (ctypes.c_void_p, ctypes.c_ssize_t)
-_libc = ctypes.CDLL(None, use_errno=True) if sys.platform.startswith("linux") else None
-if _libc is not None:
-    _libc.madvise.restype, _libc.madvise.argtypes = ctypes.c_int, (ctypes.c_void_p, ctypes.c_size_t, ctypes.c_int)
 
 
 def unzeroed_bytearray(size: int) -> bytearray:
@@ -59,24 +53,5 @@ def unzeroed_bytearray(size: int) -> bytearray:
     so it is only for a buffer the caller writes whole before anything reads it (a get's result,
     which is returned only once every byte is in place and verified). bytearray(n) zero-fills,
     touching every page before the bytes that go there are even fetched (for 256 MiB, see the
-    README's one-line measurement). A large one is also advised onto huge pages (below)."""
-    if size < UNZEROED_MIN_BYTES:
-        return bytearray(size)
-    buffer = _new_bytearray(None, size)
-    advise_huge_pages(buffer)
-    return buffer
-
-
-def advise_huge_pages(buffer) -> bool:
-    """Asks Linux to back the whole 2 MiB pages inside a writable buffer that nothing has
-    touched yet with transparent huge pages: the first write to each then costs one page fault
-    and one 2 MiB clear instead of 512 of each (a 256 MiB get buffer filled 5x faster here).
-    Only advice: False where the kernel declines it (no THP, or `enabled` set to never), and
-    the buffer works the same either way."""
-    if _libc is None:
-        return False
-    pointer, size = writable(buffer, "buffer to advise")
-    start = int(ffi.cast("uintptr_t", pointer))
-    first = -(-start // HUGE_PAGE_BYTES) * HUGE_PAGE_BYTES
-    last = (start + size) // HUGE_PAGE_BYTES * HUGE_PAGE_BYTES
-    return last > first and _libc.madvise(first, last - first, MADV_HUGEPAGE) == 0
+    README's one-line measurement)."""
+    return bytearray(size) if size < UNZEROED_MIN_BYTES else _new_bytearray(None, size)
