@@ -88,7 +88,7 @@ def join_payloads(payloads: list) -> list[bytes]:
     """A batch's payloads as two frames: their sizes (4 bytes each), then all their bytes."""
     if len(payloads) > PUT_MANY_MAX:
         raise ValueError(f"a batch carries at most {PUT_MANY_MAX} payloads, not {len(payloads)}")
-    sizes = [len(memoryview(p).cast("B")) for p in payloads]
+    sizes = [memoryview(p).nbytes for p in payloads]
     return [struct.pack(f">{len(sizes)}I", *sizes), b"".join(payloads)]
 
 

@@ -791,7 +791,7 @@ class MetaState:
         return pb.Node.FromString(raw) if raw is not None else None
 
     def nodes(self) -> list[pb.Node]:
-        return [pb.Node.FromString(v) for _, v in self.disk.scan(b"N", b"O")]
+        return [pb.Node.FromString(raw) for raw in self._nodes()[1].values()]  # (in id order, as stored)
 
     def list_objects(self, bucket: str, prefix: str = "", delimiter: str = "", start_after: str = "",
                      max_keys: int = 1000) -> tuple[list[tuple[str, bytes]], list[str], str]:

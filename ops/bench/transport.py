@@ -46,13 +46,11 @@ def serve(kind: str, port: int) -> None:
         print("ready", flush=True)
         while True:
             frames = router.recv_multipart(copy=False)
-            # the views of the payloads that the data node takes, one way or the other
-            if kind == "zmq-joined":
-                views = wire.split_payloads(frames[1].bytes, frames[2].buffer, BATCH_ITEMS)
-            elif kind == "zmq-frames":
-                views = [frame.buffer for frame in frames[1:]]
-            if kind != "zmq" and len(views) != BATCH_ITEMS:
-                raise SystemExit(f"transport.py: the sink got {len(views)} payloads, not {BATCH_ITEMS}")
+            if kind != "zmq":  # a batch: the views of its payloads that a data node takes
+                views = (wire.split_payloads(frames[1].bytes, frames[2].buffer, BATCH_ITEMS) if kind == "zmq-joined"
+                         else [frame.buffer for frame in frames[1:]])
+                if len(views) != BATCH_ITEMS:
+                    raise SystemExit(f"transport.py: the sink got {len(views)} payloads, not {BATCH_ITEMS}")
             router.send_multipart([frames[0], b"ok"])
     elif kind in ("grpc-stream", "grpc-unary"):
         import grpc
