@@ -1,6 +1,10 @@
 """Cairn: a distributed, content-addressed, erasure-coded storage cluster."""
 
+from cluster.rpc import polling as _polling
+
 __version__ = "0.1.0"
+
+_polling.configure()  # before anything imports grpc (see cluster/rpc/polling.py)
 
 
 def connect(addresses, **options):
