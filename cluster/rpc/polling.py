@@ -1,13 +1,13 @@
 """How gRPC's core polls its sockets in Cairn's processes. Imported by `cluster/__init__.py`,
 so it runs before anything imports grpc: grpc reads its configuration once, at import.
 
-gRPC's EventEngine (the default since 1.6x) reads and writes sockets on its own thread pool and
-hands every finished operation to the thread that waits on the completion queue, which grpc.aio
-then hands to the event loop: two thread switches per message before Python sees it. With the
-EventEngine client and listener turned off, the thread that waits on the completion queue polls
-the sockets itself, one switch fewer. On a 2-core VM a one-message round trip between two
-processes took about 150 µs with the EventEngine and 80 µs without, and each switch costs CPU
-as well as time (ops/bench/raft.py shows both; see the README).
+gRPC's EventEngine reads and writes sockets on its own thread pool and hands each finished
+operation to the thread that waits on the completion queue, which grpc.aio then hands to the
+event loop. With the EventEngine's client and listener turned off, grpc's older I/O manager
+polls the sockets on the thread that waits on the completion queue, which saves a thread switch
+per message. On this 2-core VM switches are a large part of what a message costs, in time and in
+CPU (`perf` puts most of the kernel's share of a Raft node in them); ops/bench/raft.py shows the
+difference (see the README, session 13).
 
 A process that sets GRPC_EXPERIMENTS itself (even to an empty value, which restores grpc's
 defaults) keeps its own setting."""
