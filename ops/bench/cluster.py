@@ -34,7 +34,7 @@ import uvloop
 
 ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 sys.path.insert(0, ROOT)  # first: `cluster` is the package, not ops/bench/cluster.py
-from common import bench_parser, drop_cache_tree, print_table, progress, row, write_json  # noqa: E402
+from common import bench_parser, drop_cache_tree, in_flight_run, print_table, progress, row, write_json  # noqa: E402
 
 K, M = 4, 2
 SMALL_IN_FLIGHT = 64
@@ -77,20 +77,6 @@ def dir_read(directory: str, count: int, threads: int) -> float:
 
 
 # ---- Cairn
-
-async def in_flight_run(count: int, in_flight: int, one) -> float:
-    """Seconds for one(n) over n < count, at most `in_flight` at a time: that many workers take
-    the next number as each finishes. (Not a task per object behind a semaphore: 10,000 waiting
-    tasks cost this process, the client's, garbage-collector passes and scheduling for nothing.)"""
-    numbers = iter(range(count))
-
-    async def worker() -> None:
-        for number in numbers:
-            await one(number)
-    started = time.perf_counter()
-    await asyncio.gather(*(worker() for _ in range(min(in_flight, count))))
-    return time.perf_counter() - started
-
 
 async def cairn_put(client, bucket: str, prefix: str, objects: list[bytes], in_flight: int) -> float:
     async def one(number: int) -> None:

@@ -8,6 +8,7 @@ means Cairn is better, and metric names stay stable across runs.
 """
 from __future__ import annotations
 
+import asyncio
 import json
 import os
 import statistics
@@ -63,6 +64,20 @@ def _calibrate(fn: Callable[[], object], sample_seconds: float) -> int:
         if elapsed > sample_seconds / 4 or calls > 1 << 20:
             return max(1, int(calls * sample_seconds / max(elapsed, 1e-9)))
         calls *= 2
+
+
+async def in_flight_run(count: int, in_flight: int, one) -> float:
+    """Seconds for `await one(n)` over n < count, at most `in_flight` at a time: that many workers
+    take the next number as each finishes. (Not a task per item behind a semaphore: thousands of
+    waiting tasks cost the measuring process garbage-collector passes and scheduling.)"""
+    numbers = iter(range(count))
+
+    async def worker() -> None:
+        for number in numbers:
+            await one(number)
+    started = time.perf_counter()
+    await asyncio.gather(*(worker() for _ in range(min(in_flight, count))))
+    return time.perf_counter() - started
 
 
 def print_table(title: str, rows: list[dict]) -> None:

@@ -29,7 +29,7 @@ import time
 
 ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 sys.path.insert(0, ROOT)  # first: `cluster` is the package, not ops/bench/cluster.py
-from common import bench_parser, print_table, progress, row, write_json  # noqa: E402
+from common import bench_parser, in_flight_run, print_table, progress, row, write_json  # noqa: E402
 
 from cluster.dev import free_ports  # noqa: E402
 
@@ -84,14 +84,7 @@ async def cairn_point(address: str, directory: str, size: int, streams: int, cou
             await asyncio.sleep(0.1)
 
     async def run(work):
-        queue = list(ids)
-
-        async def stream():
-            while queue:
-                await work(queue.pop())
-        start = time.perf_counter()
-        await asyncio.gather(*(stream() for _ in range(streams)))
-        return time.perf_counter() - start
+        return await in_flight_run(len(ids), streams, lambda n: work(ids[n]))
 
     async def check(chunk_id):
         # as the client library reads: small fragments may share a message (GET_MANY)

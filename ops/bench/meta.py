@@ -30,7 +30,7 @@ BENCH = ROOT / "ops" / "bench"
 sys.path.insert(0, str(BENCH))
 sys.path.insert(0, str(ROOT))  # first: `cluster` is the package, not ops/bench/cluster.py
 import raft  # noqa: E402
-from common import PeakResident, bench_parser, print_table, progress, row, write_json  # noqa: E402
+from common import PeakResident, bench_parser, in_flight_run, print_table, progress, row, write_json  # noqa: E402
 from raft_clusters import CairnMetaCluster, ClusterError, EtcdCluster, ensure_etcd  # noqa: E402
 
 CLIENTS = [1, 16, 64]
@@ -80,25 +80,22 @@ async def fill(endpoints: list[str], bucket: str, keys: int) -> float:
 
     client = MetaClient(endpoints, timeout=60)
     empty = pb.Manifest(head=pb.ObjectHead(size=0, blake3=blake3.blake3(b"").digest()))
-    next_key, started, reported = 0, time.perf_counter(), time.perf_counter()
+    reported = time.perf_counter()
 
-    async def worker():
-        nonlocal next_key, reported
-        while next_key < keys:
-            number = next_key
-            next_key += 1
-            reply = await client.command(commit_put=pb.CommitPut(bucket=bucket, key=f"fill/{number:08d}",
-                                                                 manifest=empty))
-            if reply.code != pb.OK:
-                raise RuntimeError(f"filling the bucket failed: {reply.message}")
-            if time.perf_counter() - reported > 10:
-                reported = time.perf_counter()
-                progress(f"    {number:,} of {keys:,} keys")
+    async def one(number: int) -> None:
+        nonlocal reported
+        reply = await client.command(commit_put=pb.CommitPut(bucket=bucket, key=f"fill/{number:08d}",
+                                                             manifest=empty))
+        if reply.code != pb.OK:
+            raise RuntimeError(f"filling the bucket failed: {reply.message}")
+        if time.perf_counter() - reported > 10:
+            reported = time.perf_counter()
+            progress(f"    {number:,} of {keys:,} keys")
     try:
-        await asyncio.gather(*(worker() for _ in range(FILL_CONCURRENCY)))
+        seconds = await in_flight_run(keys, FILL_CONCURRENCY, one)
     finally:
         await client.close()
-    return keys / (time.perf_counter() - started)
+    return keys / seconds
 
 
 async def list_all(endpoints: list[str], bucket: str) -> tuple[int, float]:
