@@ -517,3 +517,45 @@ def test_a_batch_a_full_disk_refuses_goes_to_the_other_disk_and_leaves_no_partia
     assert reopened.recovered["torn_bytes"] == 0  # the failed batch write was cut at once
     assert len(list(reopened.fragments())) == sum(on_first)
     reopened.close()
+
+
+def test_a_disk_keeps_the_stripe_count_it_was_made_with(tmp_path):
+    """A fragment's stripe follows from its id and the count: reopening a disk made with three
+    stripes under another count still finds every fragment; a new disk takes the count asked."""
+    from cluster.data.disks import DiskSet, made_stripes
+
+    made = DiskSet([str(tmp_path / "old")], stripes=3)
+    items = [(random.Random(n).randbytes(32), n % 6, content(n, n % 6, 700), None) for n in range(60)]
+    assert made.put_many(items) == [None] * len(items)
+    made.close()
+    assert made_stripes(str(tmp_path / "old")) == 3
+    reopened = DiskSet([str(tmp_path / "old")], stripes=1)
+    try:
+        assert len(reopened.disks[0].store.stores) == 3
+        for chunk_id, index, data, _ in items:
+            assert reopened.get(chunk_id, index) == data
+    finally:
+        reopened.close()
+    fresh = DiskSet([str(tmp_path / "new")], stripes=2)
+    try:
+        assert len(fresh.disks[0].store.stores) == 2 and made_stripes(str(tmp_path / "new")) == 2
+    finally:
+        fresh.close()
+    assert made_stripes(str(tmp_path / "absent")) == 0
+
+
+@pytest.mark.parametrize("stripes", [0, -1, 17])
+def test_a_stripe_count_out_of_range_is_refused(tmp_path, stripes):
+    from cluster.data.disks import DiskSet
+
+    with pytest.raises(ValueError, match="stripes per disk"):
+        DiskSet([str(tmp_path)], stripes=stripes)
+    assert os.listdir(tmp_path) == []  # refused before anything was made on the disk
+
+
+def test_the_data_node_command_refuses_a_bad_stripe_count(capsys):
+    from cluster.data.server import main
+
+    with pytest.raises(SystemExit):
+        main(["--disks", "/nonexistent", "--listen", "127.0.0.1:1", "--data-listen", "127.0.0.1:2", "--stripes", "0"])
+    assert "--stripes" in capsys.readouterr().err

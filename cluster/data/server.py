@@ -26,7 +26,7 @@ from cluster import faultpoints
 from cluster.client.fragments import Fragments
 from cluster.client.meta import MetaClient
 from cluster.data import tiering, wire
-from cluster.data.disks import DiskSet
+from cluster.data.disks import STRIPES, STRIPES_MAX, DiskSet
 from cluster.data.membership import Membership, disk_records
 from cluster.data.orphans import DEFAULT_GRACE_SECONDS, OrphanCollector, placements_from
 from cluster.data.repairs import NICE, RepairExecutor, RepairThread, check_request
@@ -268,8 +268,9 @@ class DataNode:
                  labels: dict[str, str], scrub_bytes_per_second: float = DEFAULT_BYTES_PER_SECOND,
                  orphan_grace_seconds: float = DEFAULT_GRACE_SECONDS, orphan_interval_seconds: float = 600.0,
                  scrub_pause_seconds: float = SCRUB_PAUSE_SECONDS,
-                 compact_interval_seconds: float = COMPACT_INTERVAL_SECONDS, repair_nice: int = NICE):
-        self.disks = DiskSet(disk_paths)
+                 compact_interval_seconds: float = COMPACT_INTERVAL_SECONDS, repair_nice: int = NICE,
+                 stripes: int = STRIPES):
+        self.disks = DiskSet(disk_paths, stripes)
         self.repair_nice = repair_nice
         self.address, self.data_address, self.labels = address, data_address, labels
         self.meta_addresses = meta
@@ -413,6 +414,9 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--orphan-interval-seconds", type=float, default=600.0)
     parser.add_argument("--repair-nice", type=int, default=NICE, choices=range(0, 20), metavar="0..19",
                         help="CPU priority of repair work below the threads that serve clients")
+    parser.add_argument("--stripes", type=int, default=STRIPES, choices=range(1, STRIPES_MAX + 1),
+                        metavar=f"1..{STRIPES_MAX}", help="fragment stores per new disk, each with its own "
+                        "segments and fsync (a disk keeps the count it was made with)")
     args = parser.parse_args(argv)
     labels = {}
     for item in args.label:
@@ -427,7 +431,7 @@ def main(argv: list[str] | None = None) -> None:
         node = DataNode(args.disks.split(","), args.listen, args.data_listen,
                         [a for a in args.meta.split(",") if a], labels, args.scrub_mb_per_s * 1e6,
                         args.orphan_grace_seconds, args.orphan_interval_seconds, args.scrub_pause_seconds,
-                        args.compact_interval_seconds, args.repair_nice)
+                        args.compact_interval_seconds, args.repair_nice, args.stripes)
         await node.serve(stop)
     run_until_signalled(serve)
 

@@ -567,9 +567,9 @@ class FragmentStore:
 
 class StripedStore:
     """Several fragment stores on one disk, a fragment's stripe fixed by its id. One file's
-    fsyncs run one after another; stripes let a disk flush several segments at once (measured
-    on this kind of machine: 4 files synced in parallel took twice the bytes per second of one).
-    Each stripe keeps its own segments, index and group commit."""
+    fsyncs run one after another; stripes let a disk flush several segments at once, at the
+    cost of an fsync per stripe for a batch spread over them (one stripe is the default: see
+    disks.STRIPES). Each stripe keeps its own segments, index and group commit."""
 
     def __init__(self, stores: list[FragmentStore]):
         if not stores:
