@@ -150,3 +150,21 @@ def test_the_fast_path_is_not_taken_when_domains_differ():
     assert not _all_tie([Candidate(1, "h", "", "", 1), Candidate(2, "h", "", "", 1)], [])
     assert not _all_tie([Candidate(1, "a", "r1", "", 1), Candidate(2, "b", "r2", "", 1)], [])
     assert not _all_tie([Candidate(1, "a", "", "", 1)], [Candidate(2, "a", "", "", 1)])
+
+
+@settings(max_examples=300, deadline=None)
+@given(nodes=st.one_of(clusters(), one_node_a_host()), count=st.integers(1, 8), chunks=st.integers(1, 6),
+       seed=st.integers(0, 2**32))
+def test_placing_many_chunks_draws_as_placing_each_in_turn(nodes, count, chunks, seed):
+    """place_many (a BeginPut's chunks) looks at the nodes once; its placements are those of
+    `place` called once per chunk with the same generator, or it refuses as `place` does."""
+    from cluster.meta.placement import place_many
+
+    one_by_one = random.Random(seed)
+    try:
+        expected = [place(nodes, count, one_by_one) for _ in range(chunks)]
+    except NotEnoughNodes:
+        with pytest.raises(NotEnoughNodes):
+            place_many(nodes, count, chunks, random.Random(seed))
+        return
+    assert place_many(nodes, count, chunks, random.Random(seed)) == expected

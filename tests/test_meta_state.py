@@ -547,3 +547,16 @@ def test_node_records_held_in_memory_follow_every_node_change_and_a_restore(clus
     assert other.node_record(2) is None
     other.restore(cluster.state.snapshot())
     assert pb.Node.FromString(other.node_record(5)).address == "10.9.9.9:1"
+
+
+def test_a_begin_put_places_each_new_chunk_once_in_order_of_first_use(cluster):
+    """A chunk named twice in one BeginPut gets one placement; a stored one gets none."""
+    stored, first, second = CHUNK_IDS[0], CHUNK_IDS[1], CHUNK_IDS[2]
+    assert cluster.put("data", "held", [stored]).code == pb.OK
+    chunks = [(c, CHUNKS[c]) for c in (first, stored, second, first, second)]
+    exists, placements, bucket = cluster.state.begin_put("data", chunks, b"seed")
+    assert exists == [False, True, False, False, False]
+    assert list(placements) == [first, second] and bucket.name == "data"
+    for nodes in placements.values():
+        assert len(set(nodes)) == len(nodes) == bucket.profile.k + bucket.profile.m
+    assert cluster.state.begin_put("data", chunks, b"seed")[1] == placements  # the seed decides

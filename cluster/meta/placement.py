@@ -60,16 +60,23 @@ def place(nodes: list[Candidate], count: int, rng: random.Random, taken: list[Ca
     return chosen
 
 
+def place_many(nodes: list[Candidate], count: int, chunks: int, rng: random.Random) -> list[list[int]]:
+    """`place` for each of `chunks` new chunks in turn, with the same draws; the nodes are
+    looked at once for all of them (a BeginPut places many chunks on the same nodes)."""
+    if len(nodes) < count or not _all_tie(nodes, ()):
+        return [place(nodes, count, rng) for _ in range(chunks)]
+    return [_race(nodes, count, rng) for _ in range(chunks)]
+
+
 def _race(free: list[Candidate], count: int, rng: random.Random) -> list[int]:
     """`count` successive draws without replacement, each weighted by free bytes, in one pass:
     every node draws an exponential time at the rate of its weight and the first `count` to
     finish are the picks, in order (the first of any set to finish is each one's with
     probability weight/total, and the rest go on racing). Nodes of no weight come last, in a
     uniform order, as `_weighted` picks them only when nothing else is left."""
-    keys = []
-    for position, n in enumerate(free):
-        time = -math.log(1.0 - rng.random())
-        keys.append((0, time / n.free, position) if n.free > 0 else (1, time, position))
+    draw, log = rng.random, math.log
+    keys = [(0, -log(1.0 - draw()) / n.free, position) if n.free > 0 else (1, -log(1.0 - draw()), position)
+            for position, n in enumerate(free)]
     keys.sort()
     return [free[position].id for _, _, position in keys[:count]]
 

@@ -37,7 +37,7 @@ from typing import Iterator
 import blake3
 
 from cluster.meta import names
-from cluster.meta.placement import NotEnoughNodes, candidate, place
+from cluster.meta.placement import NotEnoughNodes, candidate, place, place_many
 from cluster.proto import meta_pb2 as pb
 from cluster.storage.disk import SnapshotDisk
 from cluster.tier.targets import TierConfigError, TierTarget
@@ -839,23 +839,22 @@ class MetaState:
     def begin_put(self, bucket: str, chunks: list[tuple[bytes, int]], seed: bytes) -> tuple[list[bool], dict[bytes, list[int]], pb.Bucket]:
         """Which chunks exist already, and placements for the others (deterministic in the seed)."""
         info = self.bucket(bucket)
-        exists, wanted = [], []
+        exists, wanted = [], {}  # (a dict: in order, and a request of many chunks is not quadratic)
         for chunk_id, length in chunks:
             names.check_chunk_id(chunk_id)
             known = self.chunk(chunk_id)
             if known is not None and known.length != length:
                 raise Refused(pb.CHUNK_MISMATCH, f"chunk {chunk_id.hex()[:16]} is known with another length")
             exists.append(known is not None)
-            if known is None and chunk_id not in wanted:
-                wanted.append(chunk_id)
+            if known is None:
+                wanted[chunk_id] = None
         placements = {}
         if wanted:
             usable = self.usable_nodes()
             rng = random.Random(blake3.blake3(seed).digest())
             width = info.profile.k + info.profile.m
             try:
-                for chunk_id in wanted:
-                    placements[chunk_id] = place(usable, width, rng)
+                placements = dict(zip(wanted, place_many(usable, width, len(wanted), rng)))
             except NotEnoughNodes as error:
                 raise Refused(pb.NOT_ENOUGH_NODES, f"{error} (bucket profile {info.profile.k}+{info.profile.m})") from None
         return exists, placements, info
