@@ -542,6 +542,9 @@ def test_a_disk_keeps_the_stripe_count_it_was_made_with(tmp_path):
     finally:
         fresh.close()
     assert made_stripes(str(tmp_path / "absent")) == 0
+    os.makedirs(tmp_path / "odd" / "stripe-40")  # not one Cairn makes: the disk stays out of service
+    with pytest.raises(OSError, match="no usable disk"):
+        DiskSet([str(tmp_path / "odd")])
 
 
 @pytest.mark.parametrize("stripes", [0, -1, 17])

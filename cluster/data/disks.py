@@ -39,6 +39,8 @@ def open_local_store(path: str, stripes: int) -> StripedStore:
     the stripe count it was made with, whatever `stripes` asks for now: a fragment's stripe
     follows from its id and that count, so another count would lose sight of fragments."""
     made = made_stripes(path)
+    if made > STRIPES_MAX:
+        raise ValueError(f"disk {path} holds stripes up to stripe-{made - 1}; at most {STRIPES_MAX} are made")
     if made and made != stripes:
         log.info("disk %s keeps the %d stripes it was made with (asked for %d)", path, made, stripes)
     return StripedStore([FragmentStore(LocalFiles(os.path.join(path, f"stripe-{k}", "segments")),
