@@ -1,6 +1,7 @@
 """The fragment store: reads, writes, bad input, group commit, torn tails, a lost index,
 corruption and the scrubber, a full disk, compaction under load, kill -9 crash safety, and batches
 (one write per stripe, each fragment its own outcome, a full disk's share going to another disk)."""
+import asyncio
 import errno
 import os
 import random
@@ -521,30 +522,70 @@ def test_a_batch_a_full_disk_refuses_goes_to_the_other_disk_and_leaves_no_partia
 
 def test_a_disk_keeps_the_stripe_count_it_was_made_with(tmp_path):
     """A fragment's stripe follows from its id and the count: reopening a disk made with three
-    stripes under another count still finds every fragment; a new disk takes the count asked."""
-    from cluster.data.disks import DiskSet, made_stripes
+    stripes under another count still finds every fragment; a new disk takes the count asked
+    and records it before it makes a store."""
+    from cluster.data.disks import STRIPES_FILE, DiskSet
 
-    made = DiskSet([str(tmp_path / "old")], stripes=3)
+    made = DiskSet([str(tmp_path / "made")], stripes=3)
     items = [(random.Random(n).randbytes(32), n % 6, content(n, n % 6, 700), None) for n in range(60)]
     assert made.put_many(items) == [None] * len(items)
     made.close()
-    assert made_stripes(str(tmp_path / "old")) == 3
-    reopened = DiskSet([str(tmp_path / "old")], stripes=1)
+    assert (tmp_path / "made" / STRIPES_FILE).read_text() == "3\n"
+    reopened = DiskSet([str(tmp_path / "made")], stripes=1)
     try:
         assert len(reopened.disks[0].store.stores) == 3
         for chunk_id, index, data, _ in items:
             assert reopened.get(chunk_id, index) == data
     finally:
         reopened.close()
-    fresh = DiskSet([str(tmp_path / "new")], stripes=2)
+
+
+def test_a_disk_made_before_the_count_was_recorded_is_read_from_its_stripe_directories(tmp_path):
+    from cluster.data.disks import STRIPES_FILE, DiskSet
+
+    old = DiskSet([str(tmp_path / "old")], stripes=4)
+    items = [(random.Random(n).randbytes(32), 0, content(n, 0, 500), None) for n in range(40)]
+    assert old.put_many(items) == [None] * len(items)
+    old.close()
+    os.remove(tmp_path / "old" / STRIPES_FILE)  # as an older Cairn left it
+    again = DiskSet([str(tmp_path / "old")])
     try:
-        assert len(fresh.disks[0].store.stores) == 2 and made_stripes(str(tmp_path / "new")) == 2
+        assert len(again.disks[0].store.stores) == 4
+        assert all(again.get(chunk_id, index) == data for chunk_id, index, data, _ in items)
+        assert (tmp_path / "old" / STRIPES_FILE).read_text() == "4\n"  # recorded from now on
     finally:
-        fresh.close()
-    assert made_stripes(str(tmp_path / "absent")) == 0
-    os.makedirs(tmp_path / "odd" / "stripe-40")  # not one Cairn makes: the disk stays out of service
+        again.close()
+
+
+@pytest.mark.parametrize("stray", ["file", "symlink", "leading-zero", "gap", "not-a-number", "too-many",
+                                   "bad-record", "record-too-small"])
+def test_a_disk_whose_stripes_no_cairn_made_stays_out_of_service(tmp_path, stray):
+    """Whatever would make the count a guess leaves the disk out of service (and the node
+    without a usable disk fails to start) rather than looking fragments up in the wrong place."""
+    from cluster.data.disks import STRIPES_FILE, DiskSet
+
+    disk = tmp_path / "disk"
+    os.makedirs(disk / "stripe-0")
+    if stray == "file":
+        (disk / "stripe-1").write_bytes(b"")
+    elif stray == "symlink":
+        os.symlink(disk / "stripe-0", disk / "stripe-1")
+    elif stray == "leading-zero":
+        os.makedirs(disk / "stripe-01")
+    elif stray == "gap":
+        os.makedirs(disk / "stripe-2")
+    elif stray == "not-a-number":
+        os.makedirs(disk / "stripe-x")
+    elif stray == "too-many":
+        for k in range(1, 17):
+            os.makedirs(disk / f"stripe-{k}")
+    elif stray == "bad-record":
+        (disk / STRIPES_FILE).write_bytes(b"four\n")
+    else:
+        os.makedirs(disk / "stripe-1")
+        (disk / STRIPES_FILE).write_bytes(b"1\n")
     with pytest.raises(OSError, match="no usable disk"):
-        DiskSet([str(tmp_path / "odd")])
+        DiskSet([str(disk)])
 
 
 @pytest.mark.parametrize("stripes", [0, -1, 17])
@@ -556,9 +597,25 @@ def test_a_stripe_count_out_of_range_is_refused(tmp_path, stripes):
     assert os.listdir(tmp_path) == []  # refused before anything was made on the disk
 
 
-def test_the_data_node_command_refuses_a_bad_stripe_count(capsys):
-    from cluster.data.server import main
+def test_the_data_node_command_takes_a_stripe_count(monkeypatch, capsys):
+    from cluster.data import server
 
     with pytest.raises(SystemExit):
-        main(["--disks", "/nonexistent", "--listen", "127.0.0.1:1", "--data-listen", "127.0.0.1:2", "--stripes", "0"])
-    assert "--stripes" in capsys.readouterr().err
+        server.main(["--disks", "/nonexistent", "--listen", "127.0.0.1:1", "--data-listen", "127.0.0.1:2",
+                     "--stripes", "0"])
+    assert "--stripes: invalid choice" in capsys.readouterr().err
+
+    given = []
+
+    class Node:
+        def __init__(self, *args):
+            given.append(args)
+
+        async def serve(self, stop):
+            pass
+    monkeypatch.setattr(server, "DataNode", Node)
+    monkeypatch.setattr(server, "run_until_signalled", lambda serve: asyncio.run(serve(asyncio.Event())))
+    server.main(["--disks", "/d", "--listen", "127.0.0.1:1", "--data-listen", "127.0.0.1:2", "--stripes", "4"])
+    assert given[0][-1] == 4
+    server.main(["--disks", "/d", "--listen", "127.0.0.1:1", "--data-listen", "127.0.0.1:2"])
+    assert given[1][-1] == 1  # the default: one stripe a new disk

@@ -22,6 +22,7 @@ FREE_SPACE_SECONDS = 1.0
 # objects a fifth faster with one stripe than with four, and large objects no slower.
 STRIPES = 1
 STRIPES_MAX = 16
+STRIPES_FILE = "stripes"  # in a disk directory: the stripe count it was made with
 
 
 @dataclass
@@ -35,27 +36,78 @@ class DiskState:
 
 
 def open_local_store(path: str, stripes: int) -> StripedStore:
-    """A disk directory's stores: per stripe, segment files and a RocksDB index. A disk keeps
-    the stripe count it was made with, whatever `stripes` asks for now: a fragment's stripe
-    follows from its id and that count, so another count would lose sight of fragments."""
-    made = made_stripes(path)
-    if made > STRIPES_MAX:
-        raise ValueError(f"disk {path} holds stripes up to stripe-{made - 1}; at most {STRIPES_MAX} are made")
-    if made and made != stripes:
-        log.info("disk %s keeps the %d stripes it was made with (asked for %d)", path, made, stripes)
+    """A disk directory's stores: per stripe, segment files and a RocksDB index."""
+    count = disk_stripes(path, stripes)
     return StripedStore([FragmentStore(LocalFiles(os.path.join(path, f"stripe-{k}", "segments")),
                                        RocksDisk(os.path.join(path, f"stripe-{k}", "index")))
-                         for k in range(made or stripes)])
+                         for k in range(count)])
+
+
+def disk_stripes(path: str, asked: int) -> int:
+    """The stripe count of the disk directory `path`. A disk keeps the count it was made with,
+    whatever is asked now: a fragment's stripe follows from its id and that count, so another
+    count would lose sight of fragments. The count is recorded (durably, before any store is
+    made) in the disk's STRIPES_FILE; a disk made before that file existed is read from its
+    stripe directories, and a new disk takes the count asked. Raises ValueError on a record or
+    directories that no Cairn wrote: the disk then stays out of service."""
+    record = os.path.join(path, STRIPES_FILE)
+    try:
+        with open(record, "rb") as f:
+            text = f.read(16)
+    except FileNotFoundError:
+        count = made_stripes(path) or asked
+        _write_durably(record, b"%d\n" % count)
+    else:
+        count = int(text) if text.strip().isdigit() and text.isascii() else 0
+        if not 1 <= count <= STRIPES_MAX:
+            raise ValueError(f"disk {path}: its {STRIPES_FILE} file holds {text[:16]!r}, not a count of 1 to {STRIPES_MAX}")
+        if made_stripes(path) > count:  # (fewer is a start cut short: the stores are made on open)
+            raise ValueError(f"disk {path} holds more stripe directories than its {STRIPES_FILE} file's {count}")
+    if count != asked:  # worth a warning only when someone asked for a count other than the default
+        log.log(logging.WARNING if asked != STRIPES else logging.DEBUG,
+                "disk %s keeps the %d stripes it was made with (asked for %d)", path, count, asked)
+    return count
 
 
 def made_stripes(path: str) -> int:
-    """The stripe count of a disk directory: one past its highest `stripe-K` (0: a new disk)."""
+    """How many stripes the directories of a disk made before STRIPES_FILE existed hold:
+    `stripe-0` to `stripe-(n-1)`, real directories (0: none, a new disk)."""
     try:
-        names = os.listdir(path)
+        entries = list(os.scandir(path))
     except FileNotFoundError:
         return 0
-    numbers = [int(name[7:]) for name in names if name.startswith("stripe-") and name[7:].isdigit()]
-    return max(numbers) + 1 if numbers else 0
+    numbers = set()
+    for entry in entries:
+        if not entry.name.startswith("stripe-"):
+            continue
+        digits = entry.name[len("stripe-"):]
+        if not (digits.isascii() and digits.isdigit() and str(int(digits)) == digits) \
+                or not entry.is_dir(follow_symlinks=False):
+            raise ValueError(f"disk {path}: {entry.name!r} is not a stripe directory Cairn makes")
+        numbers.add(int(digits))
+    if numbers and numbers != set(range(len(numbers))):
+        raise ValueError(f"disk {path}: stripe directories {sorted(numbers)} are not stripe-0 to stripe-{len(numbers) - 1}")
+    if len(numbers) > STRIPES_MAX:
+        raise ValueError(f"disk {path} holds {len(numbers)} stripe directories; at most {STRIPES_MAX} are made")
+    return len(numbers)
+
+
+def _write_durably(path: str, data: bytes) -> None:
+    """Writes a small file whole or not at all, and syncs it and its directory."""
+    directory = os.path.dirname(path)
+    os.makedirs(directory, exist_ok=True)
+    temporary = path + ".new"
+    with open(temporary, "wb") as f:
+        f.write(data)
+        f.flush()
+        os.fsync(f.fileno())
+    os.replace(temporary, path)
+    for name in (directory, os.path.dirname(os.path.abspath(directory))):
+        fd = os.open(name, os.O_RDONLY)
+        try:
+            os.fsync(fd)
+        finally:
+            os.close(fd)
 
 
 class DiskSet:
