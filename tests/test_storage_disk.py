@@ -23,3 +23,13 @@ def test_tables_carry_a_bloom_filter_that_finds_every_key(tmp_path):
     assert "filter_policy=bloomfilter" in text  # "nullptr" without one
     assert "memtable_whole_key_filtering=true" in text
     assert "memtable_prefix_bloom_size_ratio=0.1" in text
+
+
+def test_write_durably_replaces_the_whole_file_and_leaves_no_temporary(tmp_path):
+    from cluster.storage.durable import write_durably
+
+    path = tmp_path / "record"
+    write_durably(str(path), [b"first"])
+    write_durably(str(path), [b"sec", b"ond"])  # parts are written in order, as one file
+    assert path.read_bytes() == b"second"
+    assert sorted(os.listdir(tmp_path)) == ["record"]

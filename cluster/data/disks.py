@@ -13,6 +13,7 @@ from typing import Callable
 from cluster.data.store import (DiskFailed, DiskFull, FragmentCorrupt, FragmentNotFound, FragmentStore,
                                 StripedStore, check_fragment_id)
 from cluster.storage.disk import RocksDisk
+from cluster.storage.durable import fsync_directory, write_durably
 from cluster.storage.files import Files, LocalFiles
 
 log = logging.getLogger("cairn.data")
@@ -56,7 +57,9 @@ def disk_stripes(path: str, asked: int) -> int:
             text = f.read(16)
     except FileNotFoundError:
         count = made_stripes(path) or asked
-        _write_durably(record, b"%d\n" % count)
+        os.makedirs(path, exist_ok=True)
+        write_durably(record, [b"%d\n" % count])
+        fsync_directory(os.path.dirname(os.path.abspath(path)))  # a new disk directory's own entry
     else:
         count = int(text) if text.strip().isdigit() and text.isascii() else 0
         if not 1 <= count <= STRIPES_MAX:
@@ -90,24 +93,6 @@ def made_stripes(path: str) -> int:
     if len(numbers) > STRIPES_MAX:
         raise ValueError(f"disk {path} holds {len(numbers)} stripe directories; at most {STRIPES_MAX} are made")
     return len(numbers)
-
-
-def _write_durably(path: str, data: bytes) -> None:
-    """Writes a small file whole or not at all, and syncs it and its directory."""
-    directory = os.path.dirname(path)
-    os.makedirs(directory, exist_ok=True)
-    temporary = path + ".new"
-    with open(temporary, "wb") as f:
-        f.write(data)
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(temporary, path)
-    for name in (directory, os.path.dirname(os.path.abspath(directory))):
-        fd = os.open(name, os.O_RDONLY)
-        try:
-            os.fsync(fd)
-        finally:
-            os.close(fd)
 
 
 class DiskSet:

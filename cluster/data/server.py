@@ -27,6 +27,7 @@ from cluster.client.fragments import Fragments
 from cluster.client.meta import MetaClient
 from cluster.data import tiering, wire
 from cluster.data.disks import STRIPES, STRIPES_MAX, DiskSet
+from cluster.storage.durable import write_durably
 from cluster.data.membership import Membership, disk_records
 from cluster.data.orphans import DEFAULT_GRACE_SECONDS, OrphanCollector, placements_from
 from cluster.data.repairs import NICE, RepairExecutor, RepairThread, check_request
@@ -315,11 +316,7 @@ class DataNode:
         return await asyncio.get_running_loop().run_in_executor(self.pool, disk_records, self.disks)
 
     def _save_id(self, node_id: int) -> None:
-        with open(self._id_path + ".tmp", "w") as f:
-            f.write(str(node_id))
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(self._id_path + ".tmp", self._id_path)
+        write_durably(self._id_path, [str(node_id).encode()])
 
     @property
     def node_id(self) -> int:

@@ -9,6 +9,7 @@ import os
 import struct
 
 from cluster.raft.messages import Membership, SnapshotMeta
+from cluster.storage.durable import write_durably
 
 _META = struct.Struct(">QQQI")
 
@@ -63,18 +64,7 @@ class FileSnapshots:
         return self._cached
 
     def save(self, meta: SnapshotMeta, data: bytes) -> None:
-        temporary = self._path + ".tmp"
-        with open(temporary, "wb") as out:
-            out.write(_encode_meta(meta))
-            out.write(data)
-            out.flush()
-            os.fsync(out.fileno())
-        os.replace(temporary, self._path)
-        directory = os.open(self.directory, os.O_RDONLY)
-        try:
-            os.fsync(directory)
-        finally:
-            os.close(directory)
+        write_durably(self._path, [_encode_meta(meta), data])
         self._cached = (meta, bytes(data))
 
     def stage(self, offset: int, data: bytes) -> None:

@@ -14,6 +14,8 @@ import struct
 import tempfile
 from typing import Iterator, Protocol
 
+from cluster.storage.durable import fsync_directory
+
 _FILE_HEADER = struct.Struct(">HQ")  # name length, file length
 _CHECKPOINT_MAGIC = b"CairnCKP1"  # a packed RocksDB checkpoint
 _PAIRS_MAGIC = b"CairnKVS1"       # a logical dump: key and value pairs
@@ -138,7 +140,7 @@ class RocksDisk:
         shutil.rmtree(old, ignore_errors=True)
         os.rename(self.path, old)
         os.rename(staging, self.path)
-        _fsync_dir(os.path.dirname(os.path.abspath(self.path)))
+        fsync_directory(os.path.dirname(os.path.abspath(self.path)))
         shutil.rmtree(old, ignore_errors=True)
         self._db = Rdict(self.path, self._options)
 
@@ -218,11 +220,3 @@ def _unpack_pairs(data: bytes) -> Iterator[tuple[bytes, bytes]]:
             raise ValueError("malformed disk export: truncated pair")
         yield data[position:position + key_length], data[position + key_length:position + key_length + value_length]
         position += key_length + value_length
-
-
-def _fsync_dir(path: str) -> None:
-    fd = os.open(path, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)

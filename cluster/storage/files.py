@@ -10,6 +10,8 @@ from __future__ import annotations
 import os
 from typing import Protocol
 
+from cluster.storage.durable import fsync_directory
+
 
 class Files(Protocol):
     def open(self, name: str) -> int:
@@ -112,8 +114,4 @@ class LocalFiles:
         return stat.f_blocks * stat.f_frsize
 
     def _sync_directory(self) -> None:
-        fd = os.open(self.directory, os.O_RDONLY)
-        try:
-            os.fsync(fd)
-        finally:
-            os.close(fd)
+        fsync_directory(self.directory)

@@ -1,6 +1,6 @@
 """Benchmark of the whole write and read paths on a local cluster against a plain directory.
 
-    python ops/bench/cluster.py [--quick] [--json PATH]
+    python ops/bench/cluster.py [--quick] [--json PATH] [--stripes N]
 
 The cluster (cluster/dev.py: 3 meta and 6 data processes on 127.0.0.1, fsync on, bucket 4+2) and,
 in this one client process, the Python client (cluster.connect_async):
@@ -13,6 +13,7 @@ The ceiling, in the same run and on the same disk: this process writing the same
 directory (one file per object, fsync'd; the 64 KiB files by 16 threads) and reading them back.
 Reads are cold for both: pages of the cluster's and the directory's files are dropped from the
 page cache first. --quick: 256 MiB instead of 1 GiB, 64 × 4 MiB, 2,000 × 64 KiB, one round.
+--stripes: the data nodes' stripes per disk (their default when not given).
 
 Targets (the ref column holds each target, so ratio >= 1 means met): 1 GiB put >= 70% of the
 directory's write rate × k/(k+m); 1 GiB get >= 70% of its read rate; 64 KiB puts >= 2,000/s and
@@ -103,11 +104,12 @@ def generate(count: int, size: int, seed: int) -> list[bytes]:
 
 
 class Bench:
-    def __init__(self, work: str, quick: bool):
+    def __init__(self, work: str, quick: bool, stripes: int | None = None):
         from cluster.dev import LocalCluster
 
         self.work, self.quick = work, quick
-        self.local = LocalCluster(os.path.join(work, "cluster"), port_base=None)
+        self.local = LocalCluster(os.path.join(work, "cluster"), port_base=None,
+                                  data_options=["--stripes", str(stripes)] if stripes else [])
         self.dir = os.path.join(work, "plain")
         self.samples: dict[str, list[float]] = {}
         self.round = 0
@@ -167,10 +169,12 @@ async def measure(bench: Bench, rounds: int, big: int, medium: int, small: int) 
 
 
 def main() -> None:
-    args = bench_parser(__doc__, "where the cluster and the directory live").parse_args()
+    parser = bench_parser(__doc__, "where the cluster and the directory live")
+    parser.add_argument("--stripes", type=int, help="stripes per data-node disk (default: the data node's)")
+    args = parser.parse_args()
     rounds, big, medium, small = (1, 256 << 20, 64, 2000) if args.quick else (3, 1 << 30, 256, 10_000)
     work = tempfile.mkdtemp(prefix="cairn-cluster-bench-", dir=args.dir)
-    bench = Bench(work, args.quick)
+    bench = Bench(work, args.quick, args.stripes)
     try:
         progress(f"starting a local cluster (3 meta, 6 data) in {work} ...")
         bench.local.start()
