@@ -1,6 +1,6 @@
 """Benchmark of a data node: fragment write and read throughput against a plain directory.
 
-    python ops/bench/data.py [--quick] [--json PATH]
+    python ops/bench/data.py [--quick] [--json PATH] [--stripes N]
 
 One data node process (python -m cluster.data.server, one disk directory, no metadata cluster)
 on 127.0.0.1, and this process as its client over the ZeroMQ data plane: 128 KiB and 1 MiB
@@ -38,14 +38,14 @@ SYNC_BATCH = 16
 
 
 class Node:
-    def __init__(self, directory: str):
+    def __init__(self, directory: str, stripes: int | None = None):
         self.directory = directory
         self.control, self.data = free_ports(2)
         self.log = open(os.path.join(directory, "node.log"), "wb")
         self.proc = subprocess.Popen(
             [sys.executable, "-m", "cluster.data.server", "--disks", os.path.join(directory, "disk"),
              "--listen", f"127.0.0.1:{self.control}", "--data-listen", f"127.0.0.1:{self.data}",
-             "--scrub-mb-per-s", "1"], cwd=ROOT, stdout=self.log, stderr=subprocess.STDOUT, start_new_session=True)
+             "--scrub-mb-per-s", "1", *(["--stripes", str(stripes)] if stripes else [])], cwd=ROOT, stdout=self.log, stderr=subprocess.STDOUT, start_new_session=True)
 
     def stop(self) -> None:
         if self.proc.poll() is None:
@@ -137,10 +137,12 @@ def plain_point(directory: str, size: int, streams: int, count: int) -> tuple[fl
 
 
 def main() -> None:
-    args = bench_parser(__doc__, "working directory").parse_args()
+    parser = bench_parser(__doc__, "working directory")
+    parser.add_argument("--stripes", type=int, help="stripes of the data node's disk (default: the data node's)")
+    args = parser.parse_args()
     rounds, volume = (1, 128 << 20) if args.quick else (3, 512 << 20)
     work = tempfile.mkdtemp(prefix="cairn-data-bench-", dir=args.dir or os.path.dirname(ROOT))
-    node = Node(work)
+    node = Node(work, args.stripes)
     samples: dict[tuple, list] = {}
     try:
         tag = 0
