@@ -23,7 +23,10 @@ class CountingMeta:
         if self.fail_first and self.calls == 1:
             return pb.MetaReply(code=pb.UNAVAILABLE, message="no leader")
         nodes = [pb.Node(id=i, data_address=f"127.0.0.1:{7000 + i}", state=pb.UP) for i in range(1, 7)]
-        return pb.MetaReply(list_nodes=pb.ListNodesReply(nodes=nodes))
+        return pb.MetaReply(list_nodes=pb.ListNodesReply(nodes=nodes, nodes_version=TABLE_VERSION))
+
+
+TABLE_VERSION = 77
 
 
 def fragments(meta) -> Fragments:
@@ -66,6 +69,35 @@ def test_a_cancelled_waiter_does_not_cancel_the_others():
             await first
         assert meta.calls == 1
     asyncio.run(run())
+
+
+def test_records_with_a_read_bring_one_background_read_of_the_table_and_then_stop_coming():
+    async def run():
+        meta = CountingMeta()
+        f = fragments(meta)
+        assert f.nodes_version == 0  # what GetObject sends: no table yet, records wanted
+        records = [pb.Node(id=2, data_address="127.0.0.1:7002")]
+        for _ in range(5):  # reads that come back with records while the table is on its way
+            f.learn_from_read(records, TABLE_VERSION)
+        assert f._nodes[2].data_address == "127.0.0.1:7002"
+        await asyncio.sleep(0.05)
+        assert meta.calls == 1 and f.nodes_version == TABLE_VERSION and sorted(f._nodes) == [1, 2, 3, 4, 5, 6]
+        f.learn_from_read([], TABLE_VERSION)  # current: nothing more to read
+        f.learn_from_read(records, TABLE_VERSION + 1)  # the table moved on: read it again
+        await asyncio.sleep(0.05)
+        assert meta.calls == 2
+    asyncio.run(run())
+
+
+def test_a_node_the_leader_calls_suspect_or_dead_is_read_last_until_a_record_says_it_is_up():
+    now = [0.0]
+    f = Fragments(CountingMeta(), connect=lambda address: address, clock=lambda: now[0])
+    f.learn([pb.Node(id=1, state=pb.DEAD), pb.Node(id=2, state=pb.SUSPECT), pb.Node(id=3, state=pb.UP)])
+    f._suspect([1, 3])  # a failed read of each: never shortens the leader's word
+    now[0] = 1e6  # records no longer come with every read, so their word must not wear off
+    assert [f._suspect_until.get(i, 0) > now[0] for i in (1, 2, 3)] == [True, True, False]
+    f.learn([pb.Node(id=1, state=pb.UP)])
+    assert f._suspect_until.get(1, 0) < now[0] and f._suspect_until[2] > now[0]
 
 
 class FlakyNodes:

@@ -179,7 +179,7 @@ class WholeGetFragments(MemoryFragments):
     """What AsyncClient.get uses of Fragments, reads as MemoryFragments."""
     meta = None
 
-    def learn(self, nodes) -> None:
+    def learn_from_read(self, nodes, version) -> None:
         pass
 
 

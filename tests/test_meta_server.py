@@ -81,7 +81,16 @@ def test_the_meta_api_end_to_end(cluster):
             assert list(begin.begin_put.exists) == [True, True] and not begin.begin_put.placements
             got = await client.call(pb.MetaOp(get_object=pb.GetObject(bucket="data", key="dir/a", with_chunks=True)))
             assert got.code == pb.OK and [c.refs for c in got.get_object.chunks] == [2, 2]
-            assert len(got.get_object.nodes) == 6
+            assert len(got.get_object.nodes) == 6 and got.get_object.nodes_version != 0
+            # a client whose node table is current gets the placements without the records
+            version = (await client.call(pb.MetaOp(list_nodes=pb.ListNodes()))).list_nodes.nodes_version
+            assert version == got.get_object.nodes_version
+            again = await client.call(pb.MetaOp(get_object=pb.GetObject(bucket="data", key="dir/a", with_chunks=True,
+                                                                        nodes_version=version)))
+            assert not again.get_object.nodes and again.get_object.chunks == got.get_object.chunks
+            stale = await client.call(pb.MetaOp(get_object=pb.GetObject(bucket="data", key="dir/a", with_chunks=True,
+                                                                        nodes_version=version + 1)))
+            assert len(stale.get_object.nodes) == 6
             listing = await client.call(pb.MetaOp(list_objects=pb.ListObjects(bucket="data", delimiter="/")))
             assert list(listing.list_objects.common_prefixes) == ["dir/"]
             copy = await client.command(copy_object=pb.CopyObject(bucket="data", key="c", source_bucket="data",

@@ -549,6 +549,30 @@ def test_node_records_held_in_memory_follow_every_node_change_and_a_restore(clus
     assert pb.Node.FromString(other.node_record(5)).address == "10.9.9.9:1"
 
 
+def test_the_node_table_version_follows_what_readers_route_by_and_nothing_else(cluster):
+    """A client holding the table of the current version gets no node records with its reads:
+    the version must change with any node's state or addresses, and not with its capacity."""
+    seen = [cluster.state.nodes_version()]
+    disks = [pb.Disk(path="/d", capacity_bytes=100, free_bytes=7, healthy=True)]
+    assert cluster.apply(node_report=pb.NodeReport(id=2, disks=disks, state=pb.UP)).code == pb.OK
+    assert cluster.state.nodes_version() == seen[-1]  # capacity only
+    changes = [dict(mark_node=pb.MarkNode(id=2, state=pb.SUSPECT)),
+               dict(node_report=pb.NodeReport(id=2, disks=disks, state=pb.UP)),
+               dict(mark_node=pb.MarkNode(id=3, state=pb.DEAD)),
+               dict(register_node=pb.RegisterNode(node=pb.Node(id=1, address="10.0.0.0:7000",
+                                                               data_address="10.0.0.0:7100"))),
+               dict(register_node=pb.RegisterNode(node=pb.Node(address="10.9.9.9:1")))]
+    for change in changes:
+        assert cluster.apply(**change).code == pb.OK
+        seen.append(cluster.state.nodes_version())
+    assert seen[2] == seen[0]  # back to the same table: the same version
+    assert len({seen[0], seen[1], *seen[3:]}) == len(seen) - 1 and 0 not in seen
+    other = MetaState(MemoryDisk())  # every replica computes the same version from the same table
+    assert other.nodes_version() != 0
+    other.restore(cluster.state.snapshot())
+    assert other.nodes_version() == seen[-1]
+
+
 def test_a_begin_put_places_each_new_chunk_once_in_order_of_first_use(cluster):
     """A chunk named twice in one BeginPut gets one placement; a stored one gets none."""
     stored, first, second = CHUNK_IDS[0], CHUNK_IDS[1], CHUNK_IDS[2]

@@ -15,6 +15,7 @@ DataClient's `put`/`get`/`close`), so the cluster simulator drives this same cod
 from __future__ import annotations
 
 import asyncio
+import math
 import os
 import time
 from typing import Callable
@@ -67,6 +68,7 @@ class Fragments:
         self._clients: dict[str, DataClient] = {}
         self._control: dict[str, grpc.aio.Channel] = {}  # data nodes' gRPC, for recalls
         self._nodes: dict[int, pb.Node] = {}
+        self.nodes_version = 0  # of the whole table in _nodes (0: none read yet)
         self._refreshing: asyncio.Future | None = None  # the node list read on its way
         self._codecs: dict[tuple[int, int], ReedSolomon] = {}
         self.sent = 0        # fragments stored, for dedup checks and progress
@@ -82,11 +84,23 @@ class Fragments:
         self._control.clear()
 
     def learn(self, nodes) -> None:
-        """Takes node records from the leader; SUSPECT and DEAD ones are read from last."""
+        """Takes node records from the leader. SUSPECT and DEAD nodes are read from last until a
+        record says they are up (or a read from one succeeds)."""
         for node in nodes:
             self._nodes[node.id] = node
             if node.state in (pb.SUSPECT, pb.DEAD):
-                self._suspect([node.id])
+                self._suspect_until[node.id] = math.inf
+            elif self._suspect_until.get(node.id) == math.inf:
+                del self._suspect_until[node.id]
+
+    def learn_from_read(self, nodes, version: int) -> None:
+        """Takes the node records that came with a read (GetObject, which sends them only when
+        `nodes_version` is not the table's `version`), and reads the whole table again in the
+        background when it is out of date, so that later reads come without records."""
+        self.learn(nodes)
+        if version != self.nodes_version and self._refreshing is None:
+            self._refreshing = asyncio.ensure_future(self._read_nodes())
+            self._refreshing.add_done_callback(self._refreshed)
 
     def codec(self, k: int, m: int) -> ReedSolomon:
         codec = self._codecs.get((k, m))
@@ -220,8 +234,8 @@ class Fragments:
 
     def _suspect(self, node_ids) -> None:
         until = self._clock() + SUSPECT_SECONDS
-        for node_id in node_ids:
-            self._suspect_until[node_id] = until
+        for node_id in node_ids:  # (never shortening the leader's word: inf)
+            self._suspect_until[node_id] = max(until, self._suspect_until.get(node_id, 0))
 
     def _get_soon(self, chunk_id: bytes, length: int, chunk: pb.Chunk, index: int) -> asyncio.Future:
         """A future of fragment `index`; no task is made for it when its node's connection is open."""
@@ -336,7 +350,9 @@ class Fragments:
     async def _read_nodes(self) -> None:
         reply = await self.meta.call(pb.MetaOp(list_nodes=pb.ListNodes()))
         raise_for(reply)
-        self._nodes = {n.id: n for n in reply.list_nodes.nodes}
+        self._nodes = {}
+        self.learn(reply.list_nodes.nodes)
+        self.nodes_version = reply.list_nodes.nodes_version
 
     def _refreshed(self, read: asyncio.Future) -> None:
         self._refreshing = None

@@ -117,7 +117,7 @@ class AsyncClient:
 
     async def open(self, bucket: str, key: str, version: int = 0, read_ahead: int | None = None) -> ObjectReader:
         got = await self._manifest(bucket, key, version, with_chunks=True)
-        self.fragments.learn(got.nodes)
+        self.fragments.learn_from_read(got.nodes, got.nodes_version)
         reader = ObjectReader(self.fragments, f"{bucket}/{key}", got.manifest, dict(zip(got.chunk_ids, got.chunks)))
         if read_ahead is not None:
             reader.read_ahead = read_ahead
@@ -288,5 +288,6 @@ class AsyncClient:
         return reply.result
 
     async def _manifest(self, bucket: str, key: str, version: int, with_chunks: bool) -> pb.GetObjectReply:
-        return (await self._call(get_object=pb.GetObject(bucket=bucket, key=key, version=version,
-                                                        with_chunks=with_chunks))).get_object
+        return (await self._call(get_object=pb.GetObject(
+            bucket=bucket, key=key, version=version, with_chunks=with_chunks,
+            nodes_version=self.fragments.nodes_version if with_chunks else 0))).get_object

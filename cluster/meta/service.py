@@ -343,10 +343,12 @@ class MetaService(pb_grpc.MetaServicer):
                 reply.chunk_ids.append(ref.id)
                 reply.chunks.append(chunk)
                 node_ids.update(chunk.nodes)
-            for node_id in sorted(node_ids):
-                record = self.state.node_record(node_id)
-                if record is not None:
-                    reply.nodes.add().MergeFromString(record)
+            reply.nodes_version = self.state.nodes_version()
+            if request.nodes_version != reply.nodes_version:  # (the client's table is current: it has them)
+                for node_id in sorted(node_ids):
+                    record = self.state.node_record(node_id)
+                    if record is not None:
+                        reply.nodes.add().MergeFromString(record)
             if not request.stale and self.driver.is_leader:  # (reads of followers' state are not recorded)
                 self.tiering.note_read(request.bucket, request.key, manifest, list(zip(reply.chunk_ids, reply.chunks)))
         return pb.MetaReply(tag=op.tag, get_object=reply)
@@ -376,7 +378,8 @@ class MetaService(pb_grpc.MetaServicer):
         return pb.MetaReply(tag=op.tag, list_buckets=pb.ListBucketsReply(buckets=self.state.buckets()))
 
     def _read_list_nodes(self, op) -> pb.MetaReply:
-        return pb.MetaReply(tag=op.tag, list_nodes=pb.ListNodesReply(nodes=self.state.nodes()))
+        return pb.MetaReply(tag=op.tag, list_nodes=pb.ListNodesReply(nodes=self.state.nodes(),
+                                                                     nodes_version=self.state.nodes_version()))
 
     def _read_list_tier_targets(self, op) -> pb.MetaReply:
         return pb.MetaReply(tag=op.tag, list_tier_targets=pb.ListTierTargetsReply(targets=self.state.tier_targets()))

@@ -204,7 +204,8 @@ class MetaState:
         """In-memory caches of what the disk holds (rebuilt at start and after a restore)."""
         self.applied = self._load_u64(b"A")
         self._clock = self._load_u64(b"T")
-        self._nodes_cache: tuple[list, dict] | None = None  # (placement candidates, {node id: record bytes})
+        # (placement candidates, {node id: record bytes}, the table's version)
+        self._nodes_cache: tuple[list, dict, int] | None = None
 
     def _load_u64(self, key: bytes) -> int:
         raw = self.disk.get(key)
@@ -884,18 +885,27 @@ class MetaState:
         the records of the nodes that hold its chunks."""
         return self._nodes()[1].get(node_id)
 
-    def _nodes(self) -> tuple[list, dict]:
+    def nodes_version(self) -> int:
+        """The node table's version: a digest of what a reader routes by (each node's id, addresses
+        and state), the same on every replica. A client that holds the table of this version
+        gets no node records with its reads; a heartbeat that only updates capacity keeps it."""
+        return self._nodes()[2]
+
+    def _nodes(self) -> tuple[list, dict, int]:
         if self._nodes_cache is None:  # dropped whenever an entry changes a node, and on restore
-            usable, records = [], {}
+            usable, records, routing = [], {}, blake3.blake3()
             for _, raw in self.disk.scan(b"N", b"O"):
                 node = pb.Node.FromString(raw)
                 records[node.id] = raw
+                routing.update(b"%d\0%s\0%s\0%d\n" % (node.id, node.address.encode(), node.data_address.encode(),
+                                                       node.state))
                 if node.state != pb.UP:
                     continue
                 free = sum(d.free_bytes for d in node.disks if d.healthy)
                 if any(d.healthy for d in node.disks) or not node.disks:
                     usable.append(candidate(node.id, dict(node.labels), free))
-            self._nodes_cache = (usable, records)
+            version = int.from_bytes(routing.digest()[:8], "big") or 1  # (0: the client has no table)
+            self._nodes_cache = (usable, records, version)
         return self._nodes_cache
 
     def garbage(self, before_ms: int, limit: int = 1000) -> list[bytes]:
