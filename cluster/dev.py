@@ -10,7 +10,6 @@ spreads fragments as it would over real servers.
 """
 from __future__ import annotations
 
-import asyncio
 import json
 import os
 import signal
@@ -177,29 +176,27 @@ class LocalCluster:
     # ---- readiness
 
     def wait_ready(self, timeout: float = START_SECONDS) -> None:
-        """Until a leader answers and every running data node is registered with a disk."""
-        asyncio.run(self._wait_ready(timeout))
-
-    async def _wait_ready(self, timeout: float) -> None:
-        from cluster.client.meta import MetaClient
-        from cluster.proto import meta_pb2 as pb
+        """Until a leader answers and every running data node is registered with a disk. (On
+        synchronous gRPC: an event loop of its own would stay bound to gRPC's asyncio poller,
+        which then reports "Event loop is closed" into the caller's loop.)"""
+        import grpc
 
         wanted = {m.addresses[0] for m in self.members if m.role == "data" and m.pid and _alive(m.pid)}
-        client = MetaClient(self.meta_addresses, timeout=timeout)
+        channels = [grpc.insecure_channel(address) for address in self.meta_addresses]
         deadline, seen = time.monotonic() + timeout, set()
         try:
             while True:
                 self._check_alive()
-                reply = await client.call(pb.MetaOp(list_nodes=pb.ListNodes()))
-                seen = {n.address for n in reply.list_nodes.nodes if n.disks and n.state == pb.UP}
+                seen = _registered(channels)
                 if wanted <= seen:
                     return
                 if time.monotonic() > deadline:
                     raise DevError(f"data nodes {sorted(wanted - seen)} did not register within {timeout:.0f} s; "
                                    f"see the logs in {self.directory}")
-                await asyncio.sleep(0.1)
+                time.sleep(0.1)
         finally:
-            await client.close()
+            for channel in channels:
+                channel.close()
 
     def _check_alive(self) -> None:
         for member in self.members:
@@ -235,6 +232,24 @@ class LocalCluster:
 
 
 _ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+def _registered(channels) -> set[str]:
+    """Addresses of the data nodes the meta leader lists as up with a disk (none while no
+    leader answers)."""
+    import grpc
+
+    from cluster.proto import meta_pb2 as pb
+    from cluster.proto import meta_pb2_grpc as pb_grpc
+
+    for channel in channels:
+        try:
+            reply = pb_grpc.MetaStub(channel).Call(pb.MetaOp(list_nodes=pb.ListNodes()), timeout=1.0)
+        except grpc.RpcError:
+            continue
+        if reply.code == pb.OK:
+            return {n.address for n in reply.list_nodes.nodes if n.disks and n.state == pb.UP}
+    return set()
 
 
 def _alive(pid: int) -> bool:
