@@ -83,6 +83,9 @@ def test_records_with_a_read_bring_one_background_read_of_the_table_and_then_sto
         await asyncio.sleep(0.05)
         assert meta.calls == 1 and f.nodes_version == TABLE_VERSION and sorted(f._nodes) == [1, 2, 3, 4, 5, 6]
         f.learn_from_read([], TABLE_VERSION)  # current: nothing more to read
+        f.learn_from_read(records, 0)  # a leader that keeps no version: reading again would not help
+        await asyncio.sleep(0.05)
+        assert meta.calls == 1
         f.learn_from_read(records, TABLE_VERSION + 1)  # the table moved on: read it again
         await asyncio.sleep(0.05)
         assert meta.calls == 2

@@ -96,9 +96,11 @@ class Fragments:
     def learn_from_read(self, nodes, version: int) -> None:
         """Takes the node records that came with a read (GetObject, which sends them only when
         `nodes_version` is not the table's `version`), and reads the whole table again in the
-        background when it is out of date, so that later reads come without records."""
+        background when it is out of date, so that later reads come without records. (Version 0
+        is a leader that keeps no version: it sends the records every time, and reading the
+        table again would not change that.)"""
         self.learn(nodes)
-        if version != self.nodes_version and self._refreshing is None:
+        if version and version != self.nodes_version and self._refreshing is None:
             self._refreshing = asyncio.ensure_future(self._read_nodes())
             self._refreshing.add_done_callback(self._refreshed)
 
