@@ -183,16 +183,17 @@ class LocalCluster:
 
         wanted = {m.addresses[0] for m in self.members if m.role == "data" and m.pid and _alive(m.pid)}
         channels = [grpc.insecure_channel(address) for address in self.meta_addresses]
-        deadline, seen = time.monotonic() + timeout, set()
+        deadline = time.monotonic() + timeout
         try:
             while True:
                 self._check_alive()
                 seen = _registered(channels)
-                if wanted <= seen:
+                if seen is not None and wanted <= seen:
                     return
                 if time.monotonic() > deadline:
-                    raise DevError(f"data nodes {sorted(wanted - seen)} did not register within {timeout:.0f} s; "
-                                   f"see the logs in {self.directory}")
+                    what = (f"data nodes {sorted(wanted - seen)} did not register" if seen is not None else
+                            f"no metadata leader answered (asked {', '.join(self.meta_addresses)})")
+                    raise DevError(f"{what} within {timeout:.0f} s; see the logs in {self.directory}")
                 time.sleep(0.1)
         finally:
             for channel in channels:
@@ -234,9 +235,9 @@ class LocalCluster:
 _ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
-def _registered(channels) -> set[str]:
-    """Addresses of the data nodes the meta leader lists as up with a disk (none while no
-    leader answers)."""
+def _registered(channels) -> set[str] | None:
+    """Addresses of the data nodes the meta leader lists as up with a disk; None while no
+    leader answers."""
     import grpc
 
     from cluster.proto import meta_pb2 as pb
@@ -249,7 +250,7 @@ def _registered(channels) -> set[str]:
             continue
         if reply.code == pb.OK:
             return {n.address for n in reply.list_nodes.nodes if n.disks and n.state == pb.UP}
-    return set()
+    return None
 
 
 def _alive(pid: int) -> bool:

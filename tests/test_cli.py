@@ -115,3 +115,11 @@ def test_a_local_cluster_whose_data_node_cannot_start_says_so_and_leaves_nothing
         local.start(timeout=60)
     local.stop()
     assert not any(_alive(m.pid) for m in local.members if m.pid)
+
+
+def test_waiting_for_a_cluster_whose_metadata_nodes_never_answer_says_so(tmp_path):
+    from cluster.dev import DevError, LocalCluster
+
+    local = LocalCluster(str(tmp_path / "c"), metas=1, datas=1, port_base=None)  # nothing started
+    with pytest.raises(DevError, match="no metadata leader answered"):
+        local.wait_ready(timeout=0.5)

@@ -92,12 +92,57 @@ def test_records_with_a_read_bring_one_background_read_of_the_table_and_then_sto
     asyncio.run(run())
 
 
+def test_records_older_or_newer_than_the_table_make_it_out_of_date_until_a_read_of_it_lands():
+    """Records that come with another version than the table's (a reply older than the table
+    read, or a table that moved on) leave the client asking for records (version 0) and reading
+    the table again, even when that read fails once: it never keeps records its version hides."""
+    async def run():
+        meta = CountingMeta(fail_first=True)
+        f = fragments(meta)
+        f.learn_from_read([pb.Node(id=5, data_address="10.0.0.5:1")], TABLE_VERSION)
+        await asyncio.sleep(0.05)
+        assert meta.calls == 1 and f.nodes_version == 0  # the read failed: still out of date
+        f.learn_from_read([pb.Node(id=5, data_address="10.0.0.5:1")], TABLE_VERSION)
+        await asyncio.sleep(0.05)
+        assert meta.calls == 2 and f.nodes_version == TABLE_VERSION
+        assert f._nodes[5].data_address == "127.0.0.1:7005"
+        f.learn_from_read([pb.Node(id=5, data_address="10.0.0.5:1")], TABLE_VERSION - 1)  # a late, older reply
+        assert f.nodes_version == 0 and f._nodes[5].data_address == "10.0.0.5:1"
+        await asyncio.sleep(0.05)
+        assert meta.calls == 3 and f.nodes_version == TABLE_VERSION and f._nodes[5].data_address == "127.0.0.1:7005"
+    asyncio.run(run())
+
+
+def test_closing_stops_a_background_read_of_the_table():
+    class SlowMeta(CountingMeta):
+        async def call(self, op):
+            await asyncio.sleep(60)
+
+    async def run():
+        f = fragments(SlowMeta())
+        f.learn_from_read([pb.Node(id=1)], TABLE_VERSION)
+        reading = f._refreshing
+        await asyncio.sleep(0.01)
+        await asyncio.wait_for(f.close(), 5)
+        assert reading.cancelled()
+    asyncio.run(run())
+
+
 def test_a_node_the_leader_calls_suspect_or_dead_is_read_last_until_a_record_says_it_is_up():
     now = [0.0]
     f = Fragments(CountingMeta(), connect=lambda address: address, clock=lambda: now[0])
     f.learn([pb.Node(id=1, state=pb.DEAD), pb.Node(id=2, state=pb.SUSPECT), pb.Node(id=3, state=pb.UP)])
     f._suspect([1, 3])  # a failed read of each: never shortens the leader's word
     now[0] = 1e6  # records no longer come with every read, so their word must not wear off
+    assert [f._suspect_until.get(i, 0) > now[0] for i in (1, 2, 3)] == [True, True, False]
+    async def landed(node_index):  # a successful fetch from the chunk's node at node_index
+        call = asyncio.get_running_loop().create_future()
+        call.set_result(b"fragment")
+        assert f._file(pb.Chunk(nodes=[1, 2, 3]), node_index, call, {}, set()) is None
+    f._suspect([3])
+    for index in range(3):
+        asyncio.run(landed(index))
+    # a good read clears the client's own suspicion (node 3), not the leader's (nodes 1 and 2)
     assert [f._suspect_until.get(i, 0) > now[0] for i in (1, 2, 3)] == [True, True, False]
     f.learn([pb.Node(id=1, state=pb.UP)])
     assert f._suspect_until.get(1, 0) < now[0] and f._suspect_until[2] > now[0]

@@ -240,3 +240,19 @@ def test_a_whole_get_of_one_chunk_decodes_into_its_result_and_keeps_the_checks(m
         with pytest.raises(InvalidArgument, match="has 2 chunks, not one"):
             await two_chunks.read_one_chunk()
     asyncio.run(main())
+
+
+def test_a_manifest_read_sends_the_version_of_the_clients_node_table():
+    from cluster.client.objects import AsyncClient
+
+    fragments = WholeGetFragments({})
+    fragments.nodes_version = 42
+    client = AsyncClient(["127.0.0.1:1"], meta=object(), fragments=fragments)  # nothing is dialled
+    asked = []
+
+    async def call(**op):
+        asked.append(op["get_object"])
+        return pb.MetaReply(get_object=pb.GetObjectReply())
+    client._call = call
+    asyncio.run(client._manifest("b", "k", 0, with_chunks=True))
+    assert asked[0].nodes_version == 42 and asked[0].with_chunks

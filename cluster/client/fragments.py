@@ -76,6 +76,9 @@ class Fragments:
         self.damaged = 0     # fragments that decoded to the wrong chunk, reported
 
     async def close(self) -> None:
+        if self._refreshing is not None:  # a background read of the node table: not needed now
+            self._refreshing.cancel()
+            await asyncio.gather(self._refreshing, return_exceptions=True)
         for client in self._clients.values():
             await client.close()
         self._clients.clear()
@@ -85,7 +88,7 @@ class Fragments:
 
     def learn(self, nodes) -> None:
         """Takes node records from the leader. SUSPECT and DEAD nodes are read from last until a
-        record says they are up (or a read from one succeeds)."""
+        record says they are up."""
         for node in nodes:
             self._nodes[node.id] = node
             if node.state in (pb.SUSPECT, pb.DEAD):
@@ -94,15 +97,16 @@ class Fragments:
                 del self._suspect_until[node.id]
 
     def learn_from_read(self, nodes, version: int) -> None:
-        """Takes the node records that came with a read (GetObject, which sends them only when
-        `nodes_version` is not the table's `version`), and reads the whole table again in the
-        background when it is out of date, so that later reads come without records. (Version 0
-        is a leader that keeps no version: it sends the records every time, and reading the
-        table again would not change that.)"""
+        """Takes the node records that came with a read (GetObject sends them only when the
+        client's `nodes_version` is not the table's `version`) and reads the whole table again
+        in the background, so that later reads come without records. Until that read lands the
+        table counts as out of date (version 0), whatever else happens meanwhile: a read's
+        records may be older than the table read, or the table read may fail. (A reply without
+        records, or with version 0 from a leader that keeps none, changes nothing.)"""
         self.learn(nodes)
-        if version and version != self.nodes_version and self._refreshing is None:
-            self._refreshing = asyncio.ensure_future(self._read_nodes())
-            self._refreshing.add_done_callback(self._refreshed)
+        if nodes and version and version != self.nodes_version:
+            self.nodes_version = 0
+            self._start_refresh()
 
     def codec(self, k: int, m: int) -> ReedSolomon:
         codec = self._codecs.get((k, m))
@@ -275,7 +279,8 @@ class Fragments:
         error = call.exception()
         if error is None:
             have[index] = call.result()
-            self._suspect_until.pop(chunk.nodes[index], None)
+            if self._suspect_until.get(chunk.nodes[index]) != math.inf:  # (the leader's word stands)
+                self._suspect_until.pop(chunk.nodes[index], None)
         elif isinstance(error, _FAILURES):
             bad.add(index)
         else:
@@ -344,10 +349,14 @@ class Fragments:
     async def refresh(self) -> None:
         """Reads the node list again. Callers that come while a read is on its way share it: the
         first fragments of 64 concurrent puts asked the leader for the list 384 times."""
+        await asyncio.shield(self._start_refresh())
+
+    def _start_refresh(self) -> asyncio.Future:
+        """The read of the node table on its way, started if none is."""
         if self._refreshing is None:
             self._refreshing = asyncio.ensure_future(self._read_nodes())
             self._refreshing.add_done_callback(self._refreshed)
-        await asyncio.shield(self._refreshing)
+        return self._refreshing
 
     async def _read_nodes(self) -> None:
         reply = await self.meta.call(pb.MetaOp(list_nodes=pb.ListNodes()))

@@ -290,4 +290,4 @@ class AsyncClient:
     async def _manifest(self, bucket: str, key: str, version: int, with_chunks: bool) -> pb.GetObjectReply:
         return (await self._call(get_object=pb.GetObject(
             bucket=bucket, key=key, version=version, with_chunks=with_chunks,
-            nodes_version=self.fragments.nodes_version if with_chunks else 0))).get_object
+            nodes_version=self.fragments.nodes_version))).get_object
