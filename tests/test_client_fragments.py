@@ -134,18 +134,20 @@ def test_a_node_the_leader_calls_suspect_or_dead_is_read_last_until_a_record_say
     f.learn([pb.Node(id=1, state=pb.DEAD), pb.Node(id=2, state=pb.SUSPECT), pb.Node(id=3, state=pb.UP)])
     f._suspect([1, 3])  # a failed read of each: never shortens the leader's word
     now[0] = 1e6  # records no longer come with every read, so their word must not wear off
-    assert [f._suspect_until.get(i, 0) > now[0] for i in (1, 2, 3)] == [True, True, False]
+    assert [f._read_last(i, now[0]) for i in (1, 2, 3)] == [True, True, False]
+
     async def landed(node_index):  # a successful fetch from the chunk's node at node_index
         call = asyncio.get_running_loop().create_future()
         call.set_result(b"fragment")
         assert f._file(pb.Chunk(nodes=[1, 2, 3]), node_index, call, {}, set()) is None
     f._suspect([3])
+    assert f._read_last(3, now[0])
     for index in range(3):
         asyncio.run(landed(index))
     # a good read clears the client's own suspicion (node 3), not the leader's (nodes 1 and 2)
-    assert [f._suspect_until.get(i, 0) > now[0] for i in (1, 2, 3)] == [True, True, False]
+    assert [f._read_last(i, now[0]) for i in (1, 2, 3)] == [True, True, False]
     f.learn([pb.Node(id=1, state=pb.UP)])
-    assert f._suspect_until.get(1, 0) < now[0] and f._suspect_until[2] > now[0]
+    assert not f._read_last(1, now[0]) and f._read_last(2, now[0])
 
 
 class FlakyNodes:

@@ -15,7 +15,6 @@ DataClient's `put`/`get`/`close`), so the cluster simulator drives this same cod
 from __future__ import annotations
 
 import asyncio
-import math
 import os
 import time
 from typing import Callable
@@ -87,14 +86,10 @@ class Fragments:
         self._control.clear()
 
     def learn(self, nodes) -> None:
-        """Takes node records from the leader. SUSPECT and DEAD nodes are read from last until a
-        record says they are up."""
+        """Takes node records from the leader (SUSPECT and DEAD nodes are read from last while
+        their record says so: `_read_last`)."""
         for node in nodes:
             self._nodes[node.id] = node
-            if node.state in (pb.SUSPECT, pb.DEAD):
-                self._suspect_until[node.id] = math.inf
-            elif self._suspect_until.get(node.id) == math.inf:
-                del self._suspect_until[node.id]
 
     def learn_from_read(self, nodes, version: int) -> None:
         """Takes the node records that came with a read (GetObject sends them only when the
@@ -221,7 +216,7 @@ class Fragments:
         in its order. Each fetch is a future whose landing decides what to ask for next."""
         k, m = chunk.profile.k, chunk.profile.m
         now = self._clock()
-        suspect = {i for i in range(k + m) if self._suspect_until.get(chunk.nodes[i], 0) > now} - set(last)
+        suspect = {i for i in range(k + m) if self._read_last(chunk.nodes[i], now)} - set(last)
         order = [i for i in range(k + m) if i not in suspect and i not in last] + sorted(suspect) + list(last)
         fetch = _KFetch(self, chunk_id, length, chunk, order[k:])
         for index in order[:k]:
@@ -238,10 +233,16 @@ class Fragments:
             raise fetch.error
         return fetch.have, fetch.bad
 
+    def _read_last(self, node_id: int, now: float) -> bool:
+        """Whether fragments on the node are asked for after the others: it failed or was late
+        for this client lately, or the leader's record of it says SUSPECT or DEAD."""
+        node = self._nodes.get(node_id)
+        return self._suspect_until.get(node_id, 0) > now or (node is not None and node.state in (pb.SUSPECT, pb.DEAD))
+
     def _suspect(self, node_ids) -> None:
         until = self._clock() + SUSPECT_SECONDS
-        for node_id in node_ids:  # (never shortening the leader's word: inf)
-            self._suspect_until[node_id] = max(until, self._suspect_until.get(node_id, 0))
+        for node_id in node_ids:
+            self._suspect_until[node_id] = until
 
     def _get_soon(self, chunk_id: bytes, length: int, chunk: pb.Chunk, index: int) -> asyncio.Future:
         """A future of fragment `index`; no task is made for it when its node's connection is open."""
@@ -279,8 +280,7 @@ class Fragments:
         error = call.exception()
         if error is None:
             have[index] = call.result()
-            if self._suspect_until.get(chunk.nodes[index]) != math.inf:  # (the leader's word stands)
-                self._suspect_until.pop(chunk.nodes[index], None)
+            self._suspect_until.pop(chunk.nodes[index], None)  # (the leader's word stands: _read_last)
         elif isinstance(error, _FAILURES):
             bad.add(index)
         else:
