@@ -63,7 +63,8 @@ def disk_stripes(path: str, asked: int) -> int:
     else:
         count = int(text) if text.strip().isdigit() and text.isascii() else 0
         if not 1 <= count <= STRIPES_MAX:
-            raise ValueError(f"disk {path}: its {STRIPES_FILE} file holds {text[:16]!r}, not a count of 1 to {STRIPES_MAX}")
+            raise ValueError(f"disk {path}: its {STRIPES_FILE} file holds {text[:16]!r}, "
+                             f"not a count of 1 to {STRIPES_MAX}")
         if made_stripes(path) > count:  # (fewer is a start cut short: the stores are made on open)
             raise ValueError(f"disk {path} holds more stripe directories than its {STRIPES_FILE} file's {count}")
     if count != asked:  # worth a warning only when someone asked for a count other than the default
@@ -89,7 +90,8 @@ def made_stripes(path: str) -> int:
             raise ValueError(f"disk {path}: {entry.name!r} is not a stripe directory Cairn makes")
         numbers.add(int(digits))
     if numbers and numbers != set(range(len(numbers))):
-        raise ValueError(f"disk {path}: stripe directories {sorted(numbers)} are not stripe-0 to stripe-{len(numbers) - 1}")
+        raise ValueError(f"disk {path}: stripe directories {sorted(numbers)} are not "
+                         f"stripe-0 to stripe-{len(numbers) - 1}")
     if len(numbers) > STRIPES_MAX:
         raise ValueError(f"disk {path} holds {len(numbers)} stripe directories; at most {STRIPES_MAX} are made")
     return len(numbers)

@@ -27,7 +27,6 @@ from cluster.client.fragments import Fragments
 from cluster.client.meta import MetaClient
 from cluster.data import tiering, wire
 from cluster.data.disks import STRIPES, STRIPES_MAX, DiskSet
-from cluster.storage.durable import write_durably
 from cluster.data.membership import Membership, disk_records
 from cluster.data.orphans import DEFAULT_GRACE_SECONDS, OrphanCollector, placements_from
 from cluster.data.repairs import NICE, RepairExecutor, RepairThread, check_request
@@ -38,6 +37,7 @@ from cluster.process import run_until_signalled
 from cluster.proto import data_pb2 as pb
 from cluster.proto import data_pb2_grpc as pb_grpc
 from cluster.rpc import endpoints
+from cluster.storage.durable import write_durably
 from cluster.tier.store import TierError
 
 log = logging.getLogger("cairn.data")

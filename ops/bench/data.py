@@ -45,7 +45,8 @@ class Node:
         self.proc = subprocess.Popen(
             [sys.executable, "-m", "cluster.data.server", "--disks", os.path.join(directory, "disk"),
              "--listen", f"127.0.0.1:{self.control}", "--data-listen", f"127.0.0.1:{self.data}",
-             "--scrub-mb-per-s", "1", *(["--stripes", str(stripes)] if stripes else [])], cwd=ROOT, stdout=self.log, stderr=subprocess.STDOUT, start_new_session=True)
+             "--scrub-mb-per-s", "1", *(["--stripes", str(stripes)] if stripes else [])],
+            cwd=ROOT, stdout=self.log, stderr=subprocess.STDOUT, start_new_session=True)
 
     def stop(self) -> None:
         if self.proc.poll() is None:
