@@ -112,9 +112,11 @@ def test_a_local_cluster_whose_data_node_cannot_start_says_so_and_leaves_nothing
 
     # one data node: with two, whichever exits first is named, and under load that is either
     local = LocalCluster(str(tmp_path / "c"), metas=1, datas=1, port_base=None, data_options=["--stripes", "99"])
-    with pytest.raises(DevError, match="data node 1 exited with code 2"):
-        local.start(timeout=60)
-    local.stop()
+    try:
+        with pytest.raises(DevError, match="data node 1 exited with code 2"):
+            local.start(timeout=60)
+    finally:
+        local.stop()  # (also when the assertion fails: a failing test must not leave a meta node running)
     assert not any(_alive(m.pid) for m in local.members if m.pid)
 
 
