@@ -111,3 +111,55 @@ def test_the_state_checks_catch_what_they_look_for(planted):
         await world.stop()
     from simulations.loop import run as run_on_sim_loop
     run_on_sim_loop(scenario())
+
+
+def _slow_put():
+    """A put whose source stalls for three times the data nodes' orphan grace between its blocks,
+    on a simulated cluster: what it returns, and the fragments its object's chunks are missing."""
+    from simulations.cluster.world import ORPHAN_GRACE_SECONDS
+
+    async def scenario():
+        world = run.World(5, metas=3, datas=5)
+        await world.start()
+        client = world.client("c")
+        client.writer.buffer_bytes = 1 << 20  # every chunk goes as soon as it is cut
+        await client.create_bucket("sim", k=2, m=1)
+        data = os.urandom(4 << 20)
+
+        async def stalling():
+            for start in range(0, len(data), 1 << 20):
+                yield data[start:start + (1 << 20)]
+                await asyncio.sleep(ORPHAN_GRACE_SECONDS)
+        try:
+            outcome = await client.put("sim", "slow", stalling())
+        except Exception as error:  # noqa: BLE001 - the outcome looked at
+            outcome = error
+        await asyncio.sleep(2 * ORPHAN_GRACE_SECONDS)  # any deletion under way has happened
+        state = world.leader().state
+        by_id = {d.membership.node_id: d for d in world.datas.values()}
+        missing = [(chunk_id, index) for chunk_id, chunk in run._chunks(state).items()
+                   for index, node_id in enumerate(chunk.nodes) if not by_id[node_id].disks.has(chunk_id, index)]
+        read = await client.get("sim", "slow") if isinstance(outcome, pb.ObjectHead) else None
+        await client.close()
+        await world.stop()
+        return outcome, missing, read == data
+    from simulations.loop import run as run_on_sim_loop
+    return run_on_sim_loop(scenario())
+
+
+def test_a_put_slower_than_the_orphan_grace_keeps_its_fragments():
+    """Its client touches the fragments it uploaded, so the data nodes' collectors leave them."""
+    outcome, missing, read_back = _slow_put()
+    assert isinstance(outcome, pb.ObjectHead) and outcome.size == 4 << 20
+    assert missing == [] and read_back
+
+
+def test_a_put_whose_fragments_were_collected_fails_before_its_commit(monkeypatch):
+    """Without the touches while it runs, the collectors delete its first fragments; the look
+    before the commit finds them gone, and nothing is committed."""
+    from cluster.client.errors import PutExpired
+    from cluster.client.keepalive import Keepalive
+    monkeypatch.setattr(Keepalive, "_begin_round", lambda self: None)  # only the look before the commit
+    outcome, missing, _ = _slow_put()
+    assert isinstance(outcome, PutExpired), outcome
+    assert "Nothing was committed" in str(outcome) and missing == []  # (no chunk of it is in the metadata)

@@ -75,3 +75,56 @@ def test_a_node_without_an_id_judges_nothing_and_bad_settings_are_refused():
     assert run(world.collector(node_id=0)).fragments == 0
     with pytest.raises(ValueError):
         world.collector(grace=0)
+
+
+def test_a_touch_or_a_put_starts_the_grace_afresh():
+    world = World()
+    collector = world.collector()
+    run(collector)  # (B, 0) and (C, 2) unreferenced since 0
+    world.now = 8.0
+    assert collector.renew([(B, 0)]) == [True]  # a put in flight touches its fragment
+    world.now = 12.0
+    assert run(collector).deleted == 1
+    assert (B, 0) in world.fragments and (C, 2) not in world.fragments
+    world.now = 18.0
+    assert run(collector).deleted == 1  # untouched for its whole grace since
+    assert (B, 0) not in world.fragments
+
+
+def test_a_touch_while_the_leader_is_asked_saves_the_fragment():
+    """The touch lands between the collector's last look at the metadata and its delete."""
+    world = World()
+    collector = world.collector()
+    run(collector)
+    world.now = 20.0
+    original = world.lookup
+
+    async def touched_meanwhile(ids):
+        if world.queries == 2:
+            assert collector.renew([(B, 0)]) == [True]
+        return await original(ids)
+    collector.placements = touched_meanwhile
+    run(collector)
+    assert (B, 0) in world.fragments and (C, 2) not in world.fragments
+
+
+def test_a_fragment_being_deleted_is_not_held_for_a_touch_or_a_put():
+    world = World()
+    collector = world.collector()
+    run(collector)
+    world.now = 20.0
+    answers = []
+
+    async def delete(fragments):
+        answers.append(collector.touch([(B, 0), (A, 0)], lambda c, i: (c, i) in world.fragments))
+        world.fragments -= set(fragments)
+    collector.delete = delete
+    run(collector)
+    assert answers == [[False, True]]  # (B, 0) claimed: the put that touched it fails before its commit
+    assert collector.renew([(B, 0)]) == [True]  # once deleted, a new put of it is a new fragment
+
+
+def test_a_touch_of_a_fragment_the_node_lacks_says_so():
+    world = World()
+    collector = world.collector()
+    assert collector.touch([(A, 0), (A, 2)], lambda c, i: (c, i) in world.fragments) == [True, False]

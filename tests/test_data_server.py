@@ -209,6 +209,39 @@ def test_orphans_are_deleted_after_the_grace_period_and_committed_fragments_stay
         stop(proc)
 
 
+def test_touched_fragments_outlive_the_grace_and_the_node_tells_its_grace(tmp_path, meta):
+    """A put in flight touches its fragments: the collector keeps them while the touches come,
+    and deletes them once they stop. The node's record carries its grace for clients."""
+    ports = free_ports(2)
+    proc = start_data_node(tmp_path, meta, ports, extra=("--orphan-grace-seconds", "1",
+                                                         "--orphan-interval-seconds", "0.2"))
+    try:
+        async def main():
+            node = (await registered_nodes(meta, 1))[0]
+            assert node.orphan_grace_seconds == 1.0
+            data = DataClient(f"127.0.0.1:{ports[1]}")
+            kept, dropped, never = (os.urandom(32), 0), (os.urandom(32), 3), (os.urandom(32), 1)
+            for chunk, index in (kept, dropped):
+                await data.put(chunk, index, b"fragment", crc32c(b"fragment"))
+            loop = asyncio.get_running_loop()
+            start = loop.time()
+            while loop.time() - start < 3.0:  # three graces, touched every 0.25 s
+                assert await data.touch([kept]) == [True]
+                await asyncio.sleep(0.25)
+            assert await data.touch([kept, never]) == [True, False]
+            for _ in range(50):
+                if await data.touch([dropped]) == [False]:
+                    break
+                await asyncio.sleep(0.1)
+            assert await data.touch([kept, dropped]) == [True, False]
+            with pytest.raises(ValueError, match="32-byte chunk id"):
+                await data.touch([(b"short", 0)])
+            await data.close()
+        asyncio.run(main())
+    finally:
+        stop(proc)
+
+
 _OPEN_AND_CLOSE_A_PLANE = """
 import sys
 from cluster.data.disks import DiskSet

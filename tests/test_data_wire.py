@@ -65,3 +65,19 @@ def test_joined_payloads_that_disagree_with_their_sizes_are_refused():
         wire.split_payloads(sizes, joined + b"x", 3)
     with pytest.raises(ValueError):
         wire.join_payloads([b"x"] * (wire.PUT_MANY_MAX + 1))
+
+
+@given(st.lists(st.tuples(ids, st.integers(0, 254)), min_size=1, max_size=200))
+def test_touch_headers_round_trip(fragments):
+    assert wire.decode_touch(wire.encode_touch(fragments)) == fragments
+
+
+def test_touch_refusals():
+    with pytest.raises(ValueError):
+        wire.encode_touch([])
+    with pytest.raises(ValueError):
+        wire.encode_touch([(b"x" * 32, 0)] * (wire.TOUCH_MAX + 1))
+    with pytest.raises(ValueError):
+        wire.decode_touch(b"x" * 34)  # not a whole number of ids
+    with pytest.raises(ValueError):
+        wire.decode_touch(b"")

@@ -45,6 +45,11 @@ class NotEnoughFragmentsError(CairnError):
     """Fewer than k fragments of a chunk could be read intact: the data is unavailable or lost."""
 
 
+class PutExpired(CairnError):
+    """A put outlived what the data nodes keep of its uncommitted fragments (their orphan grace)
+    and lost some; nothing was committed: put the object again."""
+
+
 class TierUnavailable(CairnError):
     """A cold chunk could not be recalled from its tier (endpoint down, object missing)."""
 

@@ -26,6 +26,7 @@ from cluster import faultpoints
 from cluster.client.errors import CorruptObject, NotEnoughFragmentsError, TierUnavailable, raise_for
 from cluster.client.meta import MetaClient
 from cluster.codec import CodecError, ReedSolomon, crc32c
+from cluster.data.orphans import DEFAULT_GRACE_SECONDS
 from cluster.data.wire import UNAVAILABLE, DataClient, DataError
 from cluster.proto import data_pb2, data_pb2_grpc
 from cluster.proto import meta_pb2 as pb
@@ -61,7 +62,7 @@ class Fragments:
         self._connect = connect
         self._open_control = control or (lambda address: insecure_channel(address, options=_RECALL_OPTIONS))
         self.hedge_seconds = hedge_seconds
-        self._clock = clock
+        self.clock = clock
         self._offload = offload
         self._suspect_until: dict[int, float] = {}  # node id -> until when reads go elsewhere first
         self._clients: dict[str, DataClient] = {}
@@ -215,7 +216,7 @@ class Fragments:
         parity for the ones that fail or are late by the hedge delay; `last` at the very end,
         in its order. Each fetch is a future whose landing decides what to ask for next."""
         k, m = chunk.profile.k, chunk.profile.m
-        now = self._clock()
+        now = self.clock()
         suspect = {i for i in range(k + m) if self._read_last(chunk.nodes[i], now)} - set(last)
         order = [i for i in range(k + m) if i not in suspect and i not in last] + sorted(suspect) + list(last)
         fetch = _KFetch(self, chunk_id, length, chunk, order[k:])
@@ -240,7 +241,7 @@ class Fragments:
         return self._suspect_until.get(node_id, 0) > now or (node is not None and node.state in (pb.SUSPECT, pb.DEAD))
 
     def _suspect(self, node_ids) -> None:
-        until = self._clock() + SUSPECT_SECONDS
+        until = self.clock() + SUSPECT_SECONDS
         for node_id in node_ids:
             self._suspect_until[node_id] = until
 
@@ -343,6 +344,17 @@ class Fragments:
     def _count_sent(self, call: asyncio.Future) -> None:
         if not call.cancelled() and call.exception() is None:
             self.sent += 1
+
+    async def touch(self, node_id: int, fragments: list[tuple[bytes, int]]) -> list[bool]:
+        """Restarts the orphan grace of fragments on one node; whether each is held there."""
+        return await self._on_node(node_id, lambda client: client.touch(fragments, timeout=FRAGMENT_SECONDS_BASE))
+
+    def orphan_grace(self, node_id: int) -> float:
+        """How long the node keeps a fragment no committed chunk places (its record's word, or
+        the default when the record has none)."""
+        node = self._nodes.get(node_id)
+        return node.orphan_grace_seconds if node is not None and node.orphan_grace_seconds > 0 \
+            else DEFAULT_GRACE_SECONDS
 
     # ---- nodes
 

@@ -6,7 +6,8 @@ its BLAKE3 and waits in a batch; a batch goes to the leader in one BeginPut (whi
 where the new ones go), then its new chunks are coded and sent while the next batch is read.
 A chunk holds its share of the budget from the moment it is read until its fragments are stored,
 so a 50 GiB stream uploads in `buffer_bytes` of chunk data. Nothing is acknowledged before the
-commit: one entry with the whole manifest, idempotent under retries.
+commit: one entry with the whole manifest, idempotent under retries. A put that runs longer than
+the data nodes keep uncommitted fragments touches them meanwhile (keepalive.py).
 
 An object no bigger than the bucket's inline threshold travels inside its manifest.
 """
@@ -22,6 +23,7 @@ import blake3
 from cluster import faultpoints
 from cluster.client.errors import ClusterUnavailable, InvalidArgument, raise_for
 from cluster.client.fragments import Fragments
+from cluster.client.keepalive import Keepalive
 from cluster.codec import Chunker
 from cluster.proto import meta_pb2 as pb
 
@@ -113,6 +115,7 @@ class PutState:
     size: int = 0
     profile: pb.ErasureProfile | None = None
     inline_data: bytes | None = None                 # set when the object goes in its manifest
+    keepalive: Keepalive | None = None               # its uploaded fragments, touched until the commit
 
 
 class WholeHash:
@@ -149,7 +152,7 @@ class Writer:
 
     async def put(self, bucket: str, key: str, source, content_type: str = "", metadata: dict | None = None,
                   progress: Progress | None = None) -> pb.ObjectHead:
-        state = PutState(bucket, key)
+        state = PutState(bucket, key, keepalive=Keepalive(self.fragments, self.fragments.clock))
         budget, slots = Budget(self.buffer_bytes), asyncio.Semaphore(self.fragments_in_flight)
         whole = WholeHash()
         uploads: set[asyncio.Task] = set()
@@ -159,6 +162,7 @@ class Writer:
             async for chunk in chunks(source, Chunker()):
                 await budget.take(len(chunk))
                 self._check_uploads(uploads)
+                state.keepalive.check()
                 state.size += len(chunk)
                 ref = pb.ChunkRef(id=blake3.blake3(chunk).digest(), length=len(chunk))
                 whole.add(chunk, ref.id)
@@ -170,7 +174,9 @@ class Writer:
                     batch, batch_bytes = [], 0
             await self._flush(state, batch, budget, slots, uploads, progress, last=True)
             await asyncio.gather(*uploads)
+            await state.keepalive.renew()  # so the commit names only fragments that are there
         finally:
+            state.keepalive.stop()
             for task in uploads:
                 task.cancel()
         head = pb.ObjectHead(size=state.size, blake3=whole.digest(), content_type=content_type)
@@ -227,7 +233,9 @@ class Writer:
     async def _upload(self, state: PutState, ref, data: memoryview, nodes: list[int], budget: Budget, slots,
                       progress) -> None:
         try:
+            started = self.fragments.clock()  # (the first fragments may land long before the last)
             state.placements[ref.id] = await self.fragments.store(ref.id, data, nodes, state.profile, slots)
+            state.keepalive.stored(ref.id, state.placements[ref.id], started)
         finally:
             await budget.give(len(data))
         if progress:

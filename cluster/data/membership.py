@@ -29,8 +29,10 @@ def disk_records(disks) -> list[pb.Disk]:
 class Membership:
     def __init__(self, meta, address: str, data_address: str, labels: dict[str, str],
                  disk_records: Callable[[], Awaitable[list[pb.Disk]]], node_id: int,
-                 save_id: Callable[[int], None], sleep=asyncio.sleep):
+                 save_id: Callable[[int], None], sleep=asyncio.sleep, orphan_grace_seconds: float = 0.0):
+        """`orphan_grace_seconds`: the node's, told to clients in its record (0: the default)."""
         self.meta = meta
+        self.orphan_grace_seconds = orphan_grace_seconds
         self.address, self.data_address, self.labels = address, data_address, labels
         self._disk_records = disk_records
         self.node_id = node_id
@@ -40,7 +42,8 @@ class Membership:
 
     async def register(self) -> None:
         node = pb.Node(id=self.node_id, address=self.address, data_address=self.data_address,
-                       labels=self.labels, disks=await self._disk_records())
+                       labels=self.labels, disks=await self._disk_records(),
+                       orphan_grace_seconds=self.orphan_grace_seconds)
         reply = await self.meta.command(register_node=pb.RegisterNode(node=node))
         if reply.code != pb.OK:
             raise RuntimeError(f"registration refused: {reply.message}")

@@ -3,8 +3,17 @@
 A fragment is referenced when its chunk exists in the metadata and the chunk's placement names
 this node for its index. Anything else is an orphan: written for a put that never committed, or
 left behind when a placement moved. A put in flight looks like an orphan too, until its commit;
-so an orphan is only deleted once it has been seen unreferenced for `grace_seconds` (longer than
-any put takes) and the leader confirms it again, linearizably, just before the delete.
+so an orphan is only deleted once it has been seen unreferenced for `grace_seconds` and the
+leader confirms it again, linearizably, just before the delete.
+
+A put that runs longer than the grace keeps its fragments: its client touches them now and then
+(the data plane's TOUCH), and a touch, like a new PUT of the same fragment, starts the grace
+afresh. Touches and puts come from the data plane's threads while the collector works on the
+event loop, so one lock makes each fragment's fate a single decision: either the touch or put
+comes first, and the collector leaves the fragment for another grace period; or the collector's
+claim does, and the touch answers "not held" (the put fails before its commit) or the put is
+refused (its client sends the fragment to a replacement node). A put never commits a fragment
+that the collector deletes, as long as its commit lands within the grace of its last touch.
 
 The collector is logic over injected callables (list the node's fragments, ask the metadata,
 delete, the clock), so tests and the simulator drive the same code.
@@ -13,6 +22,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import threading
 from dataclasses import dataclass
 from typing import Awaitable, Callable, Iterable
 
@@ -24,6 +34,10 @@ log = logging.getLogger("cairn.data")
 DEFAULT_GRACE_SECONDS = 3600.0
 QUERY_BATCH = 1000
 CANDIDATES_MAX = 1_000_000  # memory bound: past it, new candidates wait for the next pass
+
+
+class BeingCollected(Exception):
+    """A put of a fragment the collector is deleting right now: the client puts it elsewhere."""
 
 
 @dataclass
@@ -45,7 +59,25 @@ class OrphanCollector:
             raise ValueError("the orphan grace period must be positive")
         self.node_id, self.list_fragments, self.placements = node_id, list_fragments, placements
         self.delete, self.clock, self.grace_seconds = delete, clock, grace_seconds
-        self.first_seen: dict[tuple[bytes, int], float] = {}
+        self.first_seen: dict[tuple[bytes, int], float] = {}  # unreferenced since (or touched at)
+        self._claimed: set[tuple[bytes, int]] = set()  # being deleted
+        self._lock = threading.Lock()
+
+    def renew(self, fragments) -> list[bool]:
+        """A put or a touch of these fragments (from any thread): each one the collector watches
+        starts its grace again. False for one it is deleting now (claimed): not held."""
+        with self._lock:
+            now = self.clock()
+            kept = []
+            for fragment in fragments:
+                if fragment in self.first_seen:
+                    self.first_seen[fragment] = now
+                kept.append(fragment not in self._claimed)
+            return kept
+
+    def touch(self, fragments, has: Callable[[bytes, int], bool]) -> list[bool]:
+        """A client's TOUCH: renews the fragments; whether each is held (on disk, not being deleted)."""
+        return [kept and has(chunk_id, index) for (chunk_id, index), kept in zip(fragments, self.renew(fragments))]
 
     async def run_pass(self) -> PassResult:
         result, now, me = PassResult(), self.clock(), self.node_id()
@@ -57,23 +89,37 @@ class OrphanCollector:
             result.fragments += 1
             batch.append(fragment)
             if len(batch) == QUERY_BATCH:
-                await self._judge(batch, me, now, seen_now, result)
+                await self._judge(batch, me, seen_now, result)
                 batch = []
         if batch:
-            await self._judge(batch, me, now, seen_now, result)
-        # a fragment referenced now (or gone) starts its grace period afresh if it turns up again
-        self.first_seen = {f: t for f, t in self.first_seen.items() if f in seen_now}
-        due = [f for f, t in self.first_seen.items() if now - t >= self.grace_seconds]
+            await self._judge(batch, me, seen_now, result)
+        with self._lock:  # one referenced now (or gone) starts its grace afresh if it turns up again
+            for fragment in [f for f in self.first_seen if f not in seen_now]:
+                del self.first_seen[fragment]
+            due = [f for f, t in self.first_seen.items() if now - t >= self.grace_seconds]
         if due and faultpoints.hit("orphans.before_delete"):
             return result  # the node stopped before deleting: the next pass does it
         if due:
-            confirmed = await self._unreferenced(due, me)  # once more, just before deleting
-            if confirmed:
-                await self.delete(confirmed)
-                result.deleted = len(confirmed)
-                for fragment in confirmed:
-                    self.first_seen.pop(fragment, None)
+            confirmed = self._claim(await self._unreferenced(due, me))  # once more, just before deleting
+            try:
+                if confirmed:
+                    await self.delete(confirmed)
+                    result.deleted = len(confirmed)
+            finally:
+                with self._lock:
+                    self._claimed.difference_update(confirmed)
+                    for fragment in confirmed:
+                        self.first_seen.pop(fragment, None)
         return result
+
+    def _claim(self, fragments: list[tuple[bytes, int]]) -> list[tuple[bytes, int]]:
+        """The fragments still due (no put or touch renewed them while the leader was asked),
+        marked as being deleted: from here on a touch or put of one is refused."""
+        with self._lock:
+            now = self.clock()
+            claimed = [f for f in fragments if now - self.first_seen.get(f, now) >= self.grace_seconds]
+            self._claimed.update(claimed)
+            return claimed
 
     async def run_forever(self, interval_seconds: float, prepare=None, sleep=asyncio.sleep) -> None:
         """A pass every interval, `prepare()` (e.g. listing the fragments off the loop) first. A
@@ -87,12 +133,15 @@ class OrphanCollector:
             except Exception as error:  # noqa: BLE001
                 log.warning("orphan pass: %s", error)
 
-    async def _judge(self, batch, me: int, now: float, seen_now: set, result: PassResult) -> None:
-        for fragment in await self._unreferenced(batch, me):
-            result.unreferenced += 1
-            seen_now.add(fragment)
-            if fragment not in self.first_seen and len(self.first_seen) < CANDIDATES_MAX:
-                self.first_seen[fragment] = now
+    async def _judge(self, batch, me: int, seen_now: set, result: PassResult) -> None:
+        unreferenced = await self._unreferenced(batch, me)
+        with self._lock:
+            now = self.clock()  # (after the leader's answer: a touch meanwhile is not lost)
+            for fragment in unreferenced:
+                result.unreferenced += 1
+                seen_now.add(fragment)
+                if fragment not in self.first_seen and len(self.first_seen) < CANDIDATES_MAX:
+                    self.first_seen[fragment] = now
 
     async def _unreferenced(self, fragments: list[tuple[bytes, int]], me: int) -> list[tuple[bytes, int]]:
         out = []

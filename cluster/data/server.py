@@ -28,7 +28,7 @@ from cluster.client.meta import MetaClient
 from cluster.data import tiering, wire
 from cluster.data.disks import STRIPES, STRIPES_MAX, DiskSet
 from cluster.data.membership import Membership, disk_records
-from cluster.data.orphans import DEFAULT_GRACE_SECONDS, OrphanCollector, placements_from
+from cluster.data.orphans import DEFAULT_GRACE_SECONDS, BeingCollected, OrphanCollector, placements_from
 from cluster.data.repairs import NICE, RepairExecutor, RepairThread, check_request
 from cluster.data.scrubber import DEFAULT_BYTES_PER_SECOND, Scrubber
 from cluster.data.store import (BadFragment, DiskFailed, DiskFull, FragmentCorrupt,
@@ -73,8 +73,9 @@ class DataPlane:
 
     BACKEND = "inproc://fragment-workers"
 
-    def __init__(self, disks: DiskSet, listen: str, workers: int = WORKERS):
-        self.disks = disks
+    def __init__(self, disks: DiskSet, listen: str, workers: int = WORKERS, orphans: OrphanCollector | None = None):
+        """`orphans`: the node's collector, which puts and touches renew (none: a node alone)."""
+        self.disks, self.orphans = disks, orphans
         self.context = zmq.Context()
         self.frontend = self.context.socket(zmq.ROUTER)
         self.frontend.setsockopt(zmq.MAXMSGSIZE, wire.MESSAGE_BYTES_MAX)
@@ -133,6 +134,8 @@ class DataPlane:
             if len(frames) != 2:
                 raise ValueError("a PUT carries a header and the bytes")
             chunk_id, index, crc = wire.decode_put(frames[0].bytes)
+            if not self._admit([(chunk_id, index)])[0]:
+                raise BeingCollected(f"fragment {index} of chunk {chunk_id.hex()[:16]} is being deleted as an orphan")
             self.disks.put(chunk_id, index, frames[1].buffer, crc)
             return []
         if op == wire.OP_PUT_MANY:
@@ -144,6 +147,13 @@ class DataPlane:
             if len(frames) != 1:
                 raise ValueError("a GET_MANY carries a header only")
             return self._get_many(wire.decode_get_many(frames[0].bytes))
+        if op == wire.OP_TOUCH:
+            if len(frames) != 1:
+                raise ValueError("a TOUCH carries a header only")
+            fragments = wire.decode_touch(frames[0].bytes)
+            held = self.orphans.touch(fragments, self.disks.has) if self.orphans is not None \
+                else [self.disks.has(c, i) for c, i in fragments]
+            return [bytes(held)]
         if op == wire.OP_GET:
             if len(frames) != 1:
                 raise ValueError("a GET carries a header only")
@@ -168,10 +178,13 @@ class DataPlane:
         return [wire.encode_statuses(results), *wire.join_payloads(payloads)]
 
     def _put_many(self, items, payloads) -> list:
-        outcomes = self.disks.put_many((chunk_id, index, payload, crc)
-                                       for (chunk_id, index, crc), payload in zip(items, payloads))
+        outcomes = put_admitted(self.disks, self.orphans, [(chunk_id, index, payload, crc) for (chunk_id, index, crc),
+                                                           payload in zip(items, payloads)])
         return [wire.encode_statuses([(wire.OK, "") if error is None else (_status_of(error), str(error))
                                       for error in outcomes])]
+
+    def _admit(self, fragments: list[tuple[bytes, int]]) -> list[bool]:
+        return self.orphans.renew(fragments) if self.orphans is not None else [True] * len(fragments)
 
     def close(self) -> None:
         self._stop.set()
@@ -179,6 +192,14 @@ class DataPlane:
             thread.join(5)
         self.context.term()  # the proxy stops with ETERM and closes its sockets; then term returns
         self._threads[0].join(5)
+
+
+def put_admitted(disks: DiskSet, orphans: OrphanCollector | None, items: list) -> list[Exception | None]:
+    """`disks.put_many(items)`, but each put renews its fragment's orphan grace first, and one
+    the collector is deleting right now is refused (its writer puts it elsewhere)."""
+    admitted = orphans.renew([(c, i) for c, i, _, _ in items]) if orphans is not None else [True] * len(items)
+    written = iter(disks.put_many([item for item, ok in zip(items, admitted) if ok]))
+    return [next(written) if ok else BeingCollected("being deleted as an orphan") for ok in admitted]
 
 
 class ControlService(pb_grpc.DataServicer):
@@ -282,12 +303,16 @@ class DataNode:
         self.pool = concurrent.futures.ThreadPoolExecutor(WORKERS, thread_name_prefix="data-io")
         self._id_path = os.path.join(disk_paths[0], "node-id")
         self.membership = Membership(self.meta, address, data_address, labels, self._disk_records_off_loop,
-                                     self._load_id(disk_paths[0]), self._save_id)
+                                     self._load_id(disk_paths[0]), self._save_id,
+                                     orphan_grace_seconds=orphan_grace_seconds)
         self.disks.on_corrupt = self._found_damage
         self.scrub_bytes_per_second = scrub_bytes_per_second
         self.scrub_pause_seconds = scrub_pause_seconds
         self.compact_interval_seconds = compact_interval_seconds
         self.orphan_grace_seconds, self.orphan_interval_seconds = orphan_grace_seconds, orphan_interval_seconds
+        self._listing: list[tuple[bytes, int]] = []  # the fragments, listed off the loop for each orphan pass
+        self.orphans = OrphanCollector(lambda: self.node_id, lambda: self._listing, placements_from(self.meta),
+                                       self._delete_orphans, time.monotonic, orphan_grace_seconds) if meta else None
 
     @staticmethod
     def _load_id(path: str) -> int:
@@ -304,7 +329,7 @@ class DataNode:
                 loop = asyncio.get_running_loop()
 
                 async def store_local(items):
-                    return await loop.run_in_executor(self.pool, self.disks.put_many, items)
+                    return await loop.run_in_executor(self.pool, put_admitted, self.disks, self.orphans, list(items))
                 return RepairExecutor(Fragments(MetaClient(self.meta_addresses)), lambda: self.node_id, store_local)
 
             def make_tier(executor: RepairExecutor) -> tiering.TierExecutor:
@@ -322,21 +347,16 @@ class DataNode:
     def node_id(self) -> int:
         return self.membership.node_id
 
-    async def orphan_loop(self, grace_seconds: float, interval_seconds: float) -> None:
+    async def _delete_orphans(self, fragments) -> None:
+        await asyncio.get_running_loop().run_in_executor(self.pool, lambda: [self.disks.delete(c, i) for c, i in fragments])
+        log.info("deleted %d orphan fragments", len(fragments))
+
+    async def orphan_loop(self) -> None:
         loop = asyncio.get_running_loop()
 
-        async def delete(fragments):
-            await loop.run_in_executor(self.pool, lambda: [self.disks.delete(c, i) for c, i in fragments])
-            log.info("deleted %d orphan fragments", len(fragments))
-        listing = []
-
-        def list_fragments():
-            return listing
         async def list_off_loop():
-            listing[:] = await loop.run_in_executor(self.pool, lambda: list(self.disks.fragments(b"", b"\xff" * 32)))
-        collector = OrphanCollector(lambda: self.node_id, list_fragments, placements_from(self.meta), delete,
-                                    time.monotonic, grace_seconds)
-        await collector.run_forever(interval_seconds, list_off_loop)
+            self._listing = await loop.run_in_executor(self.pool, lambda: list(self.disks.fragments(b"", b"\xff" * 32)))
+        await self.orphans.run_forever(self.orphan_interval_seconds, list_off_loop)
 
     async def compact_loop(self) -> None:
         """Reclaims the space of deleted fragments (garbage, orphans, moved ones) now and then."""
@@ -365,13 +385,13 @@ class DataNode:
         server = endpoints.server(options=GRPC_OPTIONS)
         pb_grpc.add_DataServicer_to_server(ControlService(self), server)
         endpoints.listen(server, self.address)
-        plane = DataPlane(self.disks, self.data_address)
+        plane = DataPlane(self.disks, self.data_address, orphans=self.orphans)
         await server.start()
         loop = asyncio.get_running_loop()
         tasks = [loop.create_task(self.compact_loop())]
         if self.meta is not None:
             tasks.append(loop.create_task(self.membership.run()))
-            tasks.append(loop.create_task(self.orphan_loop(self.orphan_grace_seconds, self.orphan_interval_seconds)))
+            tasks.append(loop.create_task(self.orphan_loop()))
         scrub_stop = threading.Event()
         scrubber = threading.Thread(target=self.scrub_forever, args=(scrub_stop,), daemon=True, name="scrubber")
         scrubber.start()

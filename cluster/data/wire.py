@@ -18,12 +18,13 @@ import zmq
 
 from cluster.data.store import FRAGMENT_BYTES_MAX, FRAGMENT_INDEX_MAX
 
-OP_PUT, OP_GET, OP_PUT_MANY, OP_GET_MANY = b"P", b"G", b"M", b"N"
+OP_PUT, OP_GET, OP_PUT_MANY, OP_GET_MANY, OP_TOUCH = b"P", b"G", b"M", b"N", b"T"
 OK, NOT_FOUND, CORRUPT, BAD_REQUEST, DISK_FULL, UNAVAILABLE = range(6)
 STATUS_NAMES = ["OK", "NOT_FOUND", "CORRUPT", "BAD_REQUEST", "DISK_FULL", "UNAVAILABLE"]
 _ID = struct.Struct(">Q")
 _PUT = struct.Struct(">32sBI")
 _GET = struct.Struct(">32sBQQ")
+_FRAGMENT = struct.Struct(">32sB")
 TO_THE_END = (1 << 64) - 1
 MESSAGE_BYTES_MAX = FRAGMENT_BYTES_MAX + 1024  # a frame, as ZeroMQ's MAXMSGSIZE counts
 JOINED_BYTES_MAX = FRAGMENT_BYTES_MAX  # a batch's joined payloads: one frame
@@ -42,6 +43,10 @@ COALESCE_BYTES_MAX = 256 << 10     # only fragments up to this size wait to shar
 # while the other travels), 64 gets of 4 KiB as one (ops/bench/data.py: 128 KiB reads at 16
 # streams went from 0.66x the plain directory, in one 2 MiB message, to 0.77-1.00x).
 GET_MANY_BYTES_MAX = 1 << 20
+# A put that runs longer than the data nodes' orphan grace touches its fragments (TOUCH [header of
+# N fragment ids]; the reply's payload is one byte per fragment: 1 held, 0 not) so that their
+# collectors keep them until its commit (cluster/data/orphans.py).
+TOUCH_MAX = 4096
 CALL_SECONDS = 30.0
 RECEIVES_PER_TURN = 256  # replies taken in one readiness callback before others get a turn
 UNSENT_RETRY_SECONDS = 0.01
@@ -127,6 +132,24 @@ def decode_statuses(payload: bytes, count: int) -> list[tuple[int, str]]:
             for status in payload[:count]]
 
 
+def encode_touch(fragments: list[tuple[bytes, int]]) -> bytes:
+    if not 0 < len(fragments) <= TOUCH_MAX:
+        raise ValueError(f"a TOUCH names 1..{TOUCH_MAX} fragments, not {len(fragments)}")
+    for chunk_id, index in fragments:
+        _check(chunk_id, index)
+    return b"".join(_FRAGMENT.pack(chunk_id, index) for chunk_id, index in fragments)
+
+
+def decode_touch(header: bytes) -> list[tuple[bytes, int]]:
+    count, rest = divmod(len(header), _FRAGMENT.size)
+    if rest or not 0 < count <= TOUCH_MAX:
+        raise ValueError(f"a TOUCH header holds 1..{TOUCH_MAX} fragment ids of {_FRAGMENT.size} bytes")
+    fragments = [_FRAGMENT.unpack_from(header, n * _FRAGMENT.size) for n in range(count)]
+    for chunk_id, index in fragments:
+        _check(chunk_id, index)
+    return fragments
+
+
 def encode_get(chunk_id: bytes, index: int, offset: int = 0, length: int | None = None) -> bytes:
     _check(chunk_id, index)
     return _GET.pack(chunk_id, index, offset, TO_THE_END if length is None else length)
@@ -190,6 +213,15 @@ class DataClient:
         if expect is not None and 0 <= expect <= COALESCE_BYTES_MAX:
             return self._join(self._gets, self._send_gets, (header, expect, timeout))
         return asyncio.ensure_future(self._get_alone(header, timeout))  # large: a task costs little
+
+    async def touch(self, fragments: list[tuple[bytes, int]], timeout: float = CALL_SECONDS) -> list[bool]:
+        """Starts the orphan grace of these fragments afresh on the node; whether each is held
+        (False: the node does not have it, or its collector is deleting it)."""
+        frames = await self._call([OP_TOUCH, encode_touch(fragments)], timeout)
+        held = frames[3].bytes if len(frames) > 3 else b""
+        if len(held) != len(fragments):
+            raise DataError(BAD_REQUEST, f"a TOUCH of {len(fragments)} fragments answered for {len(held)}")
+        return [flag == 1 for flag in held]
 
     async def _get_alone(self, header: bytes, timeout: float):
         frames = await self._call([OP_GET, header], timeout)

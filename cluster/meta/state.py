@@ -886,8 +886,8 @@ class MetaState:
         return self._nodes()[1].get(node_id)
 
     def nodes_version(self) -> int:
-        """The node table's version: a digest of what a reader routes by (each node's id, addresses
-        and state), the same on every replica. A client that holds the table of this version
+        """The node table's version: a digest of what a client routes and touches by (each node's
+        id, addresses, state and orphan grace), the same on every replica. A client that holds the table of this version
         gets no node records with its reads; a heartbeat that only updates capacity keeps it."""
         return self._nodes()[2]
 
@@ -897,8 +897,8 @@ class MetaState:
             for _, raw in self.disk.scan(b"N", b"O"):
                 node = pb.Node.FromString(raw)
                 records[node.id] = raw
-                routing.update(b"%d\0%s\0%s\0%d\n" % (node.id, node.address.encode(), node.data_address.encode(),
-                                                       node.state))
+                routing.update(b"%d\0%s\0%s\0%d\0%r\n" % (node.id, node.address.encode(), node.data_address.encode(),
+                                                           node.state, node.orphan_grace_seconds))
                 if node.state != pb.UP:
                     continue
                 free = sum(d.free_bytes for d in node.disks if d.healthy)

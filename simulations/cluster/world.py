@@ -26,7 +26,7 @@ from cluster.data.orphans import OrphanCollector, placements_from
 from cluster.data.repairs import RepairExecutor, check_request
 from cluster.data.scrubber import Scrubber
 from cluster.data import tiering
-from cluster.data.server import COMPACT_THRESHOLD, _status_of
+from cluster.data.server import COMPACT_THRESHOLD, _status_of, put_admitted
 from cluster.data.store import FragmentStore, StripedStore
 from cluster.data.wire import DataError
 from cluster.meta.liveness import FailureDetector
@@ -149,6 +149,7 @@ class SimDataNode:
         self.membership: Membership | None = None
         self.repairs: RepairExecutor | None = None
         self.tier: tiering.TierExecutor | None = None
+        self.orphans: OrphanCollector | None = None
         self.new_disk()
 
     def new_disk(self) -> None:
@@ -170,11 +171,13 @@ class SimDataNode:
 
         def save_id(node_id: int) -> None:
             self.saved_id = node_id
-        self.membership = Membership(meta, self.name, self.name, self.labels, records, self.saved_id, save_id)
+        self.membership = Membership(meta, self.name, self.name, self.labels, records, self.saved_id, save_id,
+                                     orphan_grace_seconds=ORPHAN_GRACE_SECONDS)
         self.disks.on_corrupt = self.membership.found_damage
+        self.orphans = self._orphan_collector(meta)
 
         async def store_local(items):
-            return self.disks.put_many(items)
+            return put_admitted(self.disks, self.orphans, list(items))
         self.repairs = RepairExecutor(self.world.fragments(self.name, meta), lambda: self.membership.node_id, store_local)
         loop = asyncio.get_running_loop()
 
@@ -185,7 +188,7 @@ class SimDataNode:
                                          offload=_inline)
         self.up, self.boots = True, self.boots + 1
         self.spawn(self.membership.run())
-        self.spawn(self._collect_orphans(meta))
+        self.spawn(self.orphans.run_forever(ORPHAN_INTERVAL_SECONDS))
         self.spawn(self._scrub())
         self.spawn(self._compact())
 
@@ -202,14 +205,12 @@ class SimDataNode:
             for disk in self.disks.healthy():
                 Scrubber(disk.store, self.membership.found_damage, clock=loop.time, sleep=lambda _: None).run_pass()
 
-    async def _collect_orphans(self, meta) -> None:
+    def _orphan_collector(self, meta) -> OrphanCollector:
         async def delete(fragments):
             for chunk_id, index in fragments:
                 self.disks.delete(chunk_id, index)
-        collector = OrphanCollector(lambda: self.membership.node_id,
-                                    lambda: list(self.disks.fragments(b"", b"\xff" * 32)),
-                                    placements_from(meta), delete, asyncio.get_running_loop().time, ORPHAN_GRACE_SECONDS)
-        await collector.run_forever(ORPHAN_INTERVAL_SECONDS)
+        return OrphanCollector(lambda: self.membership.node_id, lambda: list(self.disks.fragments(b"", b"\xff" * 32)),
+                               placements_from(meta), delete, asyncio.get_running_loop().time, ORPHAN_GRACE_SECONDS)
 
     async def crash(self) -> None:
         self.up = False
@@ -221,10 +222,12 @@ class SimDataNode:
     # ---- what the network delivers
 
     async def put(self, chunk_id: bytes, index: int, data: bytes, crc: int) -> None:
-        try:
-            self.disks.put(chunk_id, index, data, crc)
-        except Exception as error:  # noqa: BLE001 - the data plane answers every failure with a status
-            raise DataError(_status_of(error), str(error)) from None
+        error = put_admitted(self.disks, self.orphans, [(chunk_id, index, data, crc)])[0]
+        if error is not None:  # the data plane answers every failure with a status
+            raise DataError(_status_of(error), str(error))
+
+    async def touch(self, fragments: list[tuple[bytes, int]]) -> list[bool]:
+        return self.orphans.touch(fragments, self.disks.has)
 
     async def get(self, chunk_id: bytes, index: int, offset: int, length: int | None) -> bytes:
         try:
@@ -268,6 +271,11 @@ class SimDataClient:
         data = bytes(data)  # the bytes leave the sender
         await self.world.network.call(self.source, self.target, lambda node: node.put(chunk_id, index, data, crc),
                                       min(timeout, DATA_CALL_SECONDS))
+
+    async def touch(self, fragments: list[tuple[bytes, int]], timeout: float = DATA_CALL_SECONDS) -> list[bool]:
+        fragments = list(fragments)
+        return await self.world.network.call(self.source, self.target, lambda node: node.touch(fragments),
+                                             min(timeout, DATA_CALL_SECONDS))
 
     async def get(self, chunk_id: bytes, index: int, offset: int = 0, length: int | None = None,
                   timeout: float = DATA_CALL_SECONDS, expect: int | None = None):
