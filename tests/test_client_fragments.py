@@ -15,6 +15,11 @@ from cluster.proto import meta_pb2 as pb
 class CountingMeta:
     def __init__(self, fail_first: bool = False):
         self.calls, self.fail_first = 0, fail_first
+        self.reports: list[pb.ReportDamage] = []
+
+    async def command(self, report_damage):
+        self.reports.append(report_damage)
+        return pb.MetaReply()
 
     async def call(self, op):
         assert op.WhichOneof("op") == "list_nodes"
@@ -139,7 +144,7 @@ def test_a_node_the_leader_calls_suspect_or_dead_is_read_last_until_a_record_say
     async def landed(node_index):  # a successful fetch from the chunk's node at node_index
         call = asyncio.get_running_loop().create_future()
         call.set_result(b"fragment")
-        assert f._file(pb.Chunk(nodes=[1, 2, 3]), node_index, call, {}, set()) is None
+        assert f._file(b"c" * 32, pb.Chunk(nodes=[1, 2, 3]), node_index, call, {}, set()) is None
     f._suspect([3])
     assert f._read_last(3, now[0])
     for index in range(3):
@@ -293,19 +298,25 @@ class ScriptedNodes:
         return Client()
 
 
-def read(script: dict[int, str], coroutines: bool = False, hedge_seconds: float = 0.05):
+def read(script: dict[int, str], coroutines: bool = False, hedge_seconds: float = 0.05, reports: list | None = None):
     """Reads a 4+2 chunk on nodes 1..6 (fragment i on node i + 1); returns (data ok, asked,
-    hedged, damaged)."""
+    hedged, damaged). The damage reports sent go into `reports`."""
     async def run():
         data = bytes(range(256)) * 40
         chunk_id = blake3.blake3(data).digest()
-        f = Fragments(CountingMeta(), hedge_seconds=hedge_seconds)
+        meta = CountingMeta()
+        meta.reports = reports if reports is not None else []
+        f = Fragments(meta, hedge_seconds=hedge_seconds)
         nodes = ScriptedNodes(f.codec(4, 2), chunk_id, data, script, coroutines)
         f._connect = nodes.connect
         for node in (1, 2, 3, 4, 5, 6):
             await f._client(node)  # connections open: the path without a task per fragment
         chunk = pb.Chunk(profile=pb.ErasureProfile(k=4, m=2), nodes=[1, 2, 3, 4, 5, 6])
         got = await asyncio.wait_for(f.read(chunk_id, len(data), chunk), 5)
+        if reports is not None:  # a second read, then the background report: one report
+            await asyncio.wait_for(f.read(chunk_id, len(data), chunk), 5)
+            await asyncio.sleep(0.01)
+        await f.close()
         return bytes(got) == data, nodes.asked, f.hedged, f.damaged
     return asyncio.run(run())
 
@@ -316,9 +327,12 @@ def test_a_read_asks_for_exactly_the_k_data_fragments_when_they_come(coroutines)
 
 
 @pytest.mark.parametrize("coroutines", [False, True])
-def test_a_failed_fragment_brings_in_parity_at_once(coroutines):
-    ok, asked, hedged, _ = read({2: "fail"}, coroutines, hedge_seconds=60)  # a hedge would time the test out
-    assert ok and asked == [0, 1, 2, 3, 4] and hedged == 0
+def test_a_failed_fragment_brings_in_parity_at_once_and_a_missing_one_is_reported(coroutines):
+    reports = []
+    ok, asked, hedged, _ = read({2: "fail"}, coroutines, hedge_seconds=60, reports=reports)  # (a hedge: timeout)
+    assert ok and asked[:5] == [0, 1, 2, 3, 4] and hedged == 0
+    assert [[(d.index, d.node, d.reason) for d in r.damage] for r in reports] == \
+        [[(1, 2, "missing on its node (client read)")]]  # once, for two reads
 
 
 @pytest.mark.parametrize("coroutines", [False, True])

@@ -163,3 +163,30 @@ def test_a_put_whose_fragments_were_collected_fails_before_its_commit(monkeypatc
     outcome, missing, _ = _slow_put()
     assert isinstance(outcome, PutExpired), outcome
     assert "Nothing was committed" in str(outcome) and missing == []  # (no chunk of it is in the metadata)
+
+
+def test_a_fragment_missing_from_an_up_node_is_reported_by_a_read_and_repaired():
+    """Nothing else sees a fragment gone from a node that is up (the scrubber checks what is
+    there): the read that finds it missing reports it, and repair puts it back."""
+    async def scenario():
+        world = run.World(7, metas=3, datas=5)
+        await world.start()
+        client = world.client("c")
+        await client.create_bucket("sim", k=2, m=1)
+        data = os.urandom(100_000)
+        await client.put("sim", "k", data)
+        state = world.leader().state
+        (chunk_id, chunk), = run._chunks(state).items()
+        by_id = {d.membership.node_id: d for d in world.datas.values()}
+        by_id[chunk.nodes[0]].disks.delete(chunk_id, 0)  # lost behind the store's back
+        assert await client.get("sim", "k") == data  # from parity
+        for _ in range(60):
+            await asyncio.sleep(1)
+            if run.healing_left(world) is None:
+                break
+        healed = run.healing_left(world)
+        await client.close()
+        await world.stop()
+        return healed
+    from simulations.loop import run as run_on_sim_loop
+    assert run_on_sim_loop(scenario()) is None

@@ -7,7 +7,9 @@ Read: ask for the k data fragments (the code is systematic: no decoding when the
 when some are late by the hedge delay, or fail, ask parity for as many as are missing; decode
 from the first k that arrive and check the chunk against its BLAKE3 name. A chunk that does not
 match is never returned: every fragment is fetched and each left out in turn until one set of k
-agrees, and the one that lied is reported to the leader as damage.
+agrees, and the one that lied is reported to the leader as damage. A fragment that its node says
+it does not have is reported too (in the background, once per client), so that repair restores
+it: nothing else notices a fragment missing from a node that is up.
 
 Transports and the clock come in as arguments (`connect(address)` returns an object with the
 DataClient's `put`/`get`/`close`), so the cluster simulator drives this same code.
@@ -27,7 +29,7 @@ from cluster.client.errors import CorruptObject, NotEnoughFragmentsError, TierUn
 from cluster.client.meta import MetaClient
 from cluster.codec import CodecError, ReedSolomon, crc32c
 from cluster.data.orphans import DEFAULT_GRACE_SECONDS
-from cluster.data.wire import UNAVAILABLE, DataClient, DataError
+from cluster.data.wire import NOT_FOUND, UNAVAILABLE, DataClient, DataError
 from cluster.proto import data_pb2, data_pb2_grpc
 from cluster.proto import meta_pb2 as pb
 from cluster.rpc.endpoints import insecure_channel
@@ -44,6 +46,8 @@ FRAGMENT_BYTES_PER_SECOND_MIN = 10e6
 _FAILURES = (DataError, OSError, asyncio.TimeoutError, KeyError)
 RECALL_NODES_TRIED = 3  # data nodes asked, one after the other, for a cold chunk
 RECALL_SECONDS = 120.0
+MISSING_REMEMBERED_MAX = 10_000  # missing fragments reported by this client, not reported again
+MISSING_PER_REPORT = 1000
 _RECALL_OPTIONS = [("grpc.max_receive_message_length", 72 << 20)]
 
 
@@ -74,11 +78,14 @@ class Fragments:
         self.sent = 0        # fragments stored, for dedup checks and progress
         self.hedged = 0      # parity fragments asked for because a data fragment was late
         self.damaged = 0     # fragments that decoded to the wrong chunk, reported
+        self._missing: dict[tuple[bytes, int, int], bool] = {}  # reported (True) or waiting to be
+        self._reporting: asyncio.Future | None = None  # the missing fragments' report on its way
 
     async def close(self) -> None:
-        if self._refreshing is not None:  # a background read of the node table: not needed now
-            self._refreshing.cancel()
-            await asyncio.gather(self._refreshing, return_exceptions=True)
+        for work in (self._refreshing, self._reporting):  # background work: not needed now
+            if work is not None:
+                work.cancel()
+                await asyncio.gather(work, return_exceptions=True)
         for client in self._clients.values():
             await client.close()
         self._clients.clear()
@@ -270,11 +277,12 @@ class Fragments:
         calls = [self._get_soon(chunk_id, length, chunk, i) for i in indexes]
         await asyncio.gather(*calls, return_exceptions=True)
         for index, call in zip(indexes, calls):
-            error = self._file(chunk, index, call, have, bad)
+            error = self._file(chunk_id, chunk, index, call, have, bad)
             if error is not None:
                 raise error
 
-    def _file(self, chunk: pb.Chunk, index: int, call: asyncio.Future, have: dict, bad: set) -> BaseException | None:
+    def _file(self, chunk_id: bytes, chunk: pb.Chunk, index: int, call: asyncio.Future, have: dict,
+              bad: set) -> BaseException | None:
         """Files a finished fetch: its bytes into `have`, or its index into `bad` when its node
         failed it (down, missing, or corrupt: the node checks its CRC32C). Any other error is a
         bug, returned for the reader to raise."""
@@ -284,9 +292,42 @@ class Fragments:
             self._suspect_until.pop(chunk.nodes[index], None)  # (the leader's word stands: _read_last)
         elif isinstance(error, _FAILURES):
             bad.add(index)
+            if isinstance(error, DataError) and error.status == NOT_FOUND:
+                self._report_missing(chunk_id, index, chunk.nodes[index])
         else:
             return error
         return None
+
+    def _report_missing(self, chunk_id: bytes, index: int, node: int) -> None:
+        """Queues a report of a fragment its node does not have (the leader keeps it only if the
+        chunk's placement still names that node: an older manifest's is ignored)."""
+        key = (chunk_id, index, node)
+        if key in self._missing:
+            return
+        if len(self._missing) >= MISSING_REMEMBERED_MAX:
+            self._missing.clear()  # (a fragment reported again is harmless)
+        self._missing[key] = False
+        if self._reporting is None:
+            self._reporting = asyncio.ensure_future(self._send_missing())
+
+    async def _send_missing(self) -> None:
+        try:
+            while waiting := [key for key, sent in self._missing.items() if not sent][:MISSING_PER_REPORT]:
+                damage = [pb.Damage(chunk=c, index=i, node=n, reason="missing on its node (client read)")
+                          for c, i, n in waiting]
+                try:
+                    reply = await self.meta.command(report_damage=pb.ReportDamage(damage=damage))
+                except Exception:  # noqa: BLE001 - the read went on without it; a later read reports again
+                    reply = None
+                for key in waiting:
+                    if reply is not None and reply.code == pb.OK:
+                        self._missing[key] = True
+                    else:
+                        self._missing.pop(key, None)
+                if reply is None or reply.code != pb.OK:
+                    return
+        finally:
+            self._reporting = None
 
     @staticmethod
     def _verified(codec: ReedSolomon, chunk_id: bytes, length: int, fragments, out=None):
@@ -437,7 +478,7 @@ class _KFetch:
         self.outstanding.discard(index)
         if self.enough.done() or call.cancelled():
             return
-        self.error = self.fragments._file(self.chunk, index, call, self.have, self.bad)
+        self.error = self.fragments._file(self.chunk_id, self.chunk, index, call, self.have, self.bad)
         self._ask(self.k - len(self.have) - len(self.outstanding))
         if self.finished():
             self.enough.set_result(None)
