@@ -18,7 +18,7 @@ from __future__ import annotations
 import asyncio
 from typing import Callable
 
-from cluster.client.errors import PutExpired
+from cluster.client.errors import ClusterUnavailable, PutExpired
 from cluster.data.wire import TOUCH_MAX, DataError
 
 RENEW_AFTER = 0.25     # of a node's grace: a fragment this old (since its node's last word) is touched
@@ -81,14 +81,14 @@ class Keepalive:
         due = {node: [f for f, heard in held.items() if now - heard >= RENEW_AFTER * self.fragments.orphan_grace(node)]
                for node, held in self._heard.items()}
         if any(due.values()):
-                await asyncio.gather(*(self._touch(node, ids[start:start + TOUCH_MAX], before_commit)
+            await asyncio.gather(*(self._touch(node, ids[start:start + TOUCH_MAX], before_commit)
                                    for node, ids in due.items() for start in range(0, len(ids), TOUCH_MAX)))
 
     async def _touch(self, node: int, ids: list[tuple[bytes, int]], before_commit: bool) -> None:
         asked = self.clock()
         try:
             held = await self.fragments.touch(node, ids)
-        except (DataError, OSError, asyncio.TimeoutError, KeyError) as error:  # the node's failure
+        except (DataError, OSError, asyncio.TimeoutError, KeyError, ClusterUnavailable) as error:  # not reached
             self._unanswered(node, ids, before_commit, error)
             return
         self.touched += len(ids)
