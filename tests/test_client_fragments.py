@@ -350,3 +350,25 @@ def test_too_few_fragments_fail_the_read_and_nothing_is_returned():
 def test_a_fragment_that_lies_is_found_by_leaving_each_out_and_the_chunk_comes_back_right(coroutines):
     ok, asked, hedged, damaged = read({2: "lie"}, coroutines)
     assert ok and sorted(asked) == [0, 1, 2, 3, 4, 5] and hedged == 0 and damaged == 1
+
+
+def test_a_missing_fragment_whose_report_failed_is_reported_by_a_later_read():
+    class FailingOnce(CountingMeta):
+        async def command(self, report_damage):
+            self.reports.append(report_damage)
+            if len(self.reports) == 1:
+                raise ConnectionError("no leader")
+            return pb.MetaReply()
+
+    async def run():
+        meta = FailingOnce()
+        f = Fragments(meta)
+        f._report_missing(b"c" * 32, 1, 2)
+        await asyncio.sleep(0.01)  # the report fails
+        f._report_missing(b"c" * 32, 1, 2)  # a later read finds it missing again
+        await asyncio.sleep(0.01)
+        f._report_missing(b"c" * 32, 1, 2)  # reported now: not again
+        await asyncio.sleep(0.01)
+        await f.close()
+        return [[(d.index, d.node) for d in r.damage] for r in meta.reports]
+    assert asyncio.run(run()) == [[(1, 2)], [(1, 2)]]

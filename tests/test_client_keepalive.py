@@ -35,18 +35,19 @@ class Nodes:
         keepalive.stored(chunk_id, nodes, self.now)
 
 
-def test_only_fragments_older_than_a_quarter_of_their_nodes_grace_are_touched():
+def test_only_chunks_older_than_a_quarter_of_their_nodes_shortest_grace_are_touched():
     async def main():
-        nodes = Nodes({1: 40.0, 2: 40.0, 3: 400.0})
+        nodes = Nodes({1: 40.0, 2: 40.0, 3: 400.0, 4: 400.0})
         keepalive = Keepalive(nodes, lambda: nodes.now)
-        nodes.store(keepalive, A, [1, 2, 3])
+        nodes.store(keepalive, A, [1, 3])  # shortest grace 40: due at 10
+        nodes.store(keepalive, B, [3, 4])  # 400: due at 100
         keepalive.stop()  # (the background rounds: driven by hand here)
         nodes.now = 9.0
         await keepalive.renew()
         assert nodes.touches == []
         nodes.now = 10.0
         await keepalive.renew()
-        assert sorted(nodes.touches) == [(1, [(A, 0)]), (2, [(A, 1)])]  # node 3's grace is longer
+        assert sorted(nodes.touches) == [(1, [(A, 0)]), (3, [(A, 1)])]
         nodes.touches.clear()
         nodes.now = 15.0
         await keepalive.renew()
@@ -100,3 +101,59 @@ def test_the_background_rounds_touch_and_report_a_loss():
             keepalive.check()
         keepalive.stop()
     asyncio.run(main())
+
+
+def test_a_node_with_a_shorter_grace_brings_the_next_round_forward():
+    async def main():
+        loop = asyncio.get_running_loop()
+        nodes = Nodes({1: 80.0, 2: 0.4})
+        keepalive = Keepalive(nodes, loop.time)
+        nodes.now = loop.time()
+        nodes.store(keepalive, A, [1])  # first round in 10 s
+        nodes.store(keepalive, B, [2])  # now in 0.05 s
+        await asyncio.sleep(0.3)
+        assert (2, [(B, 0)]) in nodes.touches
+        keepalive.stop()
+    asyncio.run(main())
+
+
+def test_no_round_runs_after_stop_even_one_that_just_ended():
+    """The writer stops the keepalive a few loop steps after a round's last answer: whichever
+    step, no timer is armed again (a round whose task had ended before stop() used to re-arm)."""
+    class Gated(Nodes):
+        gate = None
+
+        async def touch(self, node, ids):
+            self.touches.append((node, list(ids)))
+            if self.gate is not None:
+                await self.gate
+            return [True] * len(ids)
+
+    async def trial(steps: int) -> int:
+        loop = asyncio.get_running_loop()
+        nodes = Gated({1: 0.4})
+        nodes.gate = loop.create_future()
+        keepalive = Keepalive(nodes, loop.time)
+        keepalive.stored(A, [1], loop.time() - 1.0)
+        await asyncio.sleep(0.08)  # a round is waiting for its answer
+        keepalive._chunks[A] = ((1,), loop.time())  # (nothing due before the commit)
+
+        async def writer():
+            await nodes.gate
+            for _ in range(steps):
+                await asyncio.sleep(0)
+            try:
+                await keepalive.renew()
+            finally:
+                keepalive.stop()
+        finished = asyncio.ensure_future(writer())
+        await asyncio.sleep(0)
+        nodes.gate.set_result(None)
+        await finished
+        before, nodes.gate = len(nodes.touches), None
+        await asyncio.sleep(0.6)
+        return len(nodes.touches) - before
+
+    async def main():
+        return [await trial(steps) for steps in range(6)]
+    assert asyncio.run(main()) == [0] * 6

@@ -128,3 +128,27 @@ def test_a_touch_of_a_fragment_the_node_lacks_says_so():
     world = World()
     collector = world.collector()
     assert collector.touch([(A, 0), (A, 2)], lambda c, i: (c, i) in world.fragments) == [True, False]
+
+
+def test_a_pass_cancelled_while_it_deletes_keeps_its_claims():
+    """The node is stopping and its delete may still be running in a thread: a put of a claimed
+    fragment must not be acknowledged meanwhile."""
+    world = World()
+    collector = world.collector()
+    run(collector)
+    world.now = 20.0
+
+    async def main():
+        started = asyncio.Event()
+
+        async def slow_delete(fragments):
+            started.set()
+            await asyncio.sleep(10)
+        collector.delete = slow_delete
+        running = asyncio.ensure_future(collector.run_pass())
+        await started.wait()
+        running.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await running
+    asyncio.run(main())
+    assert collector.renew([(B, 0), (A, 0)]) == [False, True]

@@ -304,28 +304,31 @@ class Fragments:
         key = (chunk_id, index, node)
         if key in self._missing:
             return
-        if len(self._missing) >= MISSING_REMEMBERED_MAX:
-            self._missing.clear()  # (a fragment reported again is harmless)
+        if len(self._missing) >= MISSING_REMEMBERED_MAX:  # forget the reported ones (again: harmless)
+            self._missing = {k: sent for k, sent in self._missing.items() if not sent}
+            if len(self._missing) >= MISSING_REMEMBERED_MAX:
+                return  # the leader is not taking reports: this one waits for a later read
         self._missing[key] = False
         if self._reporting is None:
             self._reporting = asyncio.ensure_future(self._send_missing())
 
     async def _send_missing(self) -> None:
+        """Sends what is queued, in reports of up to MISSING_PER_REPORT. When one fails, every
+        unsent report is forgotten, so that a later read that finds the fragment missing again
+        queues it again and starts a new sender."""
         try:
             while waiting := [key for key, sent in self._missing.items() if not sent][:MISSING_PER_REPORT]:
                 damage = [pb.Damage(chunk=c, index=i, node=n, reason="missing on its node (client read)")
                           for c, i, n in waiting]
                 try:
                     reply = await self.meta.command(report_damage=pb.ReportDamage(damage=damage))
-                except Exception:  # noqa: BLE001 - the read went on without it; a later read reports again
+                except Exception:  # noqa: BLE001 - the read went on without it
                     reply = None
-                for key in waiting:
-                    if reply is not None and reply.code == pb.OK:
-                        self._missing[key] = True
-                    else:
-                        self._missing.pop(key, None)
                 if reply is None or reply.code != pb.OK:
+                    self._missing = {k: sent for k, sent in self._missing.items() if sent}
                     return
+                for key in waiting:
+                    self._missing[key] = True
         finally:
             self._reporting = None
 

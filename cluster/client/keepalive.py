@@ -4,11 +4,12 @@ A data node deletes a fragment that no committed chunk places once it has watche
 orphan grace (cluster/data/orphans.py: one hour by default, each node's grace in its record).
 A put that runs longer (a slow stream, a stall through faults) would lose its first fragments
 before its commit, and the commit would name fragments that are gone. So while a put runs, it
-touches each fragment whose last word from its node (the upload, or a touch) is older than a
-quarter of that node's grace, which starts the grace afresh; and once more just before the
-commit. A fragment that its node no longer holds fails the put before the commit: nothing is
-committed that is not there. The one case left open: a commit that itself takes longer than
-the rest of the grace (three quarters of it at least).
+touches the fragments of each chunk whose last word from its nodes (the upload, or a touch) is
+older than a quarter of the shortest grace among them, which starts their grace afresh; and once
+more just before the commit. A fragment that its node no longer holds fails the put before the
+commit: nothing is committed that is not there. A node that does not answer fails it only once
+its fragments are half its grace old. The one case left open: a commit that itself takes longer
+than the rest of the grace (half of it at least).
 
 The clock comes in as an argument and the waits are the event loop's timers: the cluster
 simulator runs this on its virtual time, with its grace of seconds.
@@ -24,26 +25,36 @@ from cluster.data.wire import TOUCH_MAX, DataError
 RENEW_AFTER = 0.25     # of a node's grace: a fragment this old (since its node's last word) is touched
 RISKY_AFTER = 0.5      # of a node's grace: one this old that cannot be touched before the commit fails it
 PERIOD_MIN_SECONDS = 0.05
+_UNREACHED = (DataError, OSError, asyncio.TimeoutError, KeyError, ClusterUnavailable)  # the node's, or its address's
 
 
 class Keepalive:
     def __init__(self, fragments, clock: Callable[[], float]):
         """`fragments`: the Fragments of the put (its `touch(node, ids)` and `orphan_grace(node)`)."""
         self.fragments, self.clock = fragments, clock
-        self._heard: dict[int, dict[tuple[bytes, int], float]] = {}  # node -> fragment -> its last word at
+        # chunk id -> (its nodes, fragment i on nodes[i]; when they last all vouched for it). One
+        # entry per chunk, as the writer's placements: a put's memory stays proportional to them.
+        self._chunks: dict[bytes, tuple[tuple[int, ...], float]] = {}
         self._timer: asyncio.TimerHandle | None = None
         self._round: asyncio.Task | None = None
+        self._period_armed = float("inf")
+        self._shortest_grace = float("inf")  # of the nodes seen so far
         self._failure: BaseException | None = None
+        self._stopped = False
         self.touched = 0  # fragments touched, for tests and diagnostics
 
-    def start(self) -> None:
-        """Touches what is due every eighth of the shortest grace, in the background, until
-        `stop` (from the first `stored` on). A timer, not a task, between rounds: most puts end
-        long before the first. A node that does not answer is tried again next time; one that
-        no longer holds a fragment fails the put, raised by `check`."""
-        self._timer = asyncio.get_running_loop().call_later(self._period(), self._begin_round)
+    def stored(self, chunk_id: bytes, nodes: list[int], since: float) -> None:
+        """A chunk's fragments are on their nodes, sent from `since` on. The first one starts
+        the background rounds: every eighth of the shortest grace of the nodes seen so far (a
+        timer, not a task, between rounds: most puts end long before the first)."""
+        self._chunks[chunk_id] = (tuple(nodes), since)
+        self._shortest_grace = min(self._shortest_grace, *(self.fragments.orphan_grace(node) for node in nodes))
+        period = self._period()
+        if period < self._period_armed and self._round is None and not self._stopped:
+            self._arm(period)  # (the first chunk, or a node with a shorter grace)
 
     def stop(self) -> None:
+        self._stopped = True
         if self._timer is not None:
             self._timer.cancel()
         if self._round is not None:
@@ -54,65 +65,73 @@ class Keepalive:
         if self._failure is not None:
             raise self._failure
 
-    def stored(self, chunk_id: bytes, nodes: list[int], since: float) -> None:
-        """A chunk's fragments are on their nodes (fragment i on nodes[i]), sent from `since` on."""
-        for index, node in enumerate(nodes):
-            self._heard.setdefault(node, {})[(chunk_id, index)] = since
-        if self._timer is None:
-            self.start()  # (now that the nodes, and so their graces, are known)
+    async def renew(self, before_commit: bool = True) -> None:
+        """Touches the fragments of every chunk due. A node that no longer holds one fails the
+        put; before the commit, so does a node that does not answer for fragments older than
+        half its grace."""
+        self.check()
+        now, grace = self.clock(), self.fragments.orphan_grace
+        due = [(chunk_id, nodes, since) for chunk_id, (nodes, since) in self._chunks.items()
+               if now - since >= RENEW_AFTER * min(grace(node) for node in nodes)]
+        if not due:
+            return
+        by_node: dict[int, list[tuple[bytes, int]]] = {}
+        for chunk_id, nodes, _ in due:
+            for index, node in enumerate(nodes):
+                by_node.setdefault(node, []).append((chunk_id, index))
+        asked = self.clock()
+        calls = [(node, ids[start:start + TOUCH_MAX]) for node, ids in by_node.items()
+                 for start in range(0, len(ids), TOUCH_MAX)]
+        answers = await asyncio.gather(*(self.fragments.touch(node, ids) for node, ids in calls),
+                                       return_exceptions=True)
+        unanswered: set[int] = set()
+        for (node, ids), answer in zip(calls, answers):
+            if isinstance(answer, _UNREACHED):
+                unanswered.add(node)
+                continue
+            if isinstance(answer, BaseException):
+                raise answer
+            self.touched += len(ids)
+            lost = [fragment for fragment, held in zip(ids, answer) if not held]
+            if lost:
+                raise self._lost(node, lost)
+        for chunk_id, nodes, since in due:
+            if not unanswered.intersection(nodes):
+                self._chunks[chunk_id] = (nodes, asked)
+            elif before_commit and any(now - since >= RISKY_AFTER * grace(node)
+                                       for node in unanswered.intersection(nodes)):
+                node = min(unanswered.intersection(nodes))
+                raise PutExpired(f"data node {node} did not answer for fragments of this put that were uploaded "
+                                 f"more than half its orphan grace ({grace(node):g} s) ago: they may be gone. "
+                                 "Nothing was committed; put the object again")
+
+    def _lost(self, node: int, lost: list[tuple[bytes, int]]) -> PutExpired:
+        chunk_id, index = lost[0]
+        return PutExpired(f"{len(lost)} uploaded fragments (one: fragment {index} of chunk {chunk_id.hex()[:16]}) "
+                          f"are no longer on data node {node}: the put ran longer than its orphan grace "
+                          f"({self.fragments.orphan_grace(node):g} s) without word to it. Nothing was committed; "
+                          "put the object again")
+
+    def _arm(self, period: float) -> None:
+        if self._timer is not None:
+            self._timer.cancel()
+        self._period_armed = period
+        self._timer = asyncio.get_running_loop().call_later(period, self._begin_round)
 
     def _begin_round(self) -> None:
-        self._round = asyncio.ensure_future(self.renew(before_commit=False))
-        self._round.add_done_callback(self._round_done)
+        self._timer, self._period_armed = None, float("inf")
+        if not self._stopped:
+            self._round = asyncio.ensure_future(self.renew(before_commit=False))
+            self._round.add_done_callback(self._round_done)
 
     def _round_done(self, round_: asyncio.Task) -> None:
-        if round_.cancelled():
-            return
+        self._round = None
+        if self._stopped or round_.cancelled():
+            return  # (a round that ended just before stop() must not arm another)
         if round_.exception() is not None:
             self._failure = round_.exception()
             return
-        self.start()
-
-    async def renew(self, before_commit: bool = True) -> None:
-        """Touches every fragment due. Before the commit, a fragment whose node does not answer
-        and whose last word is older than half its node's grace fails the put too."""
-        self.check()
-        now = self.clock()
-        due = {node: [f for f, heard in held.items() if now - heard >= RENEW_AFTER * self.fragments.orphan_grace(node)]
-               for node, held in self._heard.items()}
-        if any(due.values()):
-            await asyncio.gather(*(self._touch(node, ids[start:start + TOUCH_MAX], before_commit)
-                                   for node, ids in due.items() for start in range(0, len(ids), TOUCH_MAX)))
-
-    async def _touch(self, node: int, ids: list[tuple[bytes, int]], before_commit: bool) -> None:
-        asked = self.clock()
-        try:
-            held = await self.fragments.touch(node, ids)
-        except (DataError, OSError, asyncio.TimeoutError, KeyError, ClusterUnavailable) as error:  # not reached
-            self._unanswered(node, ids, before_commit, error)
-            return
-        self.touched += len(ids)
-        lost = [f for f, kept in zip(ids, held) if not kept]
-        if lost:
-            chunk_id, index = lost[0]
-            raise PutExpired(f"{len(lost)} uploaded fragments (one: fragment {index} of chunk {chunk_id.hex()[:16]}) "
-                             f"are no longer on data node {node}: the put ran longer than its orphan grace "
-                             f"({self.fragments.orphan_grace(node):g} s) without word to it. Nothing was "
-                             "committed; put the object again")
-        heard = self._heard[node]
-        for fragment in ids:
-            heard[fragment] = asked
-
-    def _unanswered(self, node: int, ids, before_commit: bool, error: Exception) -> None:
-        if not before_commit:
-            return  # next time
-        grace = self.fragments.orphan_grace(node)
-        now, heard = self.clock(), self._heard[node]
-        if any(now - heard[f] >= RISKY_AFTER * grace for f in ids):
-            raise PutExpired(f"data node {node} did not answer for the put's fragments it holds ({error}), and "
-                             f"some were uploaded more than half its orphan grace ({grace:g} s) ago: they may be "
-                             "gone. Nothing was committed; put the object again")
+        self._arm(self._period())
 
     def _period(self) -> float:
-        graces = [self.fragments.orphan_grace(node) for node in self._heard]
-        return max(PERIOD_MIN_SECONDS, min(graces, default=self.fragments.orphan_grace(0)) * RENEW_AFTER / 2)
+        return max(PERIOD_MIN_SECONDS, self._shortest_grace * RENEW_AFTER / 2)

@@ -13,7 +13,9 @@ event loop, so one lock makes each fragment's fate a single decision: either the
 comes first, and the collector leaves the fragment for another grace period; or the collector's
 claim does, and the touch answers "not held" (the put fails before its commit) or the put is
 refused (its client sends the fragment to a replacement node). A put never commits a fragment
-that the collector deletes, as long as its commit lands within the grace of its last touch.
+that the collector deletes, as long as its commit lands within the grace of its last touch. (A
+pass cancelled while it deletes, as the node stops, keeps its claims: the delete may still be
+running in a thread, and a put of those fragments must not be acknowledged meanwhile.)
 
 The collector is logic over injected callables (list the node's fragments, ask the metadata,
 delete, the clock), so tests and the simulator drive the same code.
@@ -93,24 +95,37 @@ class OrphanCollector:
                 batch = []
         if batch:
             await self._judge(batch, me, seen_now, result)
-        with self._lock:  # one referenced now (or gone) starts its grace afresh if it turns up again
-            for fragment in [f for f in self.first_seen if f not in seen_now]:
-                del self.first_seen[fragment]
-            due = [f for f, t in self.first_seen.items() if now - t >= self.grace_seconds]
+        # One referenced now (or gone) starts its grace afresh if it turns up again. Only this
+        # thread adds or removes candidates (renew only restamps them), so they are read without
+        # the lock; it is taken for each slice of removals, not for the whole pass.
+        stale = [f for f in self.first_seen if f not in seen_now]
+        for start in range(0, len(stale), QUERY_BATCH):
+            with self._lock:
+                for fragment in stale[start:start + QUERY_BATCH]:
+                    del self.first_seen[fragment]
+        due = [f for f, t in list(self.first_seen.items()) if now - t >= self.grace_seconds]  # (_claim rechecks)
         if due and faultpoints.hit("orphans.before_delete"):
             return result  # the node stopped before deleting: the next pass does it
         if due:
             confirmed = self._claim(await self._unreferenced(due, me))  # once more, just before deleting
-            try:
-                if confirmed:
+            if confirmed:
+                try:
                     await self.delete(confirmed)
-                    result.deleted = len(confirmed)
-            finally:
-                with self._lock:
-                    self._claimed.difference_update(confirmed)
-                    for fragment in confirmed:
-                        self.first_seen.pop(fragment, None)
+                except asyncio.CancelledError:
+                    raise  # the node is stopping, its delete may still run in a thread: the claims stay
+                except BaseException:
+                    self._release(confirmed, deleted=False)
+                    raise
+                self._release(confirmed, deleted=True)
+                result.deleted = len(confirmed)
         return result
+
+    def _release(self, fragments: list[tuple[bytes, int]], deleted: bool) -> None:
+        with self._lock:
+            self._claimed.difference_update(fragments)
+            if deleted:
+                for fragment in fragments:
+                    self.first_seen.pop(fragment, None)
 
     def _claim(self, fragments: list[tuple[bytes, int]]) -> list[tuple[bytes, int]]:
         """The fragments still due (no put or touch renewed them while the leader was asked),

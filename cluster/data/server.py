@@ -124,7 +124,7 @@ class DataPlane:
         try:
             return [identity, request_id, bytes([wire.OK]), b"", *self._serve(op, frames[3:])]
         except Exception as error:  # noqa: BLE001 - every failure is an answer
-            if not isinstance(error, (FragmentNotFound, BadFragment, ValueError)):
+            if not isinstance(error, (FragmentNotFound, BadFragment, ValueError, BeingCollected)):
                 log.warning("data plane: %s", error)
             return [identity, request_id, bytes([_status_of(error)]), str(error).encode()[:1024]]
 
@@ -134,7 +134,7 @@ class DataPlane:
             if len(frames) != 2:
                 raise ValueError("a PUT carries a header and the bytes")
             chunk_id, index, crc = wire.decode_put(frames[0].bytes)
-            if not self._admit([(chunk_id, index)])[0]:
+            if not _admitted(self.orphans, [(chunk_id, index)])[0]:
                 raise BeingCollected(f"fragment {index} of chunk {chunk_id.hex()[:16]} is being deleted as an orphan")
             self.disks.put(chunk_id, index, frames[1].buffer, crc)
             return []
@@ -183,9 +183,6 @@ class DataPlane:
         return [wire.encode_statuses([(wire.OK, "") if error is None else (_status_of(error), str(error))
                                       for error in outcomes])]
 
-    def _admit(self, fragments: list[tuple[bytes, int]]) -> list[bool]:
-        return self.orphans.renew(fragments) if self.orphans is not None else [True] * len(fragments)
-
     def close(self) -> None:
         self._stop.set()
         for thread in self._threads[1:]:
@@ -197,9 +194,15 @@ class DataPlane:
 def put_admitted(disks: DiskSet, orphans: OrphanCollector | None, items: list) -> list[Exception | None]:
     """`disks.put_many(items)`, but each put renews its fragment's orphan grace first, and one
     the collector is deleting right now is refused (its writer puts it elsewhere)."""
-    admitted = orphans.renew([(c, i) for c, i, _, _ in items]) if orphans is not None else [True] * len(items)
+    admitted = _admitted(orphans, [(c, i) for c, i, _, _ in items])
     written = iter(disks.put_many([item for item, ok in zip(items, admitted) if ok]))
     return [next(written) if ok else BeingCollected("being deleted as an orphan") for ok in admitted]
+
+
+
+def _admitted(orphans: OrphanCollector | None, fragments: list[tuple[bytes, int]]) -> list[bool]:
+    """Puts of these fragments renew their orphan grace; False for one being deleted now."""
+    return orphans.renew(fragments) if orphans is not None else [True] * len(fragments)
 
 
 class ControlService(pb_grpc.DataServicer):
@@ -348,7 +351,8 @@ class DataNode:
         return self.membership.node_id
 
     async def _delete_orphans(self, fragments) -> None:
-        await asyncio.get_running_loop().run_in_executor(self.pool, lambda: [self.disks.delete(c, i) for c, i in fragments])
+        await asyncio.get_running_loop().run_in_executor(
+            self.pool, lambda: [self.disks.delete(c, i) for c, i in fragments])
         log.info("deleted %d orphan fragments", len(fragments))
 
     async def orphan_loop(self) -> None:

@@ -886,9 +886,10 @@ class MetaState:
         return self._nodes()[1].get(node_id)
 
     def nodes_version(self) -> int:
-        """The node table's version: a digest of what a client routes and touches by (each node's
-        id, addresses, state and orphan grace), the same on every replica. A client that holds the table of this version
-        gets no node records with its reads; a heartbeat that only updates capacity keeps it."""
+        """The node table's version: a digest of what a client routes and touches by (each
+        node's id, addresses, state and orphan grace), the same on every replica. A client
+        that holds the table of this version gets no node records with its reads; a heartbeat
+        that only updates capacity keeps it."""
         return self._nodes()[2]
 
     def _nodes(self) -> tuple[list, dict, int]:
