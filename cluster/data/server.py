@@ -199,7 +199,6 @@ def put_admitted(disks: DiskSet, orphans: OrphanCollector | None, items: list) -
     return [next(written) if ok else BeingCollected("being deleted as an orphan") for ok in admitted]
 
 
-
 def _admitted(orphans: OrphanCollector | None, fragments: list[tuple[bytes, int]]) -> list[bool]:
     """Puts of these fragments renew their orphan grace; False for one being deleted now."""
     return orphans.renew(fragments) if orphans is not None else [True] * len(fragments)

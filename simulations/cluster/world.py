@@ -222,12 +222,18 @@ class SimDataNode:
     # ---- what the network delivers
 
     async def put(self, chunk_id: bytes, index: int, data: bytes, crc: int) -> None:
-        error = put_admitted(self.disks, self.orphans, [(chunk_id, index, data, crc)])[0]
+        try:
+            error = put_admitted(self.disks, self.orphans, [(chunk_id, index, data, crc)])[0]
+        except Exception as failure:  # noqa: BLE001
+            error = failure
         if error is not None:  # the data plane answers every failure with a status
             raise DataError(_status_of(error), str(error))
 
     async def touch(self, fragments: list[tuple[bytes, int]]) -> list[bool]:
-        return self.orphans.touch(fragments, self.disks.has)
+        try:
+            return self.orphans.touch(fragments, self.disks.has)
+        except Exception as error:  # noqa: BLE001
+            raise DataError(_status_of(error), str(error)) from None
 
     async def get(self, chunk_id: bytes, index: int, offset: int, length: int | None) -> bytes:
         try:
