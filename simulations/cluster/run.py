@@ -57,6 +57,13 @@ BUCKET = "sim"
 KEYS = [f"k{n}" for n in range(6)]
 SIZES = [0, 100, 3000, 20_000, 150_000, 600_000]  # inline, one chunk, several chunks
 SAFETY_SECONDS = 60.0
+# Some puts read a source of several chunks slowly: stalls that together may outlast the data
+# nodes' orphan grace (world.ORPHAN_GRACE_SECONDS), so the put must keep its fragments until
+# its commit.
+SLOW_PUTS = 0.08
+SLOW_PUT_BYTES = 3_000_000
+SLOW_PUT_PIECE = 250_000
+SLOW_PUT_STALL_SECONDS = (1.5, 4.0)  # before each piece but the first: 16-44 s in all
 LIVENESS_SECONDS = 400.0
 SETTLED_SECONDS = 30.0
 OPERATION_ERRORS = (CairnError, asyncio.TimeoutError, OSError)
@@ -105,10 +112,18 @@ def _name(data: bytes) -> str:
     return blake3.blake3(data).hexdigest()[:16]
 
 
-async def _put(client, name: str, key: str, data: bytes, rec: Recorder) -> None:
+async def _stalling(data: bytes, stall: float):
+    """The data in pieces of SLOW_PUT_PIECE bytes, a stall before each but the first."""
+    for start in range(0, len(data), SLOW_PUT_PIECE):
+        if start:
+            await asyncio.sleep(stall)
+        yield data[start:start + SLOW_PUT_PIECE]
+
+
+async def _put(client, name: str, key: str, data: bytes, rec: Recorder, stall: float = 0.0) -> None:
     op = rec.history.invoke(name, "put", key, (_name(data),), rec.now())
     try:
-        await client.put(BUCKET, key, data)
+        await client.put(BUCKET, key, _stalling(data, stall) if stall else data)
     except OPERATION_ERRORS as error:
         rec.event(name, "put", key, _name(data), "->", type(error).__name__)
         return  # outcome unknown: it stays pending
@@ -147,11 +162,14 @@ async def _get(client, name: str, key: str, rec: Recorder, strict: bool = False)
 async def _workload(world: World, name: str, rng: random.Random, until: float, rec: Recorder) -> None:
     loop = asyncio.get_running_loop()
     client = world.client(name)
+    client.writer.buffer_bytes = 1 << 20  # chunks go as they are cut, not all at the end
     try:
         while loop.time() < until:
             key, roll = rng.choice(KEYS), rng.random()
             if roll < 0.45:
-                await _put(client, name, key, rng.randbytes(rng.choice(SIZES)), rec)
+                stall = rng.uniform(*SLOW_PUT_STALL_SECONDS) if rng.random() < SLOW_PUTS else 0.0
+                data = rng.randbytes(SLOW_PUT_BYTES if stall else rng.choice(SIZES))
+                await _put(client, name, key, data, rec, stall)
             elif roll < 0.9:
                 await _get(client, name, key, rec)
             else:
