@@ -60,7 +60,7 @@ SAFETY_SECONDS = 60.0
 # Some puts read a source of several chunks slowly: stalls that together may outlast the data
 # nodes' orphan grace (world.ORPHAN_GRACE_SECONDS), so the put must keep its fragments until
 # its commit.
-SLOW_PUTS = 0.08
+SLOW_PUTS = 0.1  # of puts, while the client has none running
 SLOW_PUT_BYTES = 3_000_000
 SLOW_PUT_PIECE = 250_000
 SLOW_PUT_STALL_SECONDS = (1.5, 4.0)  # before each piece but the first: 16-44 s in all
@@ -163,20 +163,26 @@ async def _workload(world: World, name: str, rng: random.Random, until: float, r
     loop = asyncio.get_running_loop()
     client = world.client(name)
     client.writer.buffer_bytes = 1 << 20  # chunks go as they are cut, not all at the end
+    slow: asyncio.Task | None = None  # one slow put at a time, beside the client's other operations
     try:
         while loop.time() < until:
             key, roll = rng.choice(KEYS), rng.random()
-            if roll < 0.45:
-                stall = rng.uniform(*SLOW_PUT_STALL_SECONDS) if rng.random() < SLOW_PUTS else 0.0
-                data = rng.randbytes(SLOW_PUT_BYTES if stall else rng.choice(SIZES))
-                await _put(client, name, key, data, rec, stall)
+            if roll < 0.45 and (slow is None or slow.done()) and rng.random() < SLOW_PUTS:
+                data, stall = rng.randbytes(SLOW_PUT_BYTES), rng.uniform(*SLOW_PUT_STALL_SECONDS)
+                slow = loop.create_task(_put(client, f"{name}-slow", key, data, rec, stall))  # (its own process)
+            elif roll < 0.45:
+                await _put(client, name, key, rng.randbytes(rng.choice(SIZES)), rec)
             elif roll < 0.9:
                 await _get(client, name, key, rec)
             else:
                 await _delete(client, name, key, rec)
             rec.operations += 1
             await asyncio.sleep(rng.uniform(0, 0.5))
+        if slow is not None:
+            await slow
     finally:
+        if slow is not None:
+            slow.cancel()
         await client.close()
 
 
