@@ -48,7 +48,7 @@ class Keepalive:
         the background rounds: every eighth of the shortest grace of the nodes seen so far (a
         timer, not a task, between rounds: most puts end long before the first)."""
         self._chunks[chunk_id] = (tuple(nodes), since)
-        self._shortest_grace = min(self._shortest_grace, *(self.fragments.orphan_grace(node) for node in nodes))
+        self._shortest_grace = min([self._shortest_grace, *(self.fragments.orphan_grace(node) for node in nodes)])
         period = self._period()
         if period < self._period_armed and self._round is None and not self._stopped:
             self._arm(period)  # (the first chunk, or a node with a shorter grace)
