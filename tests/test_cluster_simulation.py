@@ -114,7 +114,7 @@ def test_the_state_checks_catch_what_they_look_for(planted):
 
 
 def _slow_put():
-    """A put whose source stalls for three times the data nodes' orphan grace between its blocks,
+    """A put whose source stalls for the data nodes' orphan grace between its four blocks,
     on a simulated cluster: what it returns, and the fragments its object's chunks are missing."""
     from simulations.cluster.world import ORPHAN_GRACE_SECONDS
 
@@ -125,13 +125,8 @@ def _slow_put():
         client.writer.buffer_bytes = 1 << 20  # every chunk goes as soon as it is cut
         await client.create_bucket("sim", k=2, m=1)
         data = os.urandom(4 << 20)
-
-        async def stalling():
-            for start in range(0, len(data), 1 << 20):
-                yield data[start:start + (1 << 20)]
-                await asyncio.sleep(ORPHAN_GRACE_SECONDS)
         try:
-            outcome = await client.put("sim", "slow", stalling())
+            outcome = await client.put("sim", "slow", run.stalling(data, ORPHAN_GRACE_SECONDS, 1 << 20))
         except Exception as error:  # noqa: BLE001 - the outcome looked at
             outcome = error
         await asyncio.sleep(2 * ORPHAN_GRACE_SECONDS)  # any deletion under way has happened

@@ -43,7 +43,7 @@ SUSPECT_SECONDS = 10.0  # a node that failed or was late is read from last for t
 # instead of failing): a base, plus the time its bytes take at a slow link's rate
 FRAGMENT_SECONDS_BASE = 2.0
 FRAGMENT_BYTES_PER_SECOND_MIN = 10e6
-_FAILURES = (DataError, OSError, asyncio.TimeoutError, KeyError)
+NODE_FAILURES = (DataError, OSError, asyncio.TimeoutError, KeyError)  # a node's failure, not a bug
 RECALL_NODES_TRIED = 3  # data nodes asked, one after the other, for a cold chunk
 RECALL_SECONDS = 120.0
 MISSING_REMEMBERED_MAX = 10_000  # missing fragments reported by this client, not reported again
@@ -78,7 +78,8 @@ class Fragments:
         self.sent = 0        # fragments stored, for dedup checks and progress
         self.hedged = 0      # parity fragments asked for because a data fragment was late
         self.damaged = 0     # fragments that decoded to the wrong chunk, reported
-        self._missing: dict[tuple[bytes, int, int], bool] = {}  # reported (True) or waiting to be
+        self._missing: set[tuple[bytes, int, int]] = set()  # (chunk, index, node) reported or queued
+        self._unreported: list[tuple[bytes, int, int]] = []  # queued, in order
         self._reporting: asyncio.Future | None = None  # the missing fragments' report on its way
 
     async def close(self) -> None:
@@ -290,7 +291,7 @@ class Fragments:
         if error is None:
             have[index] = call.result()
             self._suspect_until.pop(chunk.nodes[index], None)  # (the leader's word stands: _read_last)
-        elif isinstance(error, _FAILURES):
+        elif isinstance(error, NODE_FAILURES):
             bad.add(index)
             if isinstance(error, DataError) and error.status == NOT_FOUND:
                 self._report_missing(chunk_id, index, chunk.nodes[index])
@@ -305,10 +306,11 @@ class Fragments:
         if key in self._missing:
             return
         if len(self._missing) >= MISSING_REMEMBERED_MAX:  # forget the reported ones (again: harmless)
-            self._missing = {k: sent for k, sent in self._missing.items() if not sent}
+            self._missing = set(self._unreported)
             if len(self._missing) >= MISSING_REMEMBERED_MAX:
                 return  # the leader is not taking reports: this one waits for a later read
-        self._missing[key] = False
+        self._missing.add(key)
+        self._unreported.append(key)
         if self._reporting is None:
             self._reporting = asyncio.ensure_future(self._send_missing())
 
@@ -317,7 +319,8 @@ class Fragments:
         unsent report is forgotten, so that a later read that finds the fragment missing again
         queues it again and starts a new sender."""
         try:
-            while waiting := [key for key, sent in self._missing.items() if not sent][:MISSING_PER_REPORT]:
+            while self._unreported:
+                waiting = self._unreported[:MISSING_PER_REPORT]
                 damage = [pb.Damage(chunk=c, index=i, node=n, reason="missing on its node (client read)")
                           for c, i, n in waiting]
                 try:
@@ -325,10 +328,10 @@ class Fragments:
                 except Exception:  # noqa: BLE001 - the read went on without it
                     reply = None
                 if reply is None or reply.code != pb.OK:
-                    self._missing = {k: sent for k, sent in self._missing.items() if sent}
+                    self._missing.difference_update(self._unreported)
+                    self._unreported.clear()
                     return
-                for key in waiting:
-                    self._missing[key] = True
+                del self._unreported[:len(waiting)]
         finally:
             self._reporting = None
 
@@ -365,7 +368,7 @@ class Fragments:
         failed = []
         for index, call in calls.items():
             error = call.exception()
-            if isinstance(error, _FAILURES):
+            if isinstance(error, NODE_FAILURES):
                 failed.append(index)
             elif error is not None:
                 raise error  # not a node's failure: a bug

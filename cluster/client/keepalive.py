@@ -20,12 +20,13 @@ import asyncio
 from typing import Callable
 
 from cluster.client.errors import ClusterUnavailable, PutExpired
-from cluster.data.wire import TOUCH_MAX, DataError
+from cluster.client.fragments import NODE_FAILURES
+from cluster.data.wire import TOUCH_MAX
 
 RENEW_AFTER = 0.25     # of a node's grace: a fragment this old (since its node's last word) is touched
 RISKY_AFTER = 0.5      # of a node's grace: one this old that cannot be touched before the commit fails it
 PERIOD_MIN_SECONDS = 0.05
-_UNREACHED = (DataError, OSError, asyncio.TimeoutError, KeyError, ClusterUnavailable)  # the node's, or its address's
+_UNREACHED = (*NODE_FAILURES, ClusterUnavailable)  # the node's failure, or no table to find it in
 
 
 class Keepalive:

@@ -112,18 +112,18 @@ def _name(data: bytes) -> str:
     return blake3.blake3(data).hexdigest()[:16]
 
 
-async def _stalling(data: bytes, stall: float):
-    """The data in pieces of SLOW_PUT_PIECE bytes, a stall before each but the first."""
-    for start in range(0, len(data), SLOW_PUT_PIECE):
+async def stalling(data: bytes, stall: float, piece: int = SLOW_PUT_PIECE):
+    """A slow source: the data in pieces of `piece` bytes, a stall before each but the first."""
+    for start in range(0, len(data), piece):
         if start:
             await asyncio.sleep(stall)
-        yield data[start:start + SLOW_PUT_PIECE]
+        yield data[start:start + piece]
 
 
 async def _put(client, name: str, key: str, data: bytes, rec: Recorder, stall: float = 0.0) -> None:
     op = rec.history.invoke(name, "put", key, (_name(data),), rec.now())
     try:
-        await client.put(BUCKET, key, _stalling(data, stall) if stall else data)
+        await client.put(BUCKET, key, stalling(data, stall) if stall else data)
     except OPERATION_ERRORS as error:
         rec.event(name, "put", key, _name(data), "->", type(error).__name__)
         return  # outcome unknown: it stays pending
