@@ -31,6 +31,21 @@ def run(collector):
     return asyncio.run(collector.run_pass())
 
 
+def run_with_last_check(world, collector, meanwhile):
+    """A first pass, then one past the grace in which `meanwhile()` happens just before the
+    leader is asked once more (its second query of the pass: the last check before the delete)."""
+    run(collector)
+    world.now = 20.0
+    original, asked = world.lookup, world.queries
+
+    async def lookup(ids):
+        if world.queries == asked + 1:
+            meanwhile()
+        return await original(ids)
+    collector.placements = lookup
+    run(collector)
+
+
 def test_orphans_go_after_the_grace_period_and_referenced_fragments_stay():
     world = World()
     collector = world.collector()
@@ -56,17 +71,10 @@ def test_a_put_that_commits_within_the_grace_period_keeps_its_fragment():
 def test_the_last_check_saves_a_fragment_referenced_just_before_the_delete():
     world = World()
     collector = world.collector()
-    run(collector)
-    world.now = 20.0
-    original = world.lookup
 
-    async def commit_on_the_second_query(ids):
-        if world.queries == 2:
-            world.placements[B] = [7]
-        return await original(ids)
-    world.lookup = commit_on_the_second_query
-    collector.placements = commit_on_the_second_query
-    run(collector)
+    def commit():
+        world.placements[B] = [7]
+    run_with_last_check(world, collector, commit)
     assert (B, 0) in world.fragments
 
 
@@ -95,16 +103,10 @@ def test_a_touch_while_the_leader_is_asked_saves_the_fragment():
     """The touch lands between the collector's last look at the metadata and its delete."""
     world = World()
     collector = world.collector()
-    run(collector)
-    world.now = 20.0
-    original = world.lookup
 
-    async def touched_meanwhile(ids):
-        if world.queries == 2:
-            assert collector.renew([(B, 0)]) == [True]
-        return await original(ids)
-    collector.placements = touched_meanwhile
-    run(collector)
+    def touch():
+        assert collector.renew([(B, 0)]) == [True]
+    run_with_last_check(world, collector, touch)
     assert (B, 0) in world.fragments and (C, 2) not in world.fragments
 
 
