@@ -45,6 +45,15 @@ class SimFiles:
             raise EOFError(f"read past the end ({offset}+{length} of {len(buffer)})")
         return bytes(buffer[offset:offset + length])
 
+    def read_into(self, handle: int, offset: int, buffers: list) -> int:
+        buffer, done = self._data[self._names[handle]], 0
+        for target in buffers:
+            view = memoryview(target).cast("B")
+            piece = buffer[offset + done:offset + done + len(view)]
+            view[:len(piece)] = piece
+            done += len(piece)
+        return done
+
     def size(self, handle: int) -> int:
         return len(self._data[self._names[handle]])
 

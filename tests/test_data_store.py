@@ -1,6 +1,7 @@
 """The fragment store: reads, writes, bad input, group commit, torn tails, a lost index,
 corruption and the scrubber, a full disk, compaction under load, kill -9 crash safety, and batches
-(one write per stripe, each fragment its own outcome, a full disk's share going to another disk)."""
+(one write per stripe, each fragment its own outcome, a full disk's share going to another disk;
+batch reads into one buffer, each fragment its own outcome)."""
 import asyncio
 import errno
 import os
@@ -619,3 +620,56 @@ def test_the_data_node_command_takes_a_stripe_count(monkeypatch, capsys):
     assert given[0][-1] == 4
     server.main(["--disks", "/d", "--listen", "127.0.0.1:1", "--data-listen", "127.0.0.1:2"])
     assert given[1][-1] == 1  # the default: one stripe a new disk
+
+
+def test_a_batch_read_fills_one_buffer_and_each_fragment_has_its_own_outcome(tmp_path):
+    """DiskSet.get_many (a GET_MANY of whole fragments): the bytes of the ones that read back
+    to back in one buffer, in order; missing, damaged and over-the-cap ones answered alone,
+    the damaged one reported; the caller's scratch used when they fit, a new buffer when not."""
+    from cluster.data.disks import DiskSet
+
+    disks = DiskSet([str(tmp_path / "d")], stripes=1)
+    reports = []
+    disks.on_corrupt = lambda chunk_id, index, reason: reports.append((chunk_id, index))
+    sizes = {n: 1000 + 37 * n for n in range(8)}
+    assert disks.put_many([(cid(n), 1, content(n, 1, sizes[n]), None) for n in range(8)]) == [None] * 8
+    _, location = disks.disks[0].store.locate(cid(3), 1)
+    flip_bits(tmp_path / "d" / "stripe-0" / "segments" / segment_name(location.segment),
+              location.offset + HEADER_BYTES + 5, 4)
+    wanted = [(cid(0), 1), (cid(99), 1), (cid(3), 1), (cid(5), 1), (cid(6), 1), (cid(7), 1)]
+    cap = sizes[0] + sizes[5] + sizes[6] + sizes[3]  # 3 is damaged, but its room counts; 7 is past the cap
+    scratch = bytearray(1 << 16)
+    outcomes, joined = disks.get_many(wanted, cap, scratch)
+    assert [o if isinstance(o, int) else type(o) for o in outcomes] == \
+        [sizes[0], FragmentNotFound, FragmentCorrupt, sizes[5], sizes[6], ValueError]
+    assert bytes(joined) == content(0, 1, sizes[0]) + content(5, 1, sizes[5]) + content(6, 1, sizes[6])
+    assert reports == [(cid(3), 1)]
+    outcomes, joined = disks.get_many([(cid(n), 1) for n in (2, 4)], 1 << 20, scratch)
+    assert outcomes == [sizes[2], sizes[4]] and isinstance(joined, memoryview) and joined.obj is scratch
+    assert bytes(joined) == content(2, 1, sizes[2]) + content(4, 1, sizes[4])
+    outcomes, joined = disks.get_many([(cid(n), 1) for n in (2, 4)], 1 << 20, bytearray(100))
+    assert outcomes == [sizes[2], sizes[4]] and bytes(joined) == content(2, 1, sizes[2]) + content(4, 1, sizes[4])
+    disks.close()
+
+
+def test_a_batch_read_that_loses_a_race_with_compaction_reads_the_fragment_again(tmp_path):
+    """A fragment moved between its lookup and its read (the segment gone) is read again by
+    `get`, which looks it up afresh; its bytes land in its own place in the buffer."""
+    from cluster.data.disks import DiskSet
+
+    disks = DiskSet([str(tmp_path / "d")], stripes=1)
+    disks.put_many([(cid(n), 0, content(n, 0), None) for n in range(3)])
+    stripe = disks.disks[0].store.stores[0]
+    real = stripe.read_into
+    raced = []
+
+    def moved_once(location, chunk_id, index, out):
+        if chunk_id == cid(1) and not raced:
+            raced.append(chunk_id)
+            raise KeyError(location.segment)  # as when compaction deleted the segment meanwhile
+        return real(location, chunk_id, index, out)
+    stripe.read_into = moved_once
+    outcomes, joined = disks.get_many([(cid(n), 0) for n in range(3)], 1 << 20)
+    assert raced and outcomes == [3000] * 3
+    assert bytes(joined) == b"".join(content(n, 0) for n in range(3))
+    disks.close()

@@ -1,6 +1,7 @@
 """The fragment store under power loss, from seeds: over a simulated disk that loses what was not
 synced (keeping a random prefix of it: torn records) and an index that loses unsynced writes,
-every acknowledged put reads back intact and every acknowledged delete stays deleted."""
+every acknowledged put reads back intact (by `get` and by a batch read's `read_into`) and every
+acknowledged delete stays deleted."""
 import random
 
 import pytest
@@ -58,6 +59,9 @@ def test_power_loss_keeps_every_acknowledged_write(seed):
                     assert not store.has(*key_), (seed, step, key_)
                 else:
                     assert bytes(store.get(*key_)) == content(v), (seed, step, key_)
+                    read = bytearray(len(content(v)))  # and as a batch read reads it: into a buffer
+                    store.read_into(store.location(*key_), *key_, memoryview(read))
+                    assert read == content(v), (seed, step, key_)
 
 
 def test_a_full_disk_still_deletes_and_compacts_and_then_takes_puts_again():

@@ -10,6 +10,7 @@ import time
 from dataclasses import dataclass
 from typing import Callable
 
+from cluster.codec.buffers import unzeroed_bytearray
 from cluster.data.store import (DiskFailed, DiskFull, FragmentCorrupt, FragmentNotFound, FragmentStore,
                                 StripedStore, check_fragment_id)
 from cluster.storage.disk import RocksDisk
@@ -257,6 +258,75 @@ class DiskSet:
                 disk.store.failed = error
                 raise DiskFailed(f"disk {disk.path} failed reading: {error}") from error
         raise FragmentNotFound(f"no fragment {index} of chunk {chunk_id.hex()[:16]} on this node")
+
+    def get_many(self, fragments: list[tuple[bytes, int]], bytes_max: int, scratch: bytearray | None = None):
+        """Whole fragments read straight into one buffer, back to back: ([each one's size or
+        error], the buffer). The buffer is the start of `scratch` when they fit in it (the
+        caller's to reuse once it is done with the bytes), else a new one. A fragment that
+        would take the buffer past `bytes_max` is refused with a ValueError. Errors are `get`'s:
+        a fragment that fails the quick path (moved by compaction, or a disk error) is read
+        again by `get`, which looks again and retires a failed disk."""
+        outcomes, places, total = [], [], 0
+        for chunk_id, index in fragments:
+            try:
+                place = self._locate(chunk_id, index)
+                if total + place[1].length > bytes_max:
+                    raise ValueError(f"{place[1].length} more bytes would pass a batch reply's {bytes_max}; "
+                                     "get this fragment alone")
+            except Exception as error:  # noqa: BLE001 - this fragment's answer
+                outcomes.append(error)
+                places.append(None)
+                continue
+            outcomes.append(place[1].length)
+            places.append(place)
+            total += place[1].length
+        # (a new buffer of a few hundred KiB costs more in page faults than reading into it)
+        joined = memoryview(scratch)[:total] if scratch is not None and total <= len(scratch) \
+            else unzeroed_bytearray(total)
+        view, start = memoryview(joined), 0
+        for position, ((chunk_id, index), place) in enumerate(zip(fragments, places)):
+            if place is not None:
+                size = place[1].length
+                outcomes[position] = self._read_into(chunk_id, index, place, view[start:start + size])
+                start += size
+        if all(isinstance(o, int) for o in outcomes):
+            return outcomes, joined
+        # some failed after their room was taken: keep only the bytes of the others
+        kept, start = [], 0
+        for outcome, place in zip(outcomes, places):
+            if place is not None:
+                if isinstance(outcome, int):
+                    kept.append(view[start:start + outcome])
+                start += place[1].length
+        return outcomes, bytearray(b"".join(kept))
+
+    def _locate(self, chunk_id: bytes, index: int):
+        check_fragment_id(chunk_id, index)
+        for disk in self.healthy():
+            found = disk.store.locate(chunk_id, index)
+            if found is not None:
+                return disk, found[1], found[0]
+        raise FragmentNotFound(f"no fragment {index} of chunk {chunk_id.hex()[:16]} on this node")
+
+    def _read_into(self, chunk_id: bytes, index: int, place, out: memoryview) -> int | Exception:
+        """One fragment of `get_many` into its room: its size, or the error `get` gives."""
+        disk, location, stripe = place
+        try:
+            stripe.read_into(location, chunk_id, index, out)
+            return location.length
+        except FragmentCorrupt as error:
+            self.on_corrupt(chunk_id, index, str(error))
+            return error
+        except Exception:  # noqa: BLE001 - moved, or the disk failed: `get` tells which
+            pass
+        try:
+            data = self.get(chunk_id, index)
+        except Exception as error:  # noqa: BLE001
+            return error
+        if len(data) != len(out):
+            return FragmentCorrupt(f"fragment {index} of chunk {chunk_id.hex()[:16]} changed length while read")
+        out[:] = data
+        return location.length
 
     def has(self, chunk_id: bytes, index: int) -> bool:
         check_fragment_id(chunk_id, index)

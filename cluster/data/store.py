@@ -489,16 +489,30 @@ class FragmentStore:
 
     def _read_record(self, location: Location, chunk_id: bytes, index: int) -> memoryview:
         raw = self.files.read(self._handles[location.segment], location.offset, location.record_bytes)
-        header = decode_header(raw[:HEADER_BYTES])
+        data = memoryview(raw)[HEADER_BYTES:]  # no copy of the bytes
+        self._check_record(raw[:HEADER_BYTES], data, location, chunk_id, index)
+        return data
+
+    def read_into(self, location: Location, chunk_id: bytes, index: int, out: memoryview) -> None:
+        """The fragment at `location` (from `location()`) read straight into `out`, a writable
+        buffer of its length, and checked as `get` checks it. Raises EOFError or KeyError if
+        compaction moved it meanwhile (look it up again), FragmentCorrupt if it is damaged."""
+        header = bytearray(HEADER_BYTES)
+        read = self.files.read_into(self._handles[location.segment], location.offset, [header, out])
+        if read != location.record_bytes:
+            raise EOFError(f"read {read} of {location.record_bytes} bytes at offset {location.offset}")
+        self._check_record(bytes(header), out, location, chunk_id, index)
+
+    @staticmethod
+    def _check_record(head: bytes, data, location: Location, chunk_id: bytes, index: int) -> None:
+        header = decode_header(head)
         if header is None or header[0] != KIND_PUT or header[1] != chunk_id or header[2] != index \
                 or header[3] != location.length:
             raise FragmentCorrupt(f"fragment {index} of chunk {chunk_id.hex()[:16]}: damaged record header "
                                   f"in segment {location.segment} at {location.offset}")
-        data = memoryview(raw)[HEADER_BYTES:]  # no copy of the bytes
         if crc32c(data) != header[4]:
             raise FragmentCorrupt(f"fragment {index} of chunk {chunk_id.hex()[:16]}: CRC32C mismatch in "
                                   f"segment {location.segment} at {location.offset}")
-        return data
 
     def fragments(self, start: bytes = b"", end: bytes = b"\xff" * CHUNK_ID_BYTES) -> Iterator[tuple[bytes, int, Location]]:
         """Every (chunk id, index, location) with start <= chunk id < end, in order."""
@@ -618,6 +632,12 @@ class StripedStore:
 
     def get(self, chunk_id: bytes, index: int, offset: int = 0, length: int | None = None) -> bytes:
         return self._stripe(chunk_id, index).get(chunk_id, index, offset, length)
+
+    def locate(self, chunk_id: bytes, index: int) -> tuple[FragmentStore, Location] | None:
+        """The stripe that holds the fragment and where (for its `read_into`), or None."""
+        stripe = self._stripe(chunk_id, index)
+        location = stripe.location(chunk_id, index)
+        return None if location is None else (stripe, location)
 
     def delete(self, chunk_id: bytes, index: int) -> bool:
         return self._stripe(chunk_id, index).delete(chunk_id, index)

@@ -93,8 +93,12 @@ def join_payloads(payloads: list) -> list[bytes]:
     """A batch's payloads as two frames: their sizes (4 bytes each), then all their bytes."""
     if len(payloads) > PUT_MANY_MAX:
         raise ValueError(f"a batch carries at most {PUT_MANY_MAX} payloads, not {len(payloads)}")
-    sizes = [memoryview(p).nbytes for p in payloads]
-    return [struct.pack(f">{len(sizes)}I", *sizes), b"".join(payloads)]
+    return [encode_sizes([memoryview(p).nbytes for p in payloads]), b"".join(payloads)]
+
+
+def encode_sizes(sizes: list[int]) -> bytes:
+    """The sizes frame of a batch (see join_payloads)."""
+    return struct.pack(f">{len(sizes)}I", *sizes)
 
 
 def split_payloads(sizes: bytes, joined, count: int) -> list[memoryview]:

@@ -23,6 +23,10 @@ class Files(Protocol):
 
     def read(self, handle: int, offset: int, length: int) -> bytes: ...
 
+    def read_into(self, handle: int, offset: int, buffers: list) -> int:
+        """Fills the writable buffers in order from `offset`; returns the bytes read (fewer
+        only at the end of the file)."""
+
     def size(self, handle: int) -> int: ...
 
     def sync(self, handle: int) -> None: ...
@@ -78,6 +82,9 @@ class LocalFiles:
         if len(data) != length:
             raise EOFError(f"read {len(data)} of {length} bytes at offset {offset}")
         return data
+
+    def read_into(self, handle: int, offset: int, buffers: list) -> int:
+        return os.preadv(handle, buffers, offset)  # (at most IOV_MAX buffers: callers pass two)
 
     def size(self, handle: int) -> int:
         return self._ends[handle]
