@@ -139,7 +139,10 @@ class LocalCluster:
 
     def restart(self, role: str, number: int) -> None:
         member = self.member(role, number)
-        if _alive(member.pid):
+        # A process on its way out (it crashed or was killed, and the kernel is still tearing
+        # it down: no command line any more, not yet a zombie) is waited for, not taken for a
+        # running node: under load that takes a while, and a restart came too soon.
+        if _alive(member.pid) and (_is_ours(member.pid) or not self._wait(member, STOP_SECONDS)):
             raise DevError(f"{role} node {number} is running (pid {member.pid})")
         self._spawn(member)
         self.save()

@@ -120,6 +120,31 @@ def test_a_local_cluster_whose_data_node_cannot_start_says_so_and_leaves_nothing
     assert not any(_alive(m.pid) for m in local.members if m.pid)
 
 
+def test_a_restart_waits_for_a_node_on_its_way_out_and_refuses_a_running_one(tmp_path):
+    """A crashed node's process may still be exiting (no command line, not yet a zombie) when a
+    test restarts it: the restart waits for it. A node that is running is refused at once."""
+    import subprocess
+    import sys
+    import time
+
+    from cluster.dev import DevError, LocalCluster, _alive
+
+    local = LocalCluster(str(tmp_path / "c"), metas=1, datas=1, port_base=None)
+    os.makedirs(local.directory)
+    member = local.member("data", 1)
+    exiting = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(1.0)"])  # (not a Cairn command line)
+    member.pid, local._procs[exiting.pid] = exiting.pid, exiting
+    started = time.monotonic()
+    try:
+        local.restart("data", 1)
+        assert exiting.poll() is not None and time.monotonic() - started >= 0.5
+        assert member.pid != exiting.pid and _alive(member.pid)
+        with pytest.raises(DevError, match="data node 1 is running"):
+            local.restart("data", 1)
+    finally:
+        local.stop()
+
+
 def test_waiting_for_a_cluster_whose_metadata_nodes_never_answer_says_so(tmp_path):
     from cluster.dev import DevError, LocalCluster
 
