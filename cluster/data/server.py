@@ -48,7 +48,7 @@ COMPACT_THRESHOLD = 0.5  # a segment less than half live is rewritten
 LIST_ENTRIES_MAX = 10_000
 IDS_PER_CALL_MAX = 10_000
 WORKERS = 16
-# A reply frame smaller than this is copied into ZeroMQ; a larger one is lent to it, and pyzmq
+# A reply frame of at most this is copied into ZeroMQ; a larger one is lent to it, and pyzmq
 # then hands each one back through its garbage-collector thread, which took the GIL from the
 # workers and cost a data node more CPU per 160 KiB reply (a round of small gets) than the copy.
 COPIED_BYTES_MAX = 256 << 10
@@ -111,7 +111,7 @@ class DataPlane:
         socket = self.context.socket(zmq.DEALER)
         socket.setsockopt(zmq.LINGER, 0)
         socket.connect(self.BACKEND)
-        socket.copy_threshold = COPIED_BYTES_MAX
+        socket.copy_threshold = COPIED_BYTES_MAX + 1  # (pyzmq copies frames below its threshold)
         try:
             while not self._stop.is_set():
                 if not socket.poll(200):
