@@ -317,7 +317,7 @@ class DiskSet:
         except FragmentCorrupt as error:
             self.on_corrupt(chunk_id, index, str(error))
             return error
-        except Exception:  # noqa: BLE001 - moved, or the disk failed: `get` tells which
+        except (OSError, EOFError, KeyError):  # moved by compaction, or the disk failed: `get` tells which
             pass
         try:
             data = self.get(chunk_id, index)
