@@ -28,7 +28,7 @@ from cluster.data.scrubber import Scrubber
 from cluster.data import tiering
 from cluster.data.server import COMPACT_THRESHOLD, _status_of, put_admitted
 from cluster.data.store import FragmentStore, StripedStore
-from cluster.data.wire import DataError
+from cluster.data.wire import JOINED_BYTES_MAX, DataError
 from cluster.meta.liveness import FailureDetector
 from cluster.meta.service import MetaService
 from cluster.meta.state import MetaState
@@ -236,8 +236,15 @@ class SimDataNode:
             raise DataError(_status_of(error), str(error)) from None
 
     async def get(self, chunk_id: bytes, index: int, offset: int, length: int | None) -> bytes:
+        """A whole fragment is read as a real node reads a batch's (`DiskSet.get_many`), so
+        the faults reach that path too; a range as a real node reads one."""
         try:
-            return self.disks.get(chunk_id, index, offset, length)
+            if offset or length is not None:
+                return self.disks.get(chunk_id, index, offset, length)
+            (outcome,), joined = self.disks.get_many([(chunk_id, index)], JOINED_BYTES_MAX)
+            if isinstance(outcome, Exception):
+                raise outcome
+            return bytes(joined)
         except Exception as error:  # noqa: BLE001
             raise DataError(_status_of(error), str(error)) from None
 
