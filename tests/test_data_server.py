@@ -6,7 +6,6 @@ import os
 import signal
 import subprocess
 import sys
-import threading
 
 import grpc
 import pytest
@@ -245,7 +244,6 @@ def test_touched_fragments_outlive_the_grace_and_the_node_tells_its_grace(tmp_pa
 
 _OPEN_AND_CLOSE_A_PLANE = """
 import sys
-import threading
 from cluster.data.disks import DiskSet
 from cluster.data.server import DataPlane
 from cluster.dev import free_ports
@@ -270,7 +268,7 @@ def test_a_batch_reply_refuses_what_would_pass_its_one_frame(tmp_path, monkeypat
     from cluster.data.server import DataPlane
 
     plane = DataPlane.__new__(DataPlane)  # the request logic alone, without sockets or workers
-    plane.disks, plane._scratch = DiskSet([str(tmp_path)]), threading.local()
+    plane.disks = DiskSet([str(tmp_path)])
     chunk = b"c" * 32
     for index in range(3):
         plane.disks.put(chunk, index, bytes([index]) * 100)

@@ -266,51 +266,46 @@ class DiskSet:
         would take the buffer past `bytes_max` is refused with a ValueError. Errors are `get`'s:
         a fragment that fails the quick path (moved by compaction, or a disk error) is read
         again by `get`, which looks again and retires a failed disk."""
-        outcomes, places, total = [], [], 0
+        outcomes, rooms, total = [], [], 0  # rooms: (stripe, location, where its bytes go) or None
         for chunk_id, index in fragments:
             try:
-                place = self._locate(chunk_id, index)
-                if total + place[1].length > bytes_max:
-                    raise ValueError(f"{place[1].length} more bytes would pass a batch reply's {bytes_max}; "
+                stripe, location = self._locate(chunk_id, index)
+                if total + location.length > bytes_max:
+                    raise ValueError(f"{location.length} more bytes would pass a batch reply's {bytes_max}; "
                                      "get this fragment alone")
             except Exception as error:  # noqa: BLE001 - this fragment's answer
                 outcomes.append(error)
-                places.append(None)
+                rooms.append(None)
                 continue
-            outcomes.append(place[1].length)
-            places.append(place)
-            total += place[1].length
+            outcomes.append(location.length)
+            rooms.append((stripe, location, total))
+            total += location.length
         # (a new buffer of a few hundred KiB costs more in page faults than reading into it)
         joined = memoryview(scratch)[:total] if scratch is not None and total <= len(scratch) \
             else unzeroed_bytearray(total)
-        view, start = memoryview(joined), 0
-        for position, ((chunk_id, index), place) in enumerate(zip(fragments, places)):
-            if place is not None:
-                size = place[1].length
-                outcomes[position] = self._read_into(chunk_id, index, place, view[start:start + size])
-                start += size
+        view = memoryview(joined)
+        for position, ((chunk_id, index), room) in enumerate(zip(fragments, rooms)):
+            if room is not None:
+                stripe, location, start = room
+                outcomes[position] = self._read_into(chunk_id, index, stripe, location,
+                                                     view[start:start + location.length])
         if all(isinstance(o, int) for o in outcomes):
             return outcomes, joined
         # some failed after their room was taken: keep only the bytes of the others
-        kept, start = [], 0
-        for outcome, place in zip(outcomes, places):
-            if place is not None:
-                if isinstance(outcome, int):
-                    kept.append(view[start:start + outcome])
-                start += place[1].length
+        kept = [view[room[2]:room[2] + outcome] for outcome, room in zip(outcomes, rooms) if isinstance(outcome, int)]
         return outcomes, bytearray(b"".join(kept))
 
     def _locate(self, chunk_id: bytes, index: int):
+        """(the stripe that holds the fragment, its location), from the first healthy disk that has it."""
         check_fragment_id(chunk_id, index)
         for disk in self.healthy():
             found = disk.store.locate(chunk_id, index)
             if found is not None:
-                return disk, found[1], found[0]
+                return found
         raise FragmentNotFound(f"no fragment {index} of chunk {chunk_id.hex()[:16]} on this node")
 
-    def _read_into(self, chunk_id: bytes, index: int, place, out: memoryview) -> int | Exception:
+    def _read_into(self, chunk_id: bytes, index: int, stripe, location, out: memoryview) -> int | Exception:
         """One fragment of `get_many` into its room: its size, or the error `get` gives."""
-        disk, location, stripe = place
         try:
             stripe.read_into(location, chunk_id, index, out)
             return location.length

@@ -52,6 +52,7 @@ WORKERS = 16
 # then hands each one back through its garbage-collector thread, which took the GIL from the
 # workers and cost a data node more CPU per 160 KiB reply (a round of small gets) than the copy.
 COPIED_BYTES_MAX = 256 << 10
+_scratch = threading.local()  # each worker thread's buffer for the replies ZeroMQ copies
 # a recall answers with a whole chunk (up to 64 MiB)
 GRPC_OPTIONS = [("grpc.max_receive_message_length", 16 << 20), ("grpc.max_send_message_length", 72 << 20)]
 
@@ -89,7 +90,6 @@ class DataPlane:
         self.backend.setsockopt(zmq.LINGER, 0)
         self.backend.bind(self.BACKEND)
         self._stop = threading.Event()
-        self._scratch = threading.local()  # each worker's buffer for the replies ZeroMQ copies
         self._threads = [threading.Thread(target=self._proxy, daemon=True, name="fragment-proxy")]
         self._threads += [threading.Thread(target=self._worker, daemon=True, name=f"fragment-{n}")
                           for n in range(workers)]
@@ -171,9 +171,9 @@ class DataPlane:
         if any(offset or length is not None for _, _, offset, length in items):
             return self._get_ranges(items)
         # whole fragments (what readers ask for): read straight into the reply's one buffer
-        scratch = getattr(self._scratch, "buffer", None)
+        scratch = getattr(_scratch, "buffer", None)
         if scratch is None:
-            scratch = self._scratch.buffer = bytearray(COPIED_BYTES_MAX)
+            scratch = _scratch.buffer = bytearray(COPIED_BYTES_MAX)
         outcomes, joined = self.disks.get_many([(c, i) for c, i, _, _ in items], wire.JOINED_BYTES_MAX, scratch)
         results = [(wire.OK, "") if isinstance(o, int) else (_status_of(o), str(o)) for o in outcomes]
         sizes = [o if isinstance(o, int) else 0 for o in outcomes]
