@@ -2,8 +2,6 @@
 a seed replays exactly, and planted bugs are caught by the checkers."""
 import asyncio
 import os
-import subprocess
-import sys
 
 import pytest
 
@@ -13,21 +11,13 @@ from cluster.client.reader import ObjectReader
 from cluster.proto import meta_pb2 as pb
 from simulations.cluster import run
 from simulations.cluster.network import Network
+from tests.seed_budget import run_seed_budget
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-SEEDS = 200  # the CI budget, run as two processes (two cores)
+SEEDS = 200  # the CI budget
 
 
 def test_a_budget_of_seeds_holds_every_check():
-    half = SEEDS // 2
-    processes = [subprocess.Popen([sys.executable, "-m", "simulations", "cluster", "--seeds", str(half),
-                                   "--start", str(start)], cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL,
-                                  text=True, env={**os.environ, "PYTHONHASHSEED": "0"})
-                 for start in (0, half)]
-    outputs = [p.communicate(timeout=900)[0] for p in processes]
-    for process, output in zip(processes, outputs):
-        assert process.returncode == 0, output
-        assert f"cluster: {half} seeds" in output and "0 violations" in output, output
+    run_seed_budget("cluster", SEEDS)
 
 
 def test_a_seed_replays_exactly():
