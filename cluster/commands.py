@@ -312,7 +312,8 @@ def cmd_status(args) -> int:
                 "redundancy": redundancy, "unrepairable": repair.unrepairable, "repair_queue": repair.queued,
                 "repaired": repair.repaired, "repair_bytes_per_second": repair.bytes_per_second,
                 "draining_fragments": repair.draining, "rebalance_bytes": repair.rebalance_bytes,
-                "seconds_to_full_redundancy": eta}
+                "seconds_to_full_redundancy": eta, "audited_fragments": repair.audited,
+                "audit_missing": repair.audit_missing, "audit_passes": repair.audit_passes}
     lines = [f"leader     {status.leader}",
              f"objects    {document['objects']} in {document['buckets']} buckets, {_human(status.logical_bytes)}",
              f"chunks     {status.chunks} distinct, {_human(status.chunk_bytes)} (dedup ratio "
@@ -321,7 +322,9 @@ def cmd_status(args) -> int:
              f"{f', lost: {repair.unrepairable}' if repair.unrepairable else ''}",
              f"repair     {repair.queued} queued, {repair.repaired} done, {_human(repair.bytes_per_second)}/s, "
              f"{repair.draining} fragments left on draining nodes, {_human(repair.rebalance_bytes)} to rebalance ({repair.moved} fragments moved)"
-             f"{f', about {eta:.0f} s to full redundancy' if eta else ''}", "data nodes"]
+             f"{f', about {eta:.0f} s to full redundancy' if eta else ''}",
+             f"audit      {repair.audited} fragments asked about, {repair.audit_missing} found missing, "
+             f"{repair.audit_passes} passes", "data nodes"]
     for n in nodes:
         labels = ",".join(f"{k}={v}" for k, v in sorted(n["labels"].items()))
         lines.append(f"  {n['id']:>3} {n['address']:<21} {n['state']:<8} {labels:<18} "

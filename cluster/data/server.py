@@ -217,6 +217,14 @@ def put_admitted(disks: DiskSet, orphans: OrphanCollector | None, items: list) -
     return [next(written) if ok else BeingCollected("being deleted as an orphan") for ok in admitted]
 
 
+def fragment_ids(request) -> list[tuple[bytes, int]]:
+    """The (chunk id, index) pairs of a Has or Delete request, within the per-call bound (the
+    store checks each id)."""
+    if len(request.fragments) > IDS_PER_CALL_MAX:
+        raise ValueError(f"at most {IDS_PER_CALL_MAX} fragments per call")
+    return [(f.chunk, f.index) for f in request.fragments]
+
+
 def _admitted(orphans: OrphanCollector | None, fragments: list[tuple[bytes, int]]) -> list[bool]:
     """Puts of these fragments renew their orphan grace; False for one being deleted now."""
     return orphans.renew(fragments) if orphans is not None else [True] * len(fragments)
@@ -229,11 +237,6 @@ class ControlService(pb_grpc.DataServicer):
     async def _run(self, work):
         return await asyncio.get_running_loop().run_in_executor(self.node.pool, work)
 
-    @staticmethod
-    def _ids(request):
-        if len(request.fragments) > IDS_PER_CALL_MAX:
-            raise ValueError(f"at most {IDS_PER_CALL_MAX} fragments per call")
-        return [(f.chunk, f.index) for f in request.fragments]
 
     async def _admit(self, request, context, check) -> None:
         """Aborts the call if the request fails `check`, or if this node has no metadata
@@ -267,7 +270,7 @@ class ControlService(pb_grpc.DataServicer):
 
     async def Has(self, request, context):
         try:
-            ids = self._ids(request)
+            ids = fragment_ids(request)
             present = await self._run(lambda: [self.node.disks.has(c, i) for c, i in ids])
         except (BadFragment, ValueError) as error:
             await context.abort(grpc.StatusCode.INVALID_ARGUMENT, str(error))
@@ -275,7 +278,7 @@ class ControlService(pb_grpc.DataServicer):
 
     async def Delete(self, request, context):
         try:
-            ids = self._ids(request)
+            ids = fragment_ids(request)
             deleted = await self._run(lambda: [self.node.disks.delete(c, i) for c, i in ids])
         except (BadFragment, ValueError) as error:
             await context.abort(grpc.StatusCode.INVALID_ARGUMENT, str(error))

@@ -14,6 +14,7 @@ import asyncio
 
 from cluster.data.membership import HEARTBEAT_SECONDS
 from cluster.meta.liveness import DEAD_AFTER_SECONDS, SUSPECT_AFTER_SECONDS, FailureDetector
+from cluster.meta.audit import FRAGMENTS_PER_SECOND
 from cluster.meta.repairer import BYTES_PER_SECOND
 from cluster import faultpoints
 from cluster.meta.service import GARBAGE_GRACE_SECONDS, MetaService
@@ -30,7 +31,7 @@ class MetaNode(RaftNode):
                  dead_after: float = DEAD_AFTER_SECONDS, garbage_grace: float = GARBAGE_GRACE_SECONDS,
                  repair_bytes_per_second: float = BYTES_PER_SECOND,
                  lifecycle_every: float = LIFECYCLE_EVERY_SECONDS, read_resolution: float = READ_RESOLUTION_SECONDS,
-                 reheat_grace: float = REHEAT_GRACE_SECONDS):
+                 reheat_grace: float = REHEAT_GRACE_SECONDS, audit_fragments_per_second: float = FRAGMENTS_PER_SECOND):
         os.makedirs(data_dir, exist_ok=True)
         self.state = MetaState(RocksDisk(os.path.join(data_dir, "meta")))
         super().__init__(node_id, data_dir, peers, self.state, tick_seconds, snapshot_entries)
@@ -39,7 +40,8 @@ class MetaNode(RaftNode):
                                    garbage_grace_seconds=garbage_grace,
                                    repair_bytes_per_second=repair_bytes_per_second,
                                    lifecycle_every_seconds=lifecycle_every, read_resolution_seconds=read_resolution,
-                                   reheat_grace_seconds=reheat_grace)
+                                   reheat_grace_seconds=reheat_grace,
+                                   audit_fragments_per_second=audit_fragments_per_second)
 
     def add_services(self, server) -> None:
         pb_grpc.add_MetaServicer_to_server(self.service, server)
@@ -52,6 +54,7 @@ class MetaNode(RaftNode):
             watcher.cancel()
             await self.service.tiering.close()
             await self.service.repairer.close()
+            await self.service.auditor.close()
             self.state.disk.close()
 
 
@@ -73,7 +76,12 @@ def main(argv: list[str] | None = None) -> None:
                         help="record an object's read time when the last recorded one is older than this")
     parser.add_argument("--reheat-grace-seconds", type=float, default=REHEAT_GRACE_SECONDS,
                         help="keep a re-heated chunk's tier copy this long (readers may still be fetching it)")
+    parser.add_argument("--audit-fragments-per-second", type=float, default=FRAGMENTS_PER_SECOND,
+                        help="the audit asks data nodes about this many fragments per second, to find ones "
+                             "missing from the node their chunk places them on (0: no audit)")
     args = parser.parse_args(argv)
+    if args.audit_fragments_per_second < 0:
+        parser.error("--audit-fragments-per-second must be 0 (no audit) or more")
     if args.lifecycle_every_seconds <= 0 or args.read_resolution_seconds <= 0 or args.reheat_grace_seconds < 0:
         parser.error("--lifecycle-every-seconds and --read-resolution-seconds must be positive, "
                      "--reheat-grace-seconds not negative")
@@ -87,7 +95,7 @@ def main(argv: list[str] | None = None) -> None:
         node = MetaNode(args.id, args.data, args.peers, args.tick_seconds, args.snapshot_entries,
                         args.suspect_after_seconds, args.dead_after_seconds, args.garbage_grace_seconds,
                         args.repair_mb_per_s * 1e6, args.lifecycle_every_seconds, args.read_resolution_seconds,
-                        args.reheat_grace_seconds)
+                        args.reheat_grace_seconds, args.audit_fragments_per_second)
         return node, ()
     faultpoints.install_from_environment()
     run_node(args, start)

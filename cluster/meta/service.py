@@ -17,7 +17,7 @@ import time
 from typing import Callable
 
 
-from cluster.meta import names
+from cluster.meta import audit, names
 from cluster.meta.liveness import FailureDetector
 from cluster.meta.repairer import BYTES_PER_SECOND, Repairer
 from cluster.meta.state import MetaState, Refused
@@ -103,9 +103,10 @@ class MetaService(pb_grpc.MetaServicer):
                  repair_bytes_per_second: float = BYTES_PER_SECOND, monotonic=time.monotonic,
                  repair_channel=insecure_channel, lifecycle_every_seconds: float = LIFECYCLE_EVERY_SECONDS,
                  read_resolution_seconds: float = READ_RESOLUTION_SECONDS,
-                 reheat_grace_seconds: float = REHEAT_GRACE_SECONDS):
-        """`clock` is wall time (commands carry it), `monotonic` paces repairs, `repair_channel`
-        opens a channel to a data node (the simulator passes its own network)."""
+                 reheat_grace_seconds: float = REHEAT_GRACE_SECONDS,
+                 audit_fragments_per_second: float = audit.FRAGMENTS_PER_SECOND):
+        """`clock` is wall time (commands carry it), `monotonic` paces repairs and the audit,
+        `repair_channel` opens a channel to a data node (the simulator passes its own network)."""
         self.driver, self.state = driver, state
         self.address_of = address_of  # Raft node id -> client address
         self.clock = clock
@@ -115,6 +116,8 @@ class MetaService(pb_grpc.MetaServicer):
         self.wake = asyncio.Event()  # set: the leader's duties run now, not at the next round
         self.repairer = Repairer(self, repair_bytes_per_second, channel=repair_channel, clock=monotonic,
                                  on_progress=self.wake.set)
+        self.auditor = audit.Auditor(self, self.repairer.channel_to, clock=monotonic,
+                                     fragments_per_second=audit_fragments_per_second)
         self.tiering = Tiering(self, self.repairer.channel_to, clock=monotonic, lifecycle_every=lifecycle_every_seconds,
                                read_resolution=read_resolution_seconds, reheat_grace=reheat_grace_seconds)
         self._mux = MuxServer(pb.MetaReplies, "ops", "replies")
@@ -277,8 +280,8 @@ class MetaService(pb_grpc.MetaServicer):
         return pb.MetaCommand(op_id=os.urandom(16), now_ms=int(self.clock() * 1000), **fields)
 
     async def keep_house(self, every_seconds: float = 1.0, garbage_every_seconds: float = 10.0) -> None:
-        """The leader's periodic duties: failure detection and repair every round, garbage
-        every ten seconds. A round comes early when woken (a node declared dead, a repair batch
+        """The leader's periodic duties: failure detection, repair and the audit (paced by its
+        own budget) every round, garbage every ten seconds. A round comes early when woken (a node declared dead, a repair batch
         done), so repair neither waits for the clock to start nor to go on."""
         garbage_at = self.monotonic() + garbage_every_seconds
         while True:
@@ -290,7 +293,7 @@ class MetaService(pb_grpc.MetaServicer):
             garbage = self.monotonic() >= garbage_at
             if garbage:
                 garbage_at = self.monotonic() + garbage_every_seconds
-            duties = (self.check_liveness, self.repairer.round, self.tiering.round,
+            duties = (self.check_liveness, self.repairer.round, self.tiering.round, self.auditor.round,
                       *((self.collect_garbage,) if garbage else ()))
             for duty in duties:
                 try:
@@ -386,8 +389,12 @@ class MetaService(pb_grpc.MetaServicer):
 
     def _read_get_stats(self, op) -> pb.MetaReply:
         chunks, size = self.state.chunk_counts()
+        repair = pb.RepairStats()
+        repair.CopyFrom(self.repairer.stats)
+        repair.audited, repair.audit_missing, repair.audit_passes = \
+            self.auditor.audited, self.auditor.missing, self.auditor.passes
         return pb.MetaReply(tag=op.tag, stats=pb.StatsReply(chunks=chunks, chunk_bytes=size, leader=self.driver.leader,
-                                                            applied=self.state.applied, repair=self.repairer.stats,
+                                                            applied=self.state.applied, repair=repair,
                                                             tier=self.tiering.current_stats()))
 
 

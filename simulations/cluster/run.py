@@ -5,13 +5,15 @@ The seed decides everything: the cluster's shape (data nodes, erasure profile), 
 which faults hit when, the clients' operations and object sizes, every network delay, and the
 bytes production code draws from os.urandom (op ids, placement seeds), which the run takes from
 the seed too. Faults are capped so recovery stays possible: at most m data nodes are impaired at
-once (down, cut off, or with a lost or corrupted disk, which counts for the rest of the run), and
+once (down, cut off, or with a lost or corrupted disk or a fragment lost from a node that stays up,
+which counts for the rest of the run), and
 at most a minority of metadata nodes are down.
 
 Fault points in the production code (cluster/faultpoints.py) fail its failure-handling branches
 on purpose: a client dying between its uploads and its commit, fragment puts and gets failing
 (replacement nodes, parity reads), repair answers lost before or after the placement changes,
-orphans not deleted, heartbeats lost. Garbled replies flip bits in fragments on their way to a
+orphans not deleted, heartbeats lost. A fragment lost from a node that stays up is found only by
+the leader's audit (cluster/meta/audit.py), which the liveness check then waits for. Garbled replies flip bits in fragments on their way to a
 reader, after the node's CRC32C check: only the reader's BLAKE3 checks stand between them and the
 caller.
 
@@ -199,9 +201,9 @@ class Faults:
         self.rates = {kind: rng.uniform(0, top) for kind, top in (
             ("data crash", 0.04), ("disk lost", 0.01), ("corruption", 0.02), ("meta crash", 0.03),
             ("isolation", 0.02), ("lossy network", 0.03), ("slow node", 0.03), ("clock skew", 0.02),
-            ("garbled replies", 0.01), ("full disk", 0.01))}
+            ("garbled replies", 0.01), ("full disk", 0.01), ("fragment lost", 0.02))}
         self.points = {name: rng.uniform(0, 0.05) for name in FAULT_POINTS}
-        self.harmed: set[str] = set()    # data nodes whose disk was lost or corrupted
+        self.harmed: set[str] = set()    # data nodes whose disk was lost, corrupted or lacks a fragment
         self.isolated: set[str] = set()
         self._pending: list[asyncio.Task] = []
 
@@ -285,6 +287,22 @@ class Faults:
             node.files.flip(name, self.rng.randrange(node.files.size_of(name)))
             self.harmed.add(node.name)
             self._count("corruption", node.name, name)
+
+    async def _fragment_lost(self) -> None:
+        """A fragment vanishes from a node that stays up (a failed disk of several, a deleted
+        segment): no read may ask for it, so only the leader's audit can find it."""
+        candidates = [n for n in self.world.datas.values() if n.up and n.name not in self.isolated
+                      and (n.name in self.harmed or self._may_impair())]
+        held = [(n, fragments) for n in candidates for fragments in [_live_fragments(self.world, n)] if fragments]
+        if held:
+            node, fragments = self.rng.choice(held)
+            self.lose(node, [self.rng.choice(fragments)])
+
+    def lose(self, node, fragments: list[tuple[bytes, int]]) -> None:
+        for chunk_id, index in fragments:
+            node.disks.delete(chunk_id, index)
+            self._count("fragment lost", node.name, chunk_id.hex()[:16], index)
+        self.harmed.add(node.name)
 
     async def _meta_crash(self) -> None:
         nodes = self.world.meta.nodes
@@ -416,6 +434,36 @@ async def _disk_lost_and_node_back(world: World, faults: Faults, until: float) -
     await node.boot()
 
 
+async def _fragments_lost_on_up_nodes(world: World, faults: Faults, until: float) -> None:
+    """As the clients stop, m data nodes that stay up each lose a few fragments of live chunks;
+    nothing reads them afterwards, so only the leader's audit can find them for repair."""
+    await asyncio.sleep(max(0.0, until - asyncio.get_running_loop().time()))
+    client = world.client("scenario")  # objects of its own: the workload's may all be gone by now
+    try:
+        for n in range(2):
+            await client.put(BUCKET, f"audit-{n}", faults.rng.randbytes(600_000))
+    finally:
+        await client.close()
+    for node in faults.rng.sample(sorted(world.datas.values(), key=lambda n: n.name), faults.m):
+        fragments = _live_fragments(world, node)
+        faults.lose(node, faults.rng.sample(fragments, min(3, len(fragments))))
+
+
+def _live_fragments(world: World, node) -> list[tuple[bytes, int]]:
+    """The fragments on the node that a referenced HOT chunk places there, by the leader's word
+    (a fragment of an orphan or of a chunk being deleted may lawfully go)."""
+    leader = world.leader()
+    if leader is None or not node.membership.node_id:
+        return []
+    live = []
+    for chunk_id, index in node.disks.fragments(b"", b"\xff" * 32):
+        chunk = leader.state.chunk(chunk_id)
+        if chunk is not None and chunk.state == pb.HOT and chunk.refs and index < len(chunk.nodes) \
+                and chunk.nodes[index] == node.membership.node_id:
+            live.append((chunk_id, index))
+    return live
+
+
 async def _leader_cut_off(world: World, faults: Faults, until: float) -> None:
     """The leader is cut off from everyone (a new one is elected, the old one must not serve),
     then only what it sends is lost."""
@@ -434,6 +482,7 @@ SCENARIOS = {
     "m-data-nodes-die-together": _m_data_nodes_die_together,
     "disk-lost-and-node-back": _disk_lost_and_node_back,
     "leader-cut-off": _leader_cut_off,
+    "fragments-lost-on-up-nodes": _fragments_lost_on_up_nodes,
 }
 
 

@@ -26,8 +26,8 @@ from cluster.data.orphans import OrphanCollector, placements_from
 from cluster.data.repairs import RepairExecutor, check_request
 from cluster.data.scrubber import Scrubber
 from cluster.data import tiering
-from cluster.data.server import COMPACT_THRESHOLD, _status_of, put_admitted
-from cluster.data.store import FragmentStore, StripedStore
+from cluster.data.server import COMPACT_THRESHOLD, _status_of, fragment_ids, put_admitted
+from cluster.data.store import BadFragment, FragmentStore, StripedStore
 from cluster.data.wire import JOINED_BYTES_MAX, DataError
 from cluster.meta.liveness import FailureDetector
 from cluster.meta.service import MetaService
@@ -59,6 +59,7 @@ COMPACT_INTERVAL_SECONDS = 20.0
 LIFECYCLE_EVERY_SECONDS = 2.0
 READ_RESOLUTION_SECONDS = 1.0
 REHEAT_GRACE_SECONDS = 30.0
+AUDIT_FRAGMENTS_PER_SECOND = 2000.0  # the production default: a pass over a run's few chunks takes seconds
 WALL_EPOCH = 1_800_000_000.0         # the simulated wall clock starts here (commands carry it)
 
 
@@ -113,7 +114,7 @@ class SimMetaNode(SimNode):
             garbage_grace_seconds=GARBAGE_GRACE_SECONDS, monotonic=loop.time,
             repair_channel=lambda address: SimChannel(world, self.name, address),
             lifecycle_every_seconds=LIFECYCLE_EVERY_SECONDS, read_resolution_seconds=READ_RESOLUTION_SECONDS,
-            reheat_grace_seconds=REHEAT_GRACE_SECONDS)
+            reheat_grace_seconds=REHEAT_GRACE_SECONDS, audit_fragments_per_second=AUDIT_FRAGMENTS_PER_SECOND)
         await self.driver.start()
         self.spawn(self.service.keep_house())
         self.boots += 1
@@ -123,6 +124,7 @@ class SimMetaNode(SimNode):
         if self.service is not None:
             await self.service.tiering.close()
             await self.service.repairer.close()
+            await self.service.auditor.close()
         self.service = None
         await super().crash()
         self.state_disk.crash()
@@ -249,12 +251,15 @@ class SimDataNode:
             raise DataError(_status_of(error), str(error)) from None
 
     async def control(self, method: str, request):
-        check = {"Repair": check_request, "Tier": tiering.check_request, "Recall": tiering.check_recall}.get(method)
+        check = {"Repair": check_request, "Tier": tiering.check_request, "Recall": tiering.check_recall,
+                 "Has": fragment_ids}.get(method)
         if check is None:
             raise _rpc_error(grpc.StatusCode.UNIMPLEMENTED, method)
         try:
             check(request)
-        except ValueError as error:
+            if method == "Has":  # (the audit's question, answered as a real node's control API does)
+                return data_pb.HasReply(present=[self.disks.has(c, i) for c, i in fragment_ids(request)])
+        except (BadFragment, ValueError) as error:
             raise _rpc_error(grpc.StatusCode.INVALID_ARGUMENT, str(error)) from None
         if method == "Repair":
             return await self.repairs.run(request)
