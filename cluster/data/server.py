@@ -237,7 +237,6 @@ class ControlService(pb_grpc.DataServicer):
     async def _run(self, work):
         return await asyncio.get_running_loop().run_in_executor(self.node.pool, work)
 
-
     async def _admit(self, request, context, check) -> None:
         """Aborts the call if the request fails `check`, or if this node has no metadata
         cluster (repair and tier work answer to its leader)."""

@@ -5,17 +5,16 @@ The seed decides everything: the cluster's shape (data nodes, erasure profile), 
 which faults hit when, the clients' operations and object sizes, every network delay, and the
 bytes production code draws from os.urandom (op ids, placement seeds), which the run takes from
 the seed too. Faults are capped so recovery stays possible: at most m data nodes are impaired at
-once (down, cut off, or with a lost or corrupted disk or a fragment lost from a node that stays up,
-which counts for the rest of the run), and
-at most a minority of metadata nodes are down.
+once (down, cut off, with a lost or corrupted disk, or missing a fragment while up, which counts
+for the rest of the run), and at most a minority of metadata nodes are down.
 
 Fault points in the production code (cluster/faultpoints.py) fail its failure-handling branches
 on purpose: a client dying between its uploads and its commit, fragment puts and gets failing
 (replacement nodes, parity reads), repair answers lost before or after the placement changes,
 orphans not deleted, heartbeats lost. A fragment lost from a node that stays up is found only by
-the leader's audit (cluster/meta/audit.py), which the liveness check then waits for. Garbled replies flip bits in fragments on their way to a
-reader, after the node's CRC32C check: only the reader's BLAKE3 checks stand between them and the
-caller.
+the leader's audit (cluster/meta/audit.py), which the liveness check then waits for. Garbled
+replies flip bits in fragments on their way to a reader, after the node's CRC32C check: only the
+reader's BLAKE3 checks stand between them and the caller.
 
 Checks: the clients' history (objects as registers: put, delete, get) is linearizable, which
 also means an acknowledged put reads back byte-identical at the end and a get never returns bytes
