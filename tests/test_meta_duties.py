@@ -714,20 +714,25 @@ def test_fragments_lost_from_a_node_that_stays_up_are_found_by_the_audit_and_reb
     try:
         with cluster.connect(local.meta_addresses) as client:
             objects = fill(client, "audit", 3, 1 << 20)
-            member = local.member("data", 1)
-            with grpc.insecure_channel(member.addresses[0]) as channel:
+            parity = {}  # data member number -> the parity fragments it holds (no read asks for them)
+            for number in range(1, 7):
+                with grpc.insecure_channel(local.member("data", number).addresses[0]) as channel:
+                    held = data_pb2_grpc.DataStub(channel).List(data_pb2.ListRequest(), timeout=10).fragments
+                    parity[number] = [f for f in held if f.index >= 4]
+            victim = max(parity, key=lambda number: len(parity[number]))
+            lost = parity[victim][:4]
+            assert lost, parity
+            with grpc.insecure_channel(local.member("data", victim).addresses[0]) as channel:
                 stub = data_pb2_grpc.DataStub(channel)
-                held = stub.List(data_pb2.ListRequest(), timeout=10).fragments
-                lost = [f for f in held if f.index >= 4][:4]  # parity: no read asks for it
-                assert lost and all(stub.Delete(data_pb2.DeleteRequest(fragments=lost), timeout=10).deleted)
+                assert all(stub.Delete(data_pb2.DeleteRequest(fragments=lost), timeout=10).deleted)
                 deadline = time.monotonic() + 60
                 while not all(stub.Has(data_pb2.HasRequest(fragments=lost), timeout=10).present):
                     assert time.monotonic() < deadline, f"not rebuilt: {client.status().repair}"
                     time.sleep(0.3)
             repair = client.status().repair
             assert repair.audit_missing >= len(lost) and repair.audited >= repair.audit_missing, repair
-            local.kill("data", 2, signal.SIGKILL)
-            local.kill("data", 3, signal.SIGKILL)  # m others gone: the rebuilt parity is needed, and good
+            for number in [n for n in parity if n != victim][:2]:  # m others gone: the rebuilt parity is needed
+                local.kill("data", number, signal.SIGKILL)
             for key, data in objects.items():
                 assert client.get("audit", key) == data
     finally:
