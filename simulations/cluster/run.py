@@ -292,7 +292,8 @@ class Faults:
         segment): no read may ask for it, so only the leader's audit can find it."""
         candidates = [n for n in self.world.datas.values() if n.up and n.name not in self.isolated
                       and (n.name in self.harmed or self._may_impair())]
-        held = [(n, fragments) for n in candidates for fragments in [_live_fragments(self.world, n)] if fragments]
+        held = [(n, _live_fragments(self.world, n)) for n in candidates]
+        held = [(node, fragments) for node, fragments in held if fragments]
         if held:
             node, fragments = self.rng.choice(held)
             self.lose(node, [self.rng.choice(fragments)])

@@ -246,7 +246,7 @@ class SimDataNode:
             (outcome,), joined = self.disks.get_many([(chunk_id, index)], JOINED_BYTES_MAX)
             if isinstance(outcome, Exception):
                 raise outcome
-            return bytes(joined)
+            return joined  # (a buffer of its own: no scratch was lent)
         except Exception as error:  # noqa: BLE001
             raise DataError(_status_of(error), str(error)) from None
 
@@ -256,9 +256,9 @@ class SimDataNode:
         if check is None:
             raise _rpc_error(grpc.StatusCode.UNIMPLEMENTED, method)
         try:
-            check(request)
+            checked = check(request)
             if method == "Has":  # (the audit's question, answered as a real node's control API does)
-                return data_pb.HasReply(present=[self.disks.has(c, i) for c, i in fragment_ids(request)])
+                return data_pb.HasReply(present=[self.disks.has(c, i) for c, i in checked])
         except (BadFragment, ValueError) as error:
             raise _rpc_error(grpc.StatusCode.INVALID_ARGUMENT, str(error)) from None
         if method == "Repair":
