@@ -1,6 +1,6 @@
-"""The Raft driver's hand-off to its transport, and the gRPC transport between real servers on
-127.0.0.1: entries leave before the leader's own synced write, and a peer's sender outlives
-errors."""
+"""The Raft driver's hand-off to its transport and its store, and the gRPC transport between
+real servers on 127.0.0.1: entries leave before the leader's own synced write, a commit costs no
+write of its own, and a peer's sender outlives errors."""
 import asyncio
 import random
 
@@ -9,11 +9,11 @@ from cluster.proto import raft_pb2_grpc as pb_grpc
 from cluster.raft.config import RaftConfig
 from cluster.raft.core import Raft, Role
 from cluster.raft.driver import RaftDriver
-from cluster.raft.kv import KeyValueStore
+from cluster.raft.kv import KeyValueStore, encode_put
 from cluster.raft.log_store import LogStore
 from cluster.raft.messages import Entry, EntryKind, Membership, Message, MessageType, SnapshotMeta
 from cluster.raft.node import GrpcTransport, RaftService
-from cluster.raft.rsm import Sessions
+from cluster.raft.rsm import Sessions, envelope
 from cluster.raft.snapshot_files import MemorySnapshots
 from cluster.rpc import endpoints
 from cluster.storage.disk import MemoryDisk
@@ -39,20 +39,28 @@ class RecordingStore(LogStore):
         self.events = events
 
     def save(self, hard_state, entries, snapshot=None, sync=True) -> None:
-        if sync:
-            self.events.append(("save", len(entries)))
+        self.events.append(("save" if sync else "unsynced save", len(entries), hard_state))
         super().save(hard_state, entries, snapshot, sync)
 
 
-def _leader_of_three(events: list) -> tuple[RaftDriver, RecordingTransport]:
+def _leader_of_three(events: list, tick_seconds: float = 0.1) -> tuple[RaftDriver, RecordingTransport]:
     raft = Raft(RaftConfig(node_id=1, pre_vote=False), random.Random(1),
                 snapshot=SnapshotMeta(membership=Membership(frozenset({1, 2, 3}))))
     raft.campaign()
     raft.step(Message(MessageType.VOTE_RESPONSE, 2, 1, raft.term))
     assert raft.role is Role.LEADER
     transport = RecordingTransport(events)
-    driver = RaftDriver(raft, RecordingStore(events), Sessions(KeyValueStore()), transport, MemorySnapshots())
+    driver = RaftDriver(raft, RecordingStore(events), Sessions(KeyValueStore()), transport, MemorySnapshots(),
+                        tick_seconds=tick_seconds)
     return driver, transport
+
+
+async def _until(condition, turns: int = 200) -> None:
+    for _ in range(turns):
+        if condition():
+            return
+        await asyncio.sleep(0)
+    raise AssertionError("not reached")
 
 
 def test_a_leader_hands_new_entries_to_the_transport_before_its_synced_write():
@@ -79,6 +87,44 @@ def test_a_leader_hands_new_entries_to_the_transport_before_its_synced_write():
             await driver.stop()
             assert proposal.done()
             proposal.exception()  # the node stopped before a quorum answered: outcome unknown
+    asyncio.run(main())
+
+
+def test_a_commit_writes_nothing_until_the_next_synced_write_or_tick():
+    def put(number: int) -> bytes:
+        return envelope(7, number, encode_put(b"key", b"value %d" % number))
+
+    async def main():
+        events: list = []
+        driver, _ = _leader_of_three(events, tick_seconds=3600.0)  # ticks only when the test says
+        store, log = driver.store, driver.raft.log
+        await driver.start()
+        try:
+            first = driver.submit(put(1))
+            await _until(lambda: log.persisted == log.last_index() > 0)
+            committed = log.last_index()
+            driver.receive(Message(MessageType.APPEND_RESPONSE, 2, 1, driver.raft.term, index=committed))
+            await asyncio.wait_for(first, 5)  # committed, applied and answered ...
+            assert not [e for e in events if e[0] == "unsynced save"], events  # ... with no write for it
+            assert store._load_hard_state().commit < committed
+
+            driver._on_tick()  # a tick writes the held commit index, unsynced
+            await _until(lambda: any(e[0] == "unsynced save" for e in events))
+            assert store._load_hard_state().commit == committed
+
+            second = driver.submit(put(2))
+            await _until(lambda: log.persisted == log.last_index() > committed)
+            driver.receive(Message(MessageType.APPEND_RESPONSE, 2, 1, driver.raft.term, index=log.last_index()))
+            await asyncio.wait_for(second, 5)
+            committed = log.commit
+            assert store._load_hard_state().commit < committed  # held again ...
+            driver.submit(put(3))
+            await _until(lambda: log.persisted == log.last_index() > committed)
+            assert store._load_hard_state().commit == committed  # ... and carried by the next synced write
+            assert len([e for e in events if e[0] == "unsynced save"]) == 1, events
+        finally:
+            await driver.stop()
+        assert store._load_hard_state().commit == log.commit  # a clean stop saves what it held
     asyncio.run(main())
 
 

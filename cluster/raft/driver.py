@@ -5,7 +5,9 @@ message, a proposal, a read, a tick), feeds it all to the core, then works throu
 Ready: the leader's replication messages go out at once (handed to the transport before the
 disk is touched, so the followers' appends run beside the leader's), the hard state and entries
 are saved with one synced write, the remaining messages go out, committed entries are queued
-for the apply task, and the core is told to advance. Whatever arrived during the fsync is fed in as one batch
+for the apply task, and the core is told to advance. A Ready that only moves the commit index
+writes nothing: that index is held and rides on the next synced write, or is written (unsynced)
+at the next tick, so a commit on the leader costs no disk write on its way to the client. Whatever arrived during the fsync is fed in as one batch
 before the next Ready, so under load one append, one fsync and one AppendEntries per follower
 carry many proposals (group commit). The apply task applies entries in order off that path,
 resolves each proposal with its result, releases linearizable reads once their read index is
@@ -27,7 +29,7 @@ from typing import Awaitable, Callable, Protocol
 
 from cluster.raft.core import NotLeader, ProposalDropped, Raft, Ready, Role
 from cluster.raft.log_store import LogStore
-from cluster.raft.messages import Entry, EntryKind, Membership, Message, MessageType, SnapshotMeta, message_bytes
+from cluster.raft.messages import Entry, EntryKind, HardState, Membership, Message, MessageType, SnapshotMeta, message_bytes
 from cluster.raft.rsm import StateMachine
 
 log = logging.getLogger(__name__)
@@ -93,6 +95,7 @@ class RaftDriver:
         self.applied_index = raft.log.snapshot.index
         self._last_snapshot_index = raft.log.snapshot.index
         self._compact_to: SnapshotMeta | None = None
+        self._held: HardState | None = None  # a hard state newer on the commit index only, not yet written
         self._tasks: list[asyncio.Task] = []
         self._tick_handle = None
         self._stopped = False
@@ -119,6 +122,11 @@ class RaftDriver:
         for task in self._tasks:
             task.cancel()
         await asyncio.gather(*self._tasks, return_exceptions=True)
+        if self.fatal is None:
+            try:
+                self._save_held()  # a clean stop keeps the commit index it knew
+            except Exception as error:  # noqa: BLE001 - stopping anyway; the index is learned again
+                log.warning("node %d: the commit index was not saved at stop: %r", self.raft.id, error)
         self._fail_pending(ProposalOutcomeUnknown("node stopped"))
 
     def _on_tick(self) -> None:
@@ -233,6 +241,8 @@ class RaftDriver:
                 self._feed()
 
     def _feed(self) -> None:
+        if self._ticks:
+            self._save_held()
         for _ in range(self._ticks):
             self.raft.tick()
         self._ticks = 0
@@ -318,9 +328,10 @@ class RaftDriver:
             # On the loop's thread, not a worker's: the synced write lets go of the GIL while the
             # disk works, and handing it to a thread and back took longer than the fsync itself
             # once gRPC's poller thread was competing for the GIL too.
-            self.store.save(ready.hard_state, ready.entries, ready.snapshot)
+            self.store.save(ready.hard_state or self._held, ready.entries, ready.snapshot)
+            self._held = None
         elif ready.hard_state is not None:
-            self.store.save(ready.hard_state, (), sync=False)  # commit index only: no fsync, no wait
+            self._held = ready.hard_state  # the commit index only: see _save_held
         if ready.messages:
             self.transport.send(tuple(self._fill(m) for m in ready.messages))
         if ready.committed:
@@ -339,6 +350,14 @@ class RaftDriver:
         data = current[1] if current else b""
         chunk = data[m.offset:m.offset + self.raft.config.snapshot_chunk_bytes]
         return dataclasses.replace(m, data=chunk)
+
+    def _save_held(self) -> None:
+        """Writes a held commit index, without a sync. Losing it in a crash costs nothing but
+        time: a restarted node learns the commit index again from the leader, or as leader
+        commits an entry of its new term, as Raft's commit rule asks anyway."""
+        if self._held is not None:
+            held, self._held = self._held, None
+            self.store.save(held, (), sync=False)
 
     # ---- the apply task
 
