@@ -9,9 +9,10 @@ for the apply task, and the core is told to advance. A Ready that only moves the
 writes nothing: that index is held and rides on the next synced write, or is written (unsynced)
 at the next tick, so a commit on the leader costs no disk write on its way to the client.
 Whatever arrived during the fsync is fed in as one batch before the next Ready, so under load
-one append, one fsync and one AppendEntries per follower carry many proposals (group commit). The apply task applies entries in order off that path,
-resolves each proposal with its result, releases linearizable reads once their read index is
-applied, installs received snapshots and takes local ones every `snapshot_entries` entries.
+one append, one fsync and one AppendEntries per follower carry many proposals (group commit).
+The apply task applies entries in order off that path, resolves each proposal with its result,
+releases linearizable reads once their read index is applied, installs received snapshots and
+takes local ones every `snapshot_entries` entries.
 
 Everything outside the core is injected: the transport, the store (over a Disk), the state
 machine, the snapshot files and how snapshot files are written (`run_blocking`: a thread in
