@@ -2,6 +2,7 @@
 real servers on 127.0.0.1: entries leave before the leader's own synced write, a commit costs no
 write of its own, and a peer's sender outlives errors."""
 import asyncio
+import logging
 import random
 
 from cluster.dev import free_ports
@@ -126,6 +127,38 @@ def test_a_commit_writes_nothing_until_the_next_synced_write_or_tick():
             await driver.stop()
         assert store._load_hard_state().commit == log.commit  # a clean stop saves what it held
     asyncio.run(main())
+
+
+def test_a_stop_whose_commit_index_cannot_be_written_still_stops():
+    class FailingStore(RecordingStore):
+        def save(self, hard_state, entries, snapshot=None, sync=True) -> None:
+            if not sync:
+                raise OSError("planted: the disk refused the write")
+            super().save(hard_state, entries, snapshot, sync)
+
+    async def main():
+        events: list = []
+        driver, _ = _leader_of_three(events, tick_seconds=3600.0)
+        driver.store = FailingStore(events)
+        log = driver.raft.log
+        await driver.start()
+        proposal = driver.submit(envelope(7, 1, encode_put(b"key", b"value")))
+        await _until(lambda: log.persisted == log.last_index() > 0)
+        driver.receive(Message(MessageType.APPEND_RESPONSE, 2, 1, driver.raft.term, index=log.last_index()))
+        await asyncio.wait_for(proposal, 5)
+        await driver.stop()  # the held commit index cannot be written: logged, and the node stops
+        assert driver.store._load_hard_state().commit < log.commit
+
+    warnings: list[str] = []
+    handler = logging.Handler(logging.WARNING)
+    handler.emit = lambda record: warnings.append(record.getMessage())
+    logger = logging.getLogger("cluster.raft.driver")
+    logger.addHandler(handler)
+    try:
+        asyncio.run(main())
+    finally:
+        logger.removeHandler(handler)
+    assert any("commit index was not saved at stop" in w for w in warnings), warnings
 
 
 class _Inbox:
