@@ -36,13 +36,13 @@ def test_named_scenarios_hold_every_check(scenario):
         assert report.faults, "the scenario injected nothing"
 
 
-
 def test_without_the_audit_fragments_lost_on_up_nodes_stay_lost(monkeypatch):
     """The scenario above heals only through the leader's audit (nothing reads the lost ones)."""
     monkeypatch.setattr(world, "AUDIT_FRAGMENTS_PER_SECOND", 0.0)
     report = run.run_seed(0, scenario="fragments-lost-on-up-nodes")
     assert report.violation and "not healed" in report.violation and "FragmentNotFound" in report.violation, \
         report.violation
+
 
 def _caught(seeds=range(5)) -> str:
     for seed in seeds:

@@ -76,6 +76,14 @@ async def settle(auditor: audit.Auditor) -> None:
         await auditor._task
 
 
+def test_the_audit_asks_up_and_draining_nodes_for_the_fragments_of_hot_chunks():
+    hot = pb.Chunk(state=pb.HOT, nodes=[1, 2, 3])
+    records = [(b"a" * 32, hot), (b"b" * 32, pb.Chunk(state=pb.DELETING, nodes=[1, 2, 3])),
+               (b"c" * 32, pb.Chunk(state=pb.COLD, tier="t")), (b"d" * 32, pb.Chunk(state=pb.HOT, nodes=[3, 1, 4]))]
+    states = {1: pb.UP, 2: pb.SUSPECT, 3: pb.DRAINING, 4: pb.DEAD}
+    assert audit.expected(records, states) == {1: [(b"a" * 32, 0), (b"d" * 32, 1)], 3: [(b"a" * 32, 2), (b"d" * 32, 0)]}
+
+
 def test_missing_fragments_of_hot_chunks_are_reported_and_repair_is_woken():
     chunks = {chunk_id(1): pb.Chunk(state=pb.HOT, nodes=[1, 2, 3]),
               chunk_id(2): pb.Chunk(state=pb.HOT, nodes=[2, 3, 1]),

@@ -19,7 +19,7 @@ import cluster
 from cluster.client.meta import MetaClient
 from cluster.data.membership import HEARTBEAT_SECONDS
 from cluster.dev import LocalCluster
-from cluster.meta import audit, repair
+from cluster.meta import repair
 from cluster.meta.liveness import REPROPOSE_SECONDS, FailureDetector
 from cluster.meta.state import MetaState
 from cluster.proto import data_pb2, data_pb2_grpc
@@ -697,14 +697,6 @@ def test_two_nodes_lost_at_once_lose_nothing_and_the_chunks_on_both_are_repaired
             assert repair_stats.fragments_read <= 4 * repair_stats.repaired  # k per rebuilt chunk
     finally:
         local.stop()
-
-
-def test_the_audit_asks_up_and_draining_nodes_for_the_fragments_of_hot_chunks():
-    hot = pb.Chunk(state=pb.HOT, nodes=[1, 2, 3])
-    records = [(b"a" * 32, hot), (b"b" * 32, pb.Chunk(state=pb.DELETING, nodes=[1, 2, 3])),
-               (b"c" * 32, pb.Chunk(state=pb.COLD, tier="t")), (b"d" * 32, pb.Chunk(state=pb.HOT, nodes=[3, 1, 4]))]
-    states = {1: pb.UP, 2: pb.SUSPECT, 3: pb.DRAINING, 4: pb.DEAD}
-    assert audit.expected(records, states) == {1: [(b"a" * 32, 0), (b"d" * 32, 1)], 3: [(b"a" * 32, 2), (b"d" * 32, 0)]}
 
 
 def test_fragments_lost_from_a_node_that_stays_up_are_found_by_the_audit_and_rebuilt(tmp_path):

@@ -18,6 +18,7 @@ from cluster.raft.rsm import Sessions, envelope
 from cluster.raft.snapshot_files import MemorySnapshots
 from cluster.rpc import endpoints
 from cluster.storage.disk import MemoryDisk
+from tests.test_data_client import until
 
 
 class RecordingTransport:
@@ -54,14 +55,6 @@ def _leader_of_three(events: list, tick_seconds: float = 0.1) -> tuple[RaftDrive
     driver = RaftDriver(raft, RecordingStore(events), Sessions(KeyValueStore()), transport, MemorySnapshots(),
                         tick_seconds=tick_seconds)
     return driver, transport
-
-
-async def _until(condition, turns: int = 200) -> None:
-    for _ in range(turns):
-        if condition():
-            return
-        await asyncio.sleep(0)
-    raise AssertionError("not reached")
 
 
 def test_a_leader_hands_new_entries_to_the_transport_before_its_synced_write():
@@ -102,7 +95,7 @@ def test_a_commit_writes_nothing_until_the_next_synced_write_or_tick():
         await driver.start()
         try:
             first = driver.submit(put(1))
-            await _until(lambda: log.persisted == log.last_index() > 0)
+            await until(lambda: log.persisted == log.last_index() > 0)
             committed = log.last_index()
             driver.receive(Message(MessageType.APPEND_RESPONSE, 2, 1, driver.raft.term, index=committed))
             await asyncio.wait_for(first, 5)  # committed, applied and answered ...
@@ -110,17 +103,17 @@ def test_a_commit_writes_nothing_until_the_next_synced_write_or_tick():
             assert store._load_hard_state().commit < committed
 
             driver._on_tick()  # a tick writes the held commit index, unsynced
-            await _until(lambda: any(e[0] == "unsynced save" for e in events))
+            await until(lambda: any(e[0] == "unsynced save" for e in events))
             assert store._load_hard_state().commit == committed
 
             second = driver.submit(put(2))
-            await _until(lambda: log.persisted == log.last_index() > committed)
+            await until(lambda: log.persisted == log.last_index() > committed)
             driver.receive(Message(MessageType.APPEND_RESPONSE, 2, 1, driver.raft.term, index=log.last_index()))
             await asyncio.wait_for(second, 5)
             committed = log.commit
             assert store._load_hard_state().commit < committed  # held again ...
             driver.submit(put(3))
-            await _until(lambda: log.persisted == log.last_index() > committed)
+            await until(lambda: log.persisted == log.last_index() > committed)
             assert store._load_hard_state().commit == committed  # ... and carried by the next synced write
             assert len([e for e in events if e[0] == "unsynced save"]) == 1, events
         finally:
@@ -143,7 +136,7 @@ def test_a_stop_whose_commit_index_cannot_be_written_still_stops():
         log = driver.raft.log
         await driver.start()
         proposal = driver.submit(envelope(7, 1, encode_put(b"key", b"value")))
-        await _until(lambda: log.persisted == log.last_index() > 0)
+        await until(lambda: log.persisted == log.last_index() > 0)
         driver.receive(Message(MessageType.APPEND_RESPONSE, 2, 1, driver.raft.term, index=log.last_index()))
         await asyncio.wait_for(proposal, 5)
         await driver.stop()  # the held commit index cannot be written: logged, and the node stops

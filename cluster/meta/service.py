@@ -280,9 +280,10 @@ class MetaService(pb_grpc.MetaServicer):
         return pb.MetaCommand(op_id=os.urandom(16), now_ms=int(self.clock() * 1000), **fields)
 
     async def keep_house(self, every_seconds: float = 1.0, garbage_every_seconds: float = 10.0) -> None:
-        """The leader's periodic duties: failure detection, repair and the audit (paced by its
-        own budget) every round, garbage every ten seconds. A round comes early when woken (a node declared dead, a repair batch
-        done), so repair neither waits for the clock to start nor to go on."""
+        """The leader's periodic duties: failure detection, repair, the tier and the audit (paced
+        by its own budget) every round, garbage every ten seconds. A round comes early when woken
+        (a node declared dead, a repair batch done), so repair neither waits for the clock to
+        start nor to go on."""
         garbage_at = self.monotonic() + garbage_every_seconds
         while True:
             try:
