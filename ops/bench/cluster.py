@@ -18,6 +18,10 @@ page cache first. --quick: 256 MiB instead of 1 GiB, 64 × 4 MiB, 2,000 × 64 Ki
 Targets (the ref column holds each target, so ratio >= 1 means met): 1 GiB put >= 70% of the
 directory's write rate × k/(k+m); 1 GiB get >= 70% of its read rate; 64 KiB puts >= 2,000/s and
 gets >= 5,000/s. Rounds alternate Cairn and the directory; medians.
+
+Besides the table, it prints where the CPU went during each of Cairn's phases: this client
+process, the metadata and the data processes (each group's sum and its busiest member) and the
+whole machine, in cores.
 """
 from __future__ import annotations
 
@@ -35,7 +39,8 @@ import uvloop
 
 ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 sys.path.insert(0, ROOT)  # first: `cluster` is the package, not ops/bench/cluster.py
-from common import bench_parser, drop_cache_tree, in_flight_run, print_table, progress, row, write_json  # noqa: E402
+from common import (CpuWindow, bench_parser, drop_cache_tree, in_flight_run, print_table, progress, row,  # noqa: E402
+                    write_json)
 
 K, M = 4, 2
 SMALL_IN_FLIGHT = 64
@@ -131,9 +136,11 @@ class Bench:
             # alternate which system goes first, round by round
             for system in (("cairn", "dir") if self.round % 2 else ("dir", "cairn")):
                 if system == "cairn":
-                    put = await cairn_put(client, "bench", bucket_prefix, objects, in_flight)
+                    put = await self.watched(f"{name}_put", cairn_put(client, "bench", bucket_prefix, objects,
+                                                                       in_flight))
                     await asyncio.to_thread(drop_cache_tree, self.local.directory)
-                    get = await cairn_get(client, "bench", bucket_prefix, objects, in_flight)
+                    get = await self.watched(f"{name}_get", cairn_get(client, "bench", bucket_prefix, objects,
+                                                                       in_flight))
                 else:
                     target = os.path.join(self.dir, bucket_prefix)
                     put = await asyncio.to_thread(dir_write, target, objects, threads)
@@ -150,8 +157,34 @@ class Bench:
                     raise SystemExit(f"cluster.py: re-upload sent {client.fragments_sent - sent} fragments, not 0")
                 self.add("cairn_big_reput", total / again / 1e6)
 
+    async def watched(self, phase: str, work):
+        """Runs a Cairn phase, noting where the CPU went meanwhile (cores: see print_cpu)."""
+        window = CpuWindow({role: [m.pid for m in self.local.members if m.role == role] for role in ("meta", "data")})
+        window.start()
+        result = await work
+        for part, cores in window.stop().items():
+            self.add(f"cpu_{phase}_{part}", cores)
+        return result
+
     def median(self, name: str) -> float:
         return statistics.median(self.samples[name])
+
+    def print_cpu(self) -> None:
+        """Medians, in cores of the machine's: a phase whose machine column is near the core count
+        is bound by CPU, one well below it by waiting (disks, round trips, its own batching)."""
+        cores = os.cpu_count() or 1
+        print(f"\nWhere the CPU went during Cairn's phases (cores, of {cores}; medians over rounds)")
+        header = f"{'phase':<12} {'client':>7} {'meta':>7} {'busiest':>8} {'data':>7} {'busiest':>8} {'machine':>8}"
+        print(header)
+        print("-" * len(header))
+        for name in ("big", "medium", "small"):
+            for op in ("put", "get"):
+                phase = f"{name}_{op}"
+                if f"cpu_{phase}_self" not in self.samples:
+                    continue
+                parts = [self.median(f"cpu_{phase}_{part}") for part in
+                         ("self", "meta", "meta_busiest", "data", "data_busiest", "machine")]
+                print(f"{phase:<12} " + " ".join(f"{v:>{w}.2f}" for v, w in zip(parts, (7, 7, 8, 7, 8, 8))))
 
 
 async def measure(bench: Bench, rounds: int, big: int, medium: int, small: int) -> None:
@@ -199,6 +232,7 @@ def main() -> None:
     ]
     print_table(f"Cairn cluster (3 meta, 6 data, {K}+{M}) from one client vs a plain directory "
                 f"({'quick' if args.quick else 'full'}; big = {label}; ratio >= 1: target met)", rows)
+    bench.print_cpu()
     print(f"(plain directory, same run: {label} written at {write_ceiling:.0f} MB/s with fsync, read at "
           f"{read_ceiling:.0f} MB/s; 64 KiB files {bench.median('dir_small_put'):.0f}/s written, "
           f"{bench.median('dir_small_get'):.0f}/s read)")

@@ -66,6 +66,48 @@ def _calibrate(fn: Callable[[], object], sample_seconds: float) -> int:
         calls *= 2
 
 
+def cpu_seconds(pid: int) -> float:
+    """User + system CPU of a process (all its threads) so far; 0 once it is gone."""
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            fields = f.read().rpartition(")")[2].split()
+    except OSError:
+        return 0.0
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def machine_busy_seconds() -> float:
+    """CPU seconds all the machine's cores have spent busy so far (/proc/stat: everything but
+    idle and I/O wait)."""
+    with open("/proc/stat") as f:
+        ticks = [int(v) for v in f.readline().split()[1:9]]  # user nice system idle iowait irq softirq steal
+    return (sum(ticks) - ticks[3] - ticks[4]) / os.sysconf("SC_CLK_TCK")
+
+
+class CpuWindow:
+    """Where the CPU went over a stretch of wall time, in cores: this process, each group of other
+    processes (its sum and its busiest member) and the whole machine. `start()`, then `stop()`."""
+
+    def __init__(self, groups: dict[str, list[int]]):
+        self.groups = groups
+
+    def _sample(self) -> tuple:
+        return (time.perf_counter(), time.process_time(), machine_busy_seconds(),
+                {name: [cpu_seconds(pid) for pid in pids] for name, pids in self.groups.items()})
+
+    def start(self) -> None:
+        self._begin = self._sample()
+
+    def stop(self) -> dict[str, float]:
+        end = self._sample()
+        seconds = max(end[0] - self._begin[0], 1e-9)
+        cores = {"self": (end[1] - self._begin[1]) / seconds, "machine": (end[2] - self._begin[2]) / seconds}
+        for name, after in end[3].items():
+            used = [(a - b) / seconds for a, b in zip(after, self._begin[3][name])]
+            cores[name], cores[f"{name}_busiest"] = sum(used), max(used, default=0.0)
+        return cores
+
+
 async def in_flight_run(count: int, in_flight: int, one) -> float:
     """Seconds for `await one(n)` over n < count, at most `in_flight` at a time: that many workers
     take the next number as each finishes. (Not a task per item behind a semaphore: thousands of

@@ -23,6 +23,7 @@ STOP_SECONDS = 5.0
 
 
 from cluster.dev import free_ports  # noqa: E402
+from common import cpu_seconds  # noqa: E402
 
 
 class ClusterError(RuntimeError):
@@ -44,16 +45,6 @@ def ensure_etcd() -> str:
     if not os.path.exists(found):
         sys.exit("raft.py: etcd-server installed but no etcd binary found")
     return found
-
-
-def cpu_seconds(pid: int) -> float:
-    """User + system CPU of a process (all its threads) so far; 0 once it is gone."""
-    try:
-        with open(f"/proc/{pid}/stat") as f:
-            fields = f.read().rpartition(")")[2].split()
-    except OSError:
-        return 0.0
-    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
 class Cluster:
