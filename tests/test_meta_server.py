@@ -189,3 +189,21 @@ def test_commits_survive_a_leader_kill_and_nothing_is_half_applied(cluster):
         await restarted.close()
         await client.close()
     asyncio.run(main())
+
+
+def test_the_meta_node_command_takes_a_snapshot_size(monkeypatch, capsys):
+    """--snapshot-mb reaches the node as bytes (default: the driver's SNAPSHOT_BYTES); a size of
+    zero is refused before anything starts."""
+    from cluster.meta import server
+    from cluster.raft.driver import SNAPSHOT_BYTES
+
+    flags = ["--id", "1", "--data", "/nonexistent", "--listen", "127.0.0.1:1", "--peers", "1=127.0.0.1:1"]
+    with pytest.raises(SystemExit):
+        server.main([*flags, "--snapshot-mb", "0"])
+    assert "--snapshot-mb positive" in capsys.readouterr().err
+    given = []
+    monkeypatch.setattr(server, "MetaNode", lambda *args: given.append(args))
+    monkeypatch.setattr(server, "run_node", lambda args, start: start())
+    server.main([*flags, "--snapshot-mb", "0.5"])
+    server.main(flags)
+    assert [args[-1] for args in given] == [1 << 19, SNAPSHOT_BYTES]

@@ -153,6 +153,53 @@ def test_scenario_crash_during_snapshot_installation():
     assert follower == leader and follower[b"k"] == b"first"
 
 
+async def _snapshots_by_size():
+    """Entries far fewer than snapshot_entries but many bytes: snapshots come by size, each once
+    the log since the last one outgrew both the byte bound and that snapshot; a follower that
+    was down meanwhile catches up from one. Returns the leader's snapshots as (bytes applied
+    since the previous one when taken, the previous one's size), the follower's and the
+    leader's data, and the linearizability verdict."""
+    bound = 4096
+    cluster = DriverCluster([1, 2, 3], seed=6, snapshot_entries=1_000_000, snapshot_bytes=bound,
+                            snapshot_chunk_bytes=1024)
+    await cluster.start()
+    history = linearizability.History()
+    client = Client(cluster, 1, history)
+    assert await client.put(b"k", b"first")
+    leader = cluster.leader()
+    driver = cluster.nodes[leader].driver
+    taken, save = [], driver.snapshots.save
+
+    def saved(meta, data):  # (the counters are reset only once the save is done)
+        taken.append((driver._applied_bytes, driver._last_snapshot_bytes))
+        save(meta, data)
+    driver.snapshots.save = saved
+    lagging = next(n for n in (1, 2, 3) if n != leader)
+    await cluster.nodes[lagging].crash()
+    for i in range(120):  # 40 distinct keys: the state, and so each snapshot, grows to about 12 KiB
+        assert await client.put(b"key-%d" % (i % 40), bytes([i]) * 300)
+    await cluster.nodes[lagging].boot()
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + 5
+    while cluster.nodes[lagging].driver.applied_index < driver.applied_index:
+        assert loop.time() < deadline, "the restarted follower never caught up"
+        await asyncio.sleep(0.05)
+    compacted = {n: node.driver.raft.log.first_index() for n, node in cluster.nodes.items()}
+    data = dict(cluster.nodes[lagging].kv.data), dict(cluster.nodes[leader].kv.data)
+    for node in cluster.nodes.values():
+        await node.crash()
+    return taken, compacted, data, linearizability.check(history.operations()), bound
+
+
+def test_scenario_snapshots_by_size():
+    taken, compacted, (follower, leader), verdict, bound = run(_snapshots_by_size())
+    assert verdict.ok and follower == leader and len(leader) == 41
+    assert len(taken) >= 3, taken  # about 40 KiB of entries over snapshots of up to 12 KiB
+    assert all(applied > max(bound, previous) for applied, previous in taken)
+    assert any(previous > bound for _, previous in taken)  # the snapshot's own size set the pace
+    assert all(first > 1 for first in compacted.values())  # every log was compacted
+
+
 async def _grow_and_shrink():
     """A new node joins as a learner, catches up, is promoted; an old one is removed; the group
     keeps committing throughout and the newcomer holds every acknowledged write."""

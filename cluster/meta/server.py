@@ -21,6 +21,7 @@ from cluster.meta.service import GARBAGE_GRACE_SECONDS, MetaService
 from cluster.meta.tiering import LIFECYCLE_EVERY_SECONDS, READ_RESOLUTION_SECONDS, REHEAT_GRACE_SECONDS
 from cluster.meta.state import MetaState
 from cluster.proto import meta_pb2_grpc as pb_grpc
+from cluster.raft.driver import SNAPSHOT_BYTES
 from cluster.raft.node import RaftNode, node_arguments, run_node
 from cluster.storage.disk import RocksDisk
 
@@ -31,10 +32,11 @@ class MetaNode(RaftNode):
                  dead_after: float = DEAD_AFTER_SECONDS, garbage_grace: float = GARBAGE_GRACE_SECONDS,
                  repair_bytes_per_second: float = BYTES_PER_SECOND,
                  lifecycle_every: float = LIFECYCLE_EVERY_SECONDS, read_resolution: float = READ_RESOLUTION_SECONDS,
-                 reheat_grace: float = REHEAT_GRACE_SECONDS, audit_fragments_per_second: float = FRAGMENTS_PER_SECOND):
+                 reheat_grace: float = REHEAT_GRACE_SECONDS, audit_fragments_per_second: float = FRAGMENTS_PER_SECOND,
+                 snapshot_bytes: int = SNAPSHOT_BYTES):
         os.makedirs(data_dir, exist_ok=True)
         self.state = MetaState(RocksDisk(os.path.join(data_dir, "meta")))
-        super().__init__(node_id, data_dir, peers, self.state, tick_seconds, snapshot_entries)
+        super().__init__(node_id, data_dir, peers, self.state, tick_seconds, snapshot_entries, snapshot_bytes)
         self.service = MetaService(self.driver, self.state, self.address_of,
                                    detector=FailureDetector(suspect_after, dead_after),
                                    garbage_grace_seconds=garbage_grace,
@@ -62,6 +64,9 @@ def main(argv: list[str] | None = None) -> None:
     parser = node_arguments("Run one Cairn metadata node.")
     parser.add_argument("--snapshot-entries", type=int, default=100_000,
                         help="take a snapshot (a RocksDB checkpoint) every this many applied entries")
+    parser.add_argument("--snapshot-mb", type=float, default=SNAPSHOT_BYTES / (1 << 20),
+                        help="or sooner, once the entries applied since the last snapshot hold more than this "
+                             "many MiB and more than that snapshot (it bounds the log a node keeps in memory)")
     parser.add_argument("--suspect-after-seconds", type=float, default=SUSPECT_AFTER_SECONDS,
                         help="a data node not heard for this long is SUSPECT (reads go around it)")
     parser.add_argument("--dead-after-seconds", type=float, default=DEAD_AFTER_SECONDS,
@@ -80,6 +85,8 @@ def main(argv: list[str] | None = None) -> None:
                         help="the audit asks data nodes about this many fragments per second, to find ones "
                              "missing from the node their chunk places them on (0: no audit)")
     args = parser.parse_args(argv)
+    if args.snapshot_entries < 1 or args.snapshot_mb <= 0:
+        parser.error("--snapshot-entries must be at least 1 and --snapshot-mb positive")
     if args.audit_fragments_per_second < 0:
         parser.error("--audit-fragments-per-second must be 0 (no audit) or more")
     if args.lifecycle_every_seconds <= 0 or args.read_resolution_seconds <= 0 or args.reheat_grace_seconds < 0:
@@ -95,7 +102,8 @@ def main(argv: list[str] | None = None) -> None:
         node = MetaNode(args.id, args.data, args.peers, args.tick_seconds, args.snapshot_entries,
                         args.suspect_after_seconds, args.dead_after_seconds, args.garbage_grace_seconds,
                         args.repair_mb_per_s * 1e6, args.lifecycle_every_seconds, args.read_resolution_seconds,
-                        args.reheat_grace_seconds, args.audit_fragments_per_second)
+                        args.reheat_grace_seconds, args.audit_fragments_per_second,
+                        max(1, int(args.snapshot_mb * (1 << 20))))
         return node, ()
     faultpoints.install_from_environment()
     run_node(args, start)

@@ -12,7 +12,12 @@ Whatever arrived during the fsync is fed in as one batch before the next Ready, 
 one append, one fsync and one AppendEntries per follower carry many proposals (group commit).
 The apply task applies entries in order off that path, resolves each proposal with its result,
 releases linearizable reads once their read index is applied, installs received snapshots and
-takes local ones every `snapshot_entries` entries.
+takes local ones every `snapshot_entries` entries, or sooner once the entries applied since the
+last one hold more bytes than `snapshot_bytes` and than that snapshot itself. The core keeps the
+log since the last snapshot in memory: counting entries alone, a log of batched entries could
+grow to gigabytes before a snapshot compacts it. The size rule bounds it at about the state's
+own size (or `snapshot_bytes`, if larger), and a snapshot, which copies the whole state, is taken
+only once the log it frees is bigger than the copy.
 
 Everything outside the core is injected: the transport, the store (over a Disk), the state
 machine, the snapshot files and how snapshot files are written (`run_blocking`: a thread in
@@ -37,6 +42,7 @@ log = logging.getLogger(__name__)
 
 INBOX_MESSAGES_MAX = 10_000
 INBOX_BYTES_MAX = 64 << 20
+SNAPSHOT_BYTES = 64 << 20  # a snapshot once the log since the last holds more (and more than it)
 
 
 class ProposalOutcomeUnknown(Exception):
@@ -67,13 +73,16 @@ class SnapshotFiles(Protocol):
 class RaftDriver:
     def __init__(self, raft: Raft, store: LogStore, state_machine: StateMachine, transport: Transport,
                  snapshots: SnapshotFiles, tick_seconds: float = 0.1, snapshot_entries: int = 10_000,
+                 snapshot_bytes: int = SNAPSHOT_BYTES,
                  proposal_queue_max: int = 100_000,
                  run_blocking: Callable[[Callable[[], object]], Awaitable[object]] | None = None,
                  on_fatal: Callable[[Exception], None] | None = None,
                  call_later: Callable[..., asyncio.TimerHandle] | None = None):
         self.raft, self.store, self.state_machine = raft, store, state_machine
         self.transport, self.snapshots = transport, snapshots
-        self.tick_seconds, self.snapshot_entries = tick_seconds, snapshot_entries
+        if snapshot_entries < 1 or snapshot_bytes < 1:
+            raise ValueError("snapshot_entries and snapshot_bytes must be at least 1")
+        self.tick_seconds, self.snapshot_entries, self.snapshot_bytes = tick_seconds, snapshot_entries, snapshot_bytes
         self.proposal_queue_max = proposal_queue_max
         self._run_blocking = run_blocking or _inline
         self._on_fatal = on_fatal
@@ -95,6 +104,8 @@ class RaftDriver:
         self._apply_queue: asyncio.Queue = asyncio.Queue()
         self.applied_index = raft.log.snapshot.index
         self._last_snapshot_index = raft.log.snapshot.index
+        self._last_snapshot_bytes = raft.log.snapshot.size_bytes
+        self._applied_bytes = 0  # of the entries applied since the last snapshot
         self._compact_to: SnapshotMeta | None = None
         self._held: HardState | None = None  # a hard state newer on the commit index only, not yet written
         self._tasks: list[asyncio.Task] = []
@@ -368,6 +379,7 @@ class RaftDriver:
             if kind == "restore":
                 self.state_machine.restore(self.snapshots.current()[1])
                 self.applied_index = self._last_snapshot_index = item.index
+                self._last_snapshot_bytes, self._applied_bytes = item.size_bytes, 0
                 self._fail_pending_through(item.index)
             else:
                 await self._apply(item)
@@ -380,6 +392,7 @@ class RaftDriver:
                 continue  # covered by a snapshot installed meanwhile
             result = self.state_machine.apply(entry.index, entry.data) if entry.kind == EntryKind.NORMAL else b""
             self.applied_index = entry.index
+            self._applied_bytes += len(entry.data)
             pending = self._pending.pop(entry.index, None)
             if pending is not None:
                 term, future = pending
@@ -389,16 +402,19 @@ class RaftDriver:
                     _settle(future, error=ProposalOutcomeUnknown("overwritten by a new leader's entry"))
 
     async def _maybe_snapshot(self) -> None:
-        if self.applied_index - self._last_snapshot_index < self.snapshot_entries:
+        if self.applied_index - self._last_snapshot_index < self.snapshot_entries and \
+                self._applied_bytes <= max(self.snapshot_bytes, self._last_snapshot_bytes):
             return
         index = self.applied_index
         term = self.raft.log.term(index)
         if term is None:
             return
-        data = self.state_machine.snapshot()
+        # off the loop, as the save is: a state of many megabytes takes a while to copy, and
+        # nothing is applied meanwhile (this task waits), so the copy is of exactly `index`
+        data = await self._run_blocking(self.state_machine.snapshot)
         meta = SnapshotMeta(index, term, self.raft.log.membership_at(index), len(data))
         await self._run_blocking(lambda: (self.snapshots.save(meta, data), self.store.compact(meta)))
-        self._last_snapshot_index = index
+        self._last_snapshot_index, self._last_snapshot_bytes, self._applied_bytes = index, len(data), 0
         self._compact_to = meta
         self._wake.set()
 

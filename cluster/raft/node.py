@@ -24,7 +24,7 @@ from cluster.proto import raft_pb2 as pb
 from cluster.proto import raft_pb2_grpc as pb_grpc
 from cluster.raft.config import RaftConfig
 from cluster.raft.core import Raft
-from cluster.raft.driver import RaftDriver
+from cluster.raft.driver import SNAPSHOT_BYTES, RaftDriver
 from cluster.raft.log_store import LogStore
 from cluster.raft.messages import Membership, Message, message_bytes
 from cluster.raft.rsm import StateMachine
@@ -122,7 +122,7 @@ class RaftService(pb_grpc.RaftServicer):
 
 class RaftNode:
     def __init__(self, node_id: int, data_dir: str, peers: dict[int, str], state_machine: StateMachine,
-                 tick_seconds: float = 0.05, snapshot_entries: int = 100_000):
+                 tick_seconds: float = 0.05, snapshot_entries: int = 100_000, snapshot_bytes: int = SNAPSHOT_BYTES):
         self.id, self.peers = node_id, peers
         os.makedirs(data_dir, exist_ok=True)
         self.disk = RocksDisk(os.path.join(data_dir, "raft-log"))
@@ -136,7 +136,8 @@ class RaftNode:
         self._disk_thread = concurrent.futures.ThreadPoolExecutor(1, thread_name_prefix="raft-disk")
         self.driver = RaftDriver(raft, store, state_machine, self.transport,
                                  FileSnapshots(os.path.join(data_dir, "snapshots")), tick_seconds=tick_seconds,
-                                 snapshot_entries=snapshot_entries, run_blocking=self._blocking,
+                                 snapshot_entries=snapshot_entries, snapshot_bytes=snapshot_bytes,
+                                 run_blocking=self._blocking,
                                  on_fatal=self._fatal)
         self._stop: asyncio.Event | None = None
 

@@ -47,6 +47,7 @@ from cluster import faultpoints
 from cluster.client.errors import CairnError, NoSuchKey
 from cluster.meta.state import tier_garbage_range, tier_intent_range
 from cluster.proto import meta_pb2 as pb
+from cluster.raft.driver import SNAPSHOT_BYTES
 from cluster.tier.targets import TierTarget
 from simulations import linearizability
 from simulations.cluster.world import DEAD_AFTER_SECONDS, DISK_BYTES, World
@@ -615,7 +616,10 @@ async def simulate(seed: int, safety_seconds: float = SAFETY_SECONDS, verbose: b
     rng = random.Random(seed)
     datas = rng.choice([5, 6, 7, 8])
     k, m = rng.choice([(k, m) for k, m in ((2, 1), (2, 2), (3, 1), (3, 2), (4, 2)) if k + m <= datas - 1])
-    world = World(rng.getrandbits(64), metas=3, datas=datas, snapshot_entries=rng.choice([100, 500, 2000]))
+    # drawn apart, so that the other draws keep their values
+    snapshot_bytes = random.Random(f"snapshot-bytes-{seed}").choice([16 << 10, 256 << 10, SNAPSHOT_BYTES])
+    world = World(rng.getrandbits(64), metas=3, datas=datas, snapshot_entries=rng.choice([100, 500, 2000]),
+                  snapshot_bytes=snapshot_bytes)
     report = SeedReport(seed, f"3 meta, {datas} data, {k}+{m}", 0.0, 0)
     rec = Recorder(verbose)
     loop = asyncio.get_running_loop()

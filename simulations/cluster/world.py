@@ -36,7 +36,7 @@ from cluster.proto import data_pb2 as data_pb
 from cluster.proto import meta_pb2 as pb
 from cluster.raft.config import RaftConfig
 from cluster.raft.core import Raft
-from cluster.raft.driver import RaftDriver
+from cluster.raft.driver import SNAPSHOT_BYTES, RaftDriver
 from cluster.raft.log_store import LogStore
 from cluster.tier.store import ColdStore, TierError
 from simulations.cluster.network import Network
@@ -106,7 +106,8 @@ class SimMetaNode(SimNode):
         self.state = MetaState(self.state_disk)
         self.driver = RaftDriver(raft, store, self.state, group.transport(self.id), self.snapshots,
                                  tick_seconds=TICK_SECONDS * self.clock_rate, snapshot_entries=group.snapshot_entries,
-                                 on_fatal=self._lost_power, call_later=self._call_later)
+                                 snapshot_bytes=group.snapshot_bytes, on_fatal=self._lost_power,
+                                 call_later=self._call_later)
         world = group.world
         self.service = MetaService(
             self.driver, self.state, lambda n: f"m{n}", clock=lambda: WALL_EPOCH + loop.time() + self.clock_offset,
@@ -345,12 +346,13 @@ class SimChannel:
 
 
 class World:
-    def __init__(self, seed: int, metas: int = 3, datas: int = 6, snapshot_entries: int = 200):
+    def __init__(self, seed: int, metas: int = 3, datas: int = 6, snapshot_entries: int = 200,
+                 snapshot_bytes: int = SNAPSHOT_BYTES):
         self.seed = seed
         self.rng = random.Random(seed)
         self.network = Network(random.Random(self.rng.getrandbits(64)))
         self.meta = MetaGroup(self, list(range(1, metas + 1)), self.rng.getrandbits(64),
-                              snapshot_entries=snapshot_entries)
+                              snapshot_entries=snapshot_entries, snapshot_bytes=snapshot_bytes)
         self.datas = {n: SimDataNode(self, n) for n in range(1, datas + 1)}
         for node in self.meta.nodes.values():
             self.network.endpoints[node.name] = node

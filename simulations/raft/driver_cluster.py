@@ -16,7 +16,7 @@ from dataclasses import dataclass, field
 from cluster.raft import kv
 from cluster.raft.config import RaftConfig
 from cluster.raft.core import NotLeader, ProposalDropped, Raft
-from cluster.raft.driver import ProposalOutcomeUnknown, RaftDriver
+from cluster.raft.driver import SNAPSHOT_BYTES, ProposalOutcomeUnknown, RaftDriver
 from cluster.raft.log_store import LogStore
 from cluster.raft.messages import Membership, Message
 from cluster.raft.rsm import Sessions, envelope
@@ -58,7 +58,8 @@ class SimNode:
         self.driver = RaftDriver(raft, store, Sessions(self.kv), self.cluster.transport(self.id),
                                  self.snapshots, tick_seconds=TICK_SECONDS * self.clock_rate,
                                  snapshot_entries=self.cluster.snapshot_entries,
-                                 on_fatal=self._lost_power, call_later=self._call_later)
+                                 snapshot_bytes=self.cluster.snapshot_bytes, on_fatal=self._lost_power,
+                                 call_later=self._call_later)
         await self.driver.start()
         self.boots += 1
 
@@ -102,12 +103,13 @@ class SimNode:
 
 
 class DriverCluster:
-    def __init__(self, node_ids: list[int], seed: int, snapshot_entries: int = 200, **config):
+    def __init__(self, node_ids: list[int], seed: int, snapshot_entries: int = 200,
+                 snapshot_bytes: int = SNAPSHOT_BYTES, **config):
         self.rng = random.Random(seed)
         self.seed = seed
         self.membership = Membership(frozenset(node_ids))
         self.config = config
-        self.snapshot_entries = snapshot_entries
+        self.snapshot_entries, self.snapshot_bytes = snapshot_entries, snapshot_bytes
         self.faults = NetworkFaults()
         self.nodes = {n: SimNode(n, self) for n in sorted(node_ids)}
         self._events = 0

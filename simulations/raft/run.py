@@ -15,6 +15,7 @@ import random
 from collections import Counter
 from dataclasses import dataclass, field
 
+from cluster.raft.driver import SNAPSHOT_BYTES
 from simulations import linearizability
 from simulations.loop import SimLoop, WallClockExceeded, cancel_all, wall_clock_limit
 from simulations.raft.driver_cluster import TICK_SECONDS, Client, DriverCluster
@@ -175,8 +176,11 @@ async def _liveness(cluster: DriverCluster, history) -> None:
 async def simulate(seed: int, safety_seconds: float = 5.0, raft_config: dict | None = None) -> SeedReport:
     rng = random.Random(seed)
     nodes = rng.choice([3, 3, 5])
+    # drawn apart, so that the other draws keep their values
+    snapshot_bytes = random.Random(f"snapshot-bytes-{seed}").choice([2 << 10, 16 << 10, SNAPSHOT_BYTES])
     cluster = DriverCluster(list(range(1, nodes + 1)), seed=rng.getrandbits(64),
-                            snapshot_entries=rng.choice([50, 200, 1000]), **(raft_config or {}))
+                            snapshot_entries=rng.choice([50, 200, 1000]), snapshot_bytes=snapshot_bytes,
+                            **(raft_config or {}))
     report = SeedReport(seed, nodes, 0.0, 0)
     history = linearizability.History()
     checker = SafetyChecker(cluster)
