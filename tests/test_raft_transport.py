@@ -122,6 +122,25 @@ def test_a_commit_writes_nothing_until_the_next_synced_write_or_tick():
     asyncio.run(main())
 
 
+def test_a_chunk_of_a_snapshot_no_longer_held_is_not_sent():
+    """Snapshot chunks get their bytes from the snapshot the node holds when they are sent. A
+    chunk whose snapshot was replaced by a newer one (saved, the core not yet compacted to it)
+    is dropped: the newer one's bytes under the older one's name would install a mix of the two
+    on the follower. The core sends it again later, from the newer snapshot."""
+    driver, _ = _leader_of_three([])
+    members = Membership(frozenset({1, 2, 3}))
+    old, new = SnapshotMeta(5, 1, members, 4), SnapshotMeta(9, 1, members, 6)
+    chunk = Message(MessageType.SNAPSHOT, 1, 2, 1, snapshot=old, offset=1)
+    append = Message(MessageType.APPEND, 1, 3, 1)
+    driver.snapshots.save(old, b"abcd")
+    assert driver._filled((chunk, append)) == (Message(MessageType.SNAPSHOT, 1, 2, 1, snapshot=old, offset=1,
+                                                       data=b"bcd"), append)
+    driver.snapshots.save(new, b"ZYXWVU")
+    assert driver._filled((chunk, append)) == (append,)
+    assert driver._filled((Message(MessageType.SNAPSHOT, 1, 2, 1, snapshot=new),)) == \
+        (Message(MessageType.SNAPSHOT, 1, 2, 1, snapshot=new, data=b"ZYXWVU"),)
+
+
 def test_a_stop_whose_commit_index_cannot_be_written_still_stops():
     class FailingStore(RecordingStore):
         def save(self, hard_state, entries, snapshot=None, sync=True) -> None:

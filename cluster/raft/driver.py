@@ -326,7 +326,7 @@ class RaftDriver:
     async def _handle(self, ready: Ready) -> None:
         self.stats["readies"] += 1
         if ready.messages_now:
-            self.transport.send(tuple(self._fill(m) for m in ready.messages_now))
+            self.transport.send(self._filled(ready.messages_now))
             if ready.must_sync:
                 await self.transport.flush()
         for chunk in ready.snapshot_chunks:
@@ -345,7 +345,7 @@ class RaftDriver:
         elif ready.hard_state is not None:
             self._held = ready.hard_state  # the commit index only: see _save_held
         if ready.messages:
-            self.transport.send(tuple(self._fill(m) for m in ready.messages))
+            self.transport.send(self._filled(ready.messages))
         if ready.committed:
             self._apply_queue.put_nowait(("entries", ready.committed))
         for state in ready.read_states:
@@ -354,14 +354,21 @@ class RaftDriver:
         self.raft.advance(ready)
         self._release_reads()
 
-    def _fill(self, m: Message) -> Message:
-        """SNAPSHOT messages leave the core without data: cut the chunk from our snapshot."""
-        if m.type is not MessageType.SNAPSHOT or m.data is not None:
-            return m
-        current = self.snapshots.current()
-        data = current[1] if current else b""
-        chunk = data[m.offset:m.offset + self.raft.config.snapshot_chunk_bytes]
-        return dataclasses.replace(m, data=chunk)
+    def _filled(self, messages) -> tuple[Message, ...]:
+        """SNAPSHOT messages leave the core without data: each gets its chunk of our snapshot.
+        A chunk of a snapshot we no longer hold is not sent: a newer one is saved (on the disk
+        thread) before the core compacts to it, and that one's bytes under the older one's name
+        would install a mix of the two on the follower. The core sends the chunk again on the
+        follower's next heartbeat answer, from the newer snapshot by then."""
+        filled = []
+        for m in messages:
+            if m.type is MessageType.SNAPSHOT and m.data is None:
+                current = self.snapshots.current()
+                if current is None or (current[0].index, current[0].term) != (m.snapshot.index, m.snapshot.term):
+                    continue
+                m = dataclasses.replace(m, data=current[1][m.offset:m.offset + self.raft.config.snapshot_chunk_bytes])
+            filled.append(m)
+        return tuple(filled)
 
     def _save_held(self) -> None:
         """Writes a held commit index, without a sync. Losing it in a crash costs nothing but
