@@ -171,7 +171,7 @@ async def _snapshots_by_size():
     taken, save = [], driver.snapshots.save
 
     def saved(meta, data):  # (the counters are reset only once the save is done)
-        taken.append((driver._applied_bytes, driver._last_snapshot_bytes))
+        taken.append((driver._applied_bytes, driver._last_snapshot.size_bytes))
         save(meta, data)
     driver.snapshots.save = saved
     lagging = next(n for n in (1, 2, 3) if n != leader)

@@ -103,8 +103,7 @@ class RaftDriver:
         self._ticks = 0
         self._apply_queue: asyncio.Queue = asyncio.Queue()
         self.applied_index = raft.log.snapshot.index
-        self._last_snapshot_index = raft.log.snapshot.index
-        self._last_snapshot_bytes = raft.log.snapshot.size_bytes
+        self._last_snapshot = raft.log.snapshot  # the newest taken or installed: its index and size
         self._applied_bytes = 0  # of the entries applied since the last snapshot
         self._compact_to: SnapshotMeta | None = None
         self._held: HardState | None = None  # a hard state newer on the commit index only, not yet written
@@ -385,8 +384,7 @@ class RaftDriver:
             kind, item = await self._apply_queue.get()
             if kind == "restore":
                 self.state_machine.restore(self.snapshots.current()[1])
-                self.applied_index = self._last_snapshot_index = item.index
-                self._last_snapshot_bytes, self._applied_bytes = item.size_bytes, 0
+                self.applied_index, self._last_snapshot, self._applied_bytes = item.index, item, 0
                 self._fail_pending_through(item.index)
             else:
                 await self._apply(item)
@@ -409,19 +407,25 @@ class RaftDriver:
                     _settle(future, error=ProposalOutcomeUnknown("overwritten by a new leader's entry"))
 
     async def _maybe_snapshot(self) -> None:
-        if self.applied_index - self._last_snapshot_index < self.snapshot_entries and \
-                self._applied_bytes <= max(self.snapshot_bytes, self._last_snapshot_bytes):
+        if self.applied_index - self._last_snapshot.index < self.snapshot_entries and \
+                self._applied_bytes <= max(self.snapshot_bytes, self._last_snapshot.size_bytes):
             return
         index = self.applied_index
         term = self.raft.log.term(index)
         if term is None:
             return
-        # off the loop, as the save is: a state of many megabytes takes a while to copy, and
-        # nothing is applied meanwhile (this task waits), so the copy is of exactly `index`
-        data = await self._run_blocking(self.state_machine.snapshot)
-        meta = SnapshotMeta(index, term, self.raft.log.membership_at(index), len(data))
-        await self._run_blocking(lambda: (self.snapshots.save(meta, data), self.store.compact(meta)))
-        self._last_snapshot_index, self._last_snapshot_bytes, self._applied_bytes = index, len(data), 0
+        membership = self.raft.log.membership_at(index)
+
+        def take() -> SnapshotMeta:
+            data = self.state_machine.snapshot()
+            meta = SnapshotMeta(index, term, membership, len(data))
+            self.snapshots.save(meta, data)
+            self.store.compact(meta)
+            return meta
+        # off the loop: a state of many megabytes takes a while to copy and write, and nothing
+        # is applied meanwhile (this task waits), so the copy is of exactly `index`
+        meta = await self._run_blocking(take)
+        self._last_snapshot, self._applied_bytes = meta, 0
         self._compact_to = meta
         self._wake.set()
 

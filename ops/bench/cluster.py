@@ -172,19 +172,15 @@ class Bench:
     def print_cpu(self) -> None:
         """Medians, in cores of the machine's: a phase whose machine column is near the core count
         is bound by CPU, one well below it by waiting (disks, round trips, its own batching)."""
-        cores = os.cpu_count() or 1
-        print(f"\nWhere the CPU went during Cairn's phases (cores, of {cores}; medians over rounds)")
-        header = f"{'phase':<12} {'client':>7} {'meta':>7} {'busiest':>8} {'data':>7} {'busiest':>8} {'machine':>8}"
+        columns = [("client", "self"), ("meta", "meta"), ("busiest", "meta_busiest"), ("data", "data"),
+                   ("busiest", "data_busiest"), ("machine", "machine")]  # (heading, CpuWindow's part)
+        print(f"\nWhere the CPU went during Cairn's phases (cores, of {os.cpu_count() or 1}; medians over rounds)")
+        header = f"{'phase':<12}" + "".join(f"{heading:>9}" for heading, _ in columns)
         print(header)
         print("-" * len(header))
-        for name in ("big", "medium", "small"):
-            for op in ("put", "get"):
-                phase = f"{name}_{op}"
-                if f"cpu_{phase}_self" not in self.samples:
-                    continue
-                parts = [self.median(f"cpu_{phase}_{part}") for part in
-                         ("self", "meta", "meta_busiest", "data", "data_busiest", "machine")]
-                print(f"{phase:<12} " + " ".join(f"{v:>{w}.2f}" for v, w in zip(parts, (7, 7, 8, 7, 8, 8))))
+        for phase in (f"{name}_{op}" for name in ("big", "medium", "small") for op in ("put", "get")):
+            if f"cpu_{phase}_self" in self.samples:
+                print(f"{phase:<12}" + "".join(f"{self.median(f'cpu_{phase}_{part}'):>9.2f}" for _, part in columns))
 
 
 async def measure(bench: Bench, rounds: int, big: int, medium: int, small: int) -> None:

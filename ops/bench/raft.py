@@ -36,7 +36,7 @@ ROOT = pathlib.Path(__file__).resolve().parents[2]
 BENCH = ROOT / "ops" / "bench"
 sys.path.insert(0, str(BENCH))
 sys.path.insert(0, str(ROOT))  # first: `cluster` is the package, not ops/bench/cluster.py
-from common import bench_parser, pip_install, print_table, progress, row, write_json  # noqa: E402
+from common import CpuWindow, bench_parser, pip_install, print_table, progress, row, write_json  # noqa: E402
 from raft_clusters import CairnCluster, ClusterError, EtcdCluster, ensure_etcd  # noqa: E402
 from raft_load import DRAIN_SECONDS as LOADGEN_DRAIN_SECONDS  # noqa: E402
 
@@ -128,9 +128,10 @@ def run_loads(system: str, cluster, loads: list[tuple[list[str], str]], seconds:
             proc.stdin.write(f"{start!r}\n")
             proc.stdin.flush()
         time.sleep(max(0.0, start + warmup - time.time()))
-        cpu_before = cluster.cpu_seconds()
+        window = CpuWindow({"cluster": [proc.pid for proc in cluster.procs]})
+        window.start()
         time.sleep(max(0.0, start + warmup + seconds - time.time()))
-        member_cores = [(after - before) / seconds for before, after in zip(cpu_before, cluster.cpu_seconds())]
+        cores = window.stop()
         results, latencies = [], []
         for proc, path in started:
             try:
@@ -152,7 +153,7 @@ def run_loads(system: str, cluster, loads: list[tuple[list[str], str]], seconds:
             "p99_ms": float(np.percentile(lat, 99)) if len(lat) else float("nan"),
             "retries": sum(r["retries"] for r in results), "stalled": sum(r["stalled"] for r in results),
             "loadgen_cores": loadgen,
-            "cluster_cores": sum(member_cores), "busiest_member_cores": max(member_cores)}
+            "cluster_cores": cores["cluster"], "busiest_member_cores": cores["cluster_busiest"]}
 
 
 def _read_line(proc: subprocess.Popen, timeout: float) -> str:

@@ -23,7 +23,6 @@ STOP_SECONDS = 5.0
 
 
 from cluster.dev import free_ports  # noqa: E402
-from common import cpu_seconds  # noqa: E402
 
 
 class ClusterError(RuntimeError):
@@ -80,10 +79,6 @@ class Cluster:
     def fail(self, message: str) -> ClusterError:
         tails = "\n".join(f"--- {self.name} member {i + 1} log tail:\n{self.tail(i)}" for i in range(len(self.procs)))
         return ClusterError(f"{message}\n{tails}")
-
-    def cpu_seconds(self) -> list[float]:
-        """CPU seconds so far of each member."""
-        return [cpu_seconds(p.pid) for p in self.procs]
 
     def stop(self) -> None:
         for proc in self.procs:
